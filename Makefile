@@ -1,0 +1,89 @@
+# fmreport: the whole study as a file dependency graph. `make` (or `make help`) lists the verbs.
+#
+#   Fashion-MNIST IDX files ──► data/FashionMNIST/raw (verified copy)
+#        ──► results/<experiment>.json   (one pattern rule, one generic engine)
+#        ──► report/report.html + report/report.pdf   (never trains)
+#
+# Staleness is decided by fingerprints, not file times: every result records a hash of its
+# resolved specs, seeds and the engine's code, and `experiments run --if-stale` does nothing
+# when that still matches (a fresh clone gives every file the same age).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+.SUFFIXES:
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+DATA := data/FashionMNIST/raw/.verified
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+
+# QUICK=1: smoke runs (2 epochs on 2048 images) into a git-ignored folder, never over results/.
+RESULTS := $(if $(QUICK),build/quick/results,results)
+RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEEDS),--seeds $(SEEDS))
+# The experiment names come from the catalog (plain Python, no packages needed).
+EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
+RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
+
+.PHONY: help setup data test all experiments reproduce report clean lock FORCE
+
+help: ## print this list of targets
+	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N)"
+	@grep -E '^[a-zA-Z%/$$()._-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | \
+		awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+	@echo "  experiments:           $(EXPERIMENTS)"
+
+setup: $(SETUP) ## create .venv and install the pinned packages (pyproject.toml + requirements.lock)
+$(SETUP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+lock: ## re-pin requirements.lock to what is installed in .venv now
+	$(PY) -m pip freeze --exclude-editable | \
+		{ echo "# Tested constraints for 'pip install -c requirements.lock -e .[dev]' (Python 3.11, Linux x86_64)."; \
+		  echo "# Regenerate with: make lock"; cat; } > requirements.lock
+
+data: $(DATA) ## find, verify (SHA-256) and copy Fashion-MNIST into data/ (apt-get as root if needed)
+$(DATA): | $(SETUP)
+	@if [ -z "$$FASHION_MNIST_DIR" ] && [ ! -d $(DEBIAN_DATA) ] && [ ! -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's dataset-fashion-mnist"; \
+			apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
+		else \
+			echo "Fashion-MNIST not found. Run: sudo apt-get install dataset-fashion-mnist"; \
+			echo "or set FASHION_MNIST_DIR to a folder of the four IDX files (torchvision downloads them where there is internet)"; \
+		fi; \
+	fi
+	$(PY) -m experiments data
+	touch $@
+
+experiments: $(RESULT_FILES) ## run every experiment whose result is missing or stale
+
+# One rule for every experiment. FORCE makes make ask the engine, which compares fingerprints
+# and leaves the file untouched (so nothing downstream reruns) when it is still current.
+$(RESULTS)/%.json: FORCE | $(SETUP) $(DATA) ## one experiment, e.g. `make results/depth.json`
+	$(PY) -m experiments run $* --out $@ --if-stale $(RUN_FLAGS)
+
+reproduce: | $(SETUP) $(DATA) ## rerun the whole study from scratch (resumes if killed), then the report
+	@mkdir -p build && { test -f build/reproduce.since || date -u +%Y-%m-%dT%H:%M:%S+00:00 > build/reproduce.since; }
+	for name in $(EXPERIMENTS); do \
+		$(PY) -m experiments run $$name --out results/$$name.json --if-stale --since "$$(cat build/reproduce.since)" || exit $$?; \
+	done
+	rm -f build/reproduce.since
+
+report: ## render report/report.html and report/report.pdf from results/ (never trains)
+	@echo "The report renderer arrives with the report issue; results are in $(RESULTS)/."
+
+all: experiments report ## everything: stale experiments, then the report
+
+test: | $(SETUP) $(DATA) ## the test suite (unit, real-data smoke, CLI)
+	$(PY) -m pytest -q
+
+clean: ## delete caches and quick results (never results/ or the published report)
+	rm -rf build .pytest_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+FORCE:

@@ -1,0 +1,79 @@
+"""Every experiment as data: a name, a question, variants as overrides of one base RunSpec.
+
+This file imports no torch, so `make` can check staleness in milliseconds.  To add an
+experiment, add one `Experiment(...)` to EXPERIMENTS; the engine, the CLI, the Makefile's
+pattern rule and the result schema need no change.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one training run depends on besides the seed. Defaults are the study's base."""
+    # model
+    model: str = "mlp"            # mlp (more in models.build)
+    depth: int = 2                # number of hidden layers
+    width: int = 256              # units per hidden layer
+    dropout: float = 0.0          # drop probability after every hidden activation
+    batchnorm: bool = False       # BatchNorm1d before every hidden activation
+    # optimisation
+    optimizer: str = "adam"       # sgd (with momentum) | adam | adamw
+    lr: float = 1e-3              # peak learning rate
+    momentum: float = 0.9         # SGD only
+    schedule: str = "cosine"      # constant | cosine (per step, from lr down to 0 at the last epoch)
+    epochs: int = 15              # maximum number of passes over the 54k training images
+    batch_size: int = 256         # images per step
+    label_smoothing: float = 0.0  # cross-entropy target smoothing
+    # regularisation (weight terms touch only tensors with dim >= 2: biases and norms are exempt)
+    weight_decay: float = 0.0     # decoupled decay, applied by the optimizer (AdamW-style)
+    l1: float = 0.0               # coefficient of penalties.l1_penalty added to the loss
+    l2: float = 0.0               # coefficient of penalties.l2_penalty added to the loss
+    l1_proximal: bool = False     # apply l1 as a soft-threshold step after each update instead
+    patience: int = 0             # early stopping: epochs without a lower val loss; 0 = off
+    # data
+    augment: str = "none"         # none | crop | flip | crop+flip (per sample, on the device)
+    crop_scale: tuple = (0.08, 1.0)  # RandomResizedCrop area range (torchvision's default)
+
+    def __post_init__(self):
+        choices = {"model": ("mlp",), "optimizer": ("sgd", "adam", "adamw"),
+                   "schedule": ("constant", "cosine"), "augment": ("none", "crop", "flip", "crop+flip")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.depth < 0 or self.width < 1:
+            raise ValueError("epochs, batch_size and width must be >= 1 and depth >= 0")
+
+    def with_overrides(self, **overrides) -> "RunSpec":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown RunSpec field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return replace(self, **overrides)
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str                     # also the file name: results/<name>.json
+    description: str              # one line, shown by `python -m experiments list`
+    variants: dict                # variant name -> overrides of `base`
+    base: dict = field(default_factory=dict)  # overrides shared by every variant
+    seeds: int = 3                # runs per variant, seeds 0 .. seeds-1
+
+    def specs(self, **cli_overrides) -> dict[str, RunSpec]:
+        """Variant name -> resolved RunSpec (base <- experiment base <- variant <- CLI)."""
+        return {name: RunSpec().with_overrides(**{**self.base, **over, **cli_overrides})
+                for name, over in self.variants.items()}
+
+
+EXPERIMENTS = {e.name: e for e in [
+    Experiment(
+        name="depth",
+        description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, no regularisation)",
+        variants={f"{d} hidden": {"depth": d} for d in (1, 2, 3, 4)},
+    ),
+]}

@@ -1,0 +1,151 @@
+"""The result file: schema, fingerprint, provenance, summaries, atomic write, validating load.
+
+A result file is the only thing an experiment leaves behind; the report reads nothing else.
+This module imports no torch (the Makefile's staleness check and the report use it).
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+ENGINE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = ENGINE_DIR.parent
+# The code a result depends on besides its spec. The catalog is not here: each experiment's own
+# resolved specs are hashed instead, so editing one spec reruns only that experiment.
+ENGINE_SOURCES = ("data.py", "models.py", "penalties.py", "train.py", "runner.py")
+FINAL_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
+              "epochs", "seconds", "diverged")
+SUMMARY_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "epochs", "seconds")
+
+
+class ResultError(Exception):
+    """A result file that cannot be used; the message names the file and what is wrong."""
+
+
+def _code_digest(path: Path) -> str:
+    """Hash of a module's syntax tree without docstrings: comments and wording don't invalidate results."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def fingerprint(specs: dict, seeds: list[int], quick: bool) -> str:
+    """Identity of a result: resolved specs, seeds, quick mode and the engine's code."""
+    payload = {"specs": {k: v.as_dict() for k, v in specs.items()}, "seeds": seeds, "quick": quick,
+               "engine": {name: _code_digest(ENGINE_DIR / name) for name in ENGINE_SOURCES}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: str, argv: list[str], started: datetime) -> dict:
+    """Where and how a result was made. Outputs (results/, report/report.*) don't make the tree dirty."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)results", ":(exclude)report/report.html", ":(exclude)report/report.pdf")
+    packages = {}
+    for name in ("torch", "torchvision", "numpy", "tqdm"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+            "packages": packages, "python": platform.python_version(), "platform": platform.platform(),
+            "device": device, "cpu_count": os.cpu_count(), "started": started.isoformat(timespec="seconds"),
+            "wall_seconds": None, "command": " ".join(["python -m experiments", *argv])}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean, sample std and n of each final metric over the runs that did not diverge."""
+    ok = [r["final"] for r in runs if not r["final"]["diverged"]]
+    out = {}
+    for key in SUMMARY_KEYS:
+        values = [f[key] for f in ok if f.get(key) is not None]
+        n = len(values)
+        mean = sum(values) / n if n else None
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else (0.0 if n else None)
+        out[key] = {"mean": mean, "std": std, "n": n}
+    out["diverged"] = len(runs) - len(ok)
+    return out
+
+
+def write_atomic(path: Path, obj: dict) -> None:
+    """Write JSON to a temp file beside `path`, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _require(cond: bool, path: Path, what: str) -> None:
+    if not cond:
+        raise ResultError(f"{path}: {what}")
+
+
+def validate(obj, path: Path) -> dict:
+    _require(isinstance(obj, dict), path, "top level is not a JSON object")
+    _require(obj.get("schema_version") == SCHEMA_VERSION, path,
+             f"schema_version is {obj.get('schema_version')!r}, this code reads {SCHEMA_VERSION}; "
+             f"rerun the experiment to regenerate it")
+    for key, kind in (("experiment", str), ("fingerprint", str), ("provenance", dict), ("variants", list)):
+        _require(isinstance(obj.get(key), kind), path, f"field {key!r} is missing or not a {kind.__name__}")
+    for i, v in enumerate(obj["variants"]):
+        where = f"variants[{i}]"
+        _require(isinstance(v, dict) and isinstance(v.get("name"), str), path, f"{where} has no name")
+        for key, kind in (("params", dict), ("runs", list), ("summary", dict)):
+            _require(isinstance(v.get(key), kind), path, f"{where} ({v['name']}) lacks {key!r}")
+        for j, run in enumerate(v["runs"]):
+            _require(isinstance(run, dict) and isinstance(run.get("history"), list)
+                     and isinstance(run.get("final"), dict) and isinstance(run.get("seed"), int),
+                     path, f"{where}.runs[{j}] lacks seed/history/final")
+            missing = [k for k in FINAL_KEYS if k not in run["final"]]
+            _require(not missing, path, f"{where}.runs[{j}].final lacks {', '.join(missing)}")
+    return obj
+
+
+def load(path) -> dict:
+    """The one way to read a result file: parsed and validated, or a ResultError that says why."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ResultError(f"{path}: no such file; run `make {path}`") from None
+    except OSError as err:
+        raise ResultError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
+                          f"delete it and rerun the experiment") from None
+    return validate(obj, path)

@@ -1,0 +1,104 @@
+"""Run every (variant, seed) of one experiment and write its result file.
+
+Resumable: each finished run is saved at once in build/progress/<name>-<fingerprint>.json, and
+the result file at --out is replaced (atomically) only when every run is done, so a killed run
+loses at most the run in flight and never damages the previous result.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import results
+from .catalog import Experiment
+from .train import fit
+
+PROGRESS_DIR = results.PROJECT_ROOT / "build" / "progress"
+QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS = 2048, 1000, 2   # --quick: 8 batches of 256, 2 epochs
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    return device
+
+
+def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool):
+    """Resolved specs, seed list and fingerprint of what would run."""
+    overrides = {}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    elif quick:
+        overrides["epochs"] = QUICK_EPOCHS
+    specs = exp.specs(**overrides)
+    seed_list = list(range(seeds if seeds is not None else exp.seeds))
+    return specs, seed_list, results.fingerprint(specs, seed_list, quick)
+
+
+def is_fresh(out: Path, fingerprint: str, since: str | None = None) -> bool:
+    """True when `out` is a valid result of exactly this plan (same specs, seeds and engine code),
+    started at or after `since` (an ISO time) when that is given."""
+    try:
+        result = results.load(out)
+    except results.ResultError:
+        return False
+    return result["fingerprint"] == fingerprint and (since is None or result["provenance"]["started"] >= since)
+
+
+def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | None = None,
+                   epochs: int | None = None, quick: bool = False, device_name: str = "auto",
+                   fresh: bool = False, log=print) -> dict:
+    specs, seed_list, fp = plan(exp, seeds, epochs, quick)
+    device = pick_device(device_name)
+    progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}-{fp[:16]}.json"
+    done = {}
+    if progress_path.exists() and not fresh:
+        try:
+            done = json.loads(progress_path.read_text())["runs"]
+            log(f"resuming {exp.name}: {sum(map(len, done.values()))} finished run(s) kept from {progress_path}")
+        except (ValueError, KeyError):
+            log(f"ignoring unreadable progress file {progress_path}")
+    started, t0 = results.now(), time.perf_counter()
+    data = data_mod.load(device)
+    log(f"{exp.name}: data from {data.source}; device {device}; "
+        f"{len(specs)} variant(s) x {len(seed_list)} seed(s)")
+    if quick:
+        data = data.subset(QUICK_TRAIN, QUICK_EVAL)
+
+    for name, spec in specs.items():
+        for seed in seed_list:
+            if str(seed) in done.get(name, {}):
+                continue
+            run = fit(data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}")
+            f = run["final"]
+            status = "DIVERGED" if f["diverged"] else \
+                f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"
+            log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
+            done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
+            results.write_atomic(progress_path, {"fingerprint": fp, "runs": done})
+
+    prov = results.provenance(str(device), argv, started)
+    prov["wall_seconds"] = time.perf_counter() - t0
+    prov["data_source"] = data.source
+    variants = []
+    for name, spec in specs.items():
+        runs = [done[name][str(s)] for s in seed_list]
+        variants.append({"name": name, "params": spec.as_dict(), "runs": runs, "summary": results.summarize(runs)})
+    result = {"schema_version": results.SCHEMA_VERSION, "experiment": exp.name, "description": exp.description,
+              "fingerprint": fp, "quick": quick, "seeds": seed_list, "provenance": prov, "variants": variants}
+    results.write_atomic(out, results.validate(result, out))
+    progress_path.unlink(missing_ok=True)
+    log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
+    return result
+
+
+def default_out(name: str, quick: bool) -> Path:
+    base = results.PROJECT_ROOT / ("build/quick/results" if quick else "results")
+    return base / f"{name}.json"

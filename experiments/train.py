@@ -1,0 +1,171 @@
+"""The one training loop: fit(data, spec, seed) -> {"history": [...], "final": {...}}.
+
+Every experiment runs through here; regularisers are loss terms and parameter groups, early
+stopping is a few lines at the end of the epoch.  Speed comes from the data living on the device
+(batches are index slices of one uint8 tensor) and from reading metrics back once per epoch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import models, penalties
+from .catalog import RunSpec
+from .data import FashionMNIST, Split, make_inputs
+
+EVAL_BATCH = 2048   # images per forward pass when evaluating (no gradients, so larger is fine)
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    """Seed torch's global RNG (weights, dropout) and return the generator for batches and crops."""
+    torch.manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
+    """Decoupled weight decay only on weights (dim >= 2), as nanoGPT does; biases/norms exempt."""
+    decay = penalties.penalised(model.parameters())
+    decay_ids = {id(p) for p in decay}
+    groups = [{"params": decay, "weight_decay": spec.weight_decay},
+              {"params": [p for p in model.parameters() if id(p) not in decay_ids], "weight_decay": 0.0}]
+    if spec.optimizer == "sgd":
+        # torch's SGD couples weight_decay to the gradient; for plain SGD that equals decoupled decay
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=True)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr)
+    # plain Adam: its weight_decay would be an L2 gradient term, so decoupled decay needs AdamW
+    if spec.weight_decay:
+        raise ValueError("weight_decay with optimizer=adam is ambiguous: use adamw, or l2 for a loss term")
+    return torch.optim.Adam(groups, lr=spec.lr)
+
+
+def lr_at(step: int, total_steps: int, spec: RunSpec) -> float:
+    if spec.schedule == "cosine":
+        return spec.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return spec.lr
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, data: FashionMNIST, amp: bool) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, predictions) on a whole split, in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    preds = []
+    for start in range(0, len(split), EVAL_BATCH):
+        x = make_inputs(split.images[start:start + EVAL_BATCH], data.mean, data.std)
+        y = split.labels[start:start + EVAL_BATCH]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        preds.append(logits.argmax(1))
+    preds = torch.cat(preds)
+    return loss_sum.item() / len(split), (preds == split.labels).float().mean().item(), preds
+
+
+def weight_stats(model: nn.Module, zero_threshold: float = 1e-3) -> dict:
+    """Per weight matrix: size, L1 and L2 norms, and how many weights are (near) zero."""
+    stats = []
+    for name, w in model.named_parameters():
+        if w.dim() >= 2:
+            a = w.detach().abs().float()
+            stats.append({"name": name, "size": w.numel(), "l1": a.sum().item(), "l2": a.pow(2).sum().sqrt().item(),
+                          "frac_near_zero": (a < zero_threshold).float().mean().item(),
+                          "frac_exact_zero": (a == 0).float().mean().item()})
+    return {"zero_threshold": zero_threshold, "layers": stats}
+
+
+def fit(data: FashionMNIST, spec: RunSpec, seed: int, device: torch.device,
+        max_batches: int | None = None, desc: str = "") -> dict:
+    """Train one model; return its per-epoch history and final metrics (best weights restored
+    when early stopping is on). A NaN/inf loss ends the run marked `diverged`, not a crash."""
+    gen = seed_everything(seed, device)
+    model = models.build(spec).to(device)
+    optimizer = make_optimizer(model, spec)
+    weights = penalties.penalised(model.parameters())
+    amp = device.type == "cuda"                     # bf16 autocast on CUDA; exact fp32 on CPU
+    n = len(data.train)
+    steps_per_epoch = math.ceil(n / spec.batch_size)
+    if max_batches:
+        steps_per_epoch = min(steps_per_epoch, max_batches)
+    total_steps = spec.epochs * steps_per_epoch
+    history, best, best_state, bad_epochs, diverged, step = [], math.inf, None, 0, False, 0
+    started = time.perf_counter()
+
+    for epoch in tqdm(range(1, spec.epochs + 1), desc=desc, leave=False, unit="epoch"):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)    # accumulated on the device: no sync per step
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for b in range(steps_per_epoch):
+            idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+            x = make_inputs(data.train.images[idx], data.mean, data.std, spec.augment, spec.crop_scale, gen)
+            y = data.train.labels[idx]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, spec)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=spec.label_smoothing)
+            objective = loss
+            if spec.l1 and not spec.l1_proximal:
+                objective = objective + spec.l1 * penalties.l1_penalty(weights)
+            if spec.l2:
+                objective = objective + spec.l2 * penalties.l2_penalty(weights)
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            if spec.l1 and spec.l1_proximal:
+                penalties.soft_threshold_(weights, optimizer.param_groups[0]["lr"] * spec.l1)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            step += 1
+
+        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+        val_loss, val_acc, _ = evaluate(model, data.val, data, amp)
+        test_loss, test_acc, _ = evaluate(model, data.test, data, amp)
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                        "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_start})
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            diverged = True
+            break
+        # Early stopping on validation loss only (the test set never chooses anything).
+        if val_loss < best:
+            best, bad_epochs = val_loss, 0
+            if spec.patience:
+                best_state = copy.deepcopy(model.state_dict())
+        elif spec.patience:
+            bad_epochs += 1
+            if bad_epochs >= spec.patience:
+                break
+
+    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"] if not diverged else None
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    seconds = time.perf_counter() - started
+    if diverged:
+        final = {"diverged": True, "diverged_epoch": len(history), "epochs": len(history), "seconds": seconds,
+                 **{f"{s}_{m}": None for s in ("train", "val", "test") for m in ("loss", "acc")}}
+        return {"history": _finite(history), "final": final}
+    train_loss, train_acc, _ = evaluate(model, data.train, data, amp)   # clean: no dropout, no crops
+    val_loss, val_acc, _ = evaluate(model, data.val, data, amp)
+    test_loss, test_acc, test_pred = evaluate(model, data.test, data, amp)
+    confusion = torch.zeros(10, 10, dtype=torch.long, device=device)
+    confusion.index_put_((data.test.labels, test_pred), torch.ones_like(test_pred), accumulate=True)
+    final = {"train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc,
+             "train_loss": train_loss, "val_loss": val_loss, "test_loss": test_loss,
+             "epochs": len(history), "best_epoch": best_epoch, "seconds": seconds, "diverged": False,
+             "confusion": confusion.tolist(), "weights": weight_stats(model)}
+    return {"history": history, "final": final}
+
+
+def _finite(history: list[dict]) -> list[dict]:
+    """JSON has no NaN/inf: store them as null."""
+    return [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in h.items()} for h in history]

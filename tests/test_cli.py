@@ -1,0 +1,76 @@
+"""The command line as a user meets it: exit codes, one-line errors, a real --quick run."""
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, run_cli
+from experiments import results
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "nosuch"], "unknown experiment 'nosuch'"),
+    (["run", "depth", "--epochs", "-1"], "integer >= 1"),
+    (["run", "depth", "--epochs", "abc"], "not a whole number"),
+    (["run", "depth", "--seeds", "0"], "integer >= 1"),
+    (["run", "depth", "--device", "tpu"], "unknown device 'tpu'"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, fragment):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_cuda_requested_where_there_is_none():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli("run", "depth", "--quick", "--device", "cuda", "--out", "/tmp/never.json")
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_list_names_every_experiment_first():
+    from experiments.catalog import EXPERIMENTS
+    proc = run_cli("list")
+    assert proc.returncode == 0
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == list(EXPERIMENTS)
+
+
+def test_quick_refuses_to_write_into_results():
+    proc = run_cli("run", "depth", "--quick", "--out", str(ROOT / "results" / "depth.json"))
+    assert proc.returncode == 2 and "never writes into results/" in proc.stderr
+
+
+def test_corrupted_data_exits_1_naming_file_and_digests(tmp_path):
+    from experiments import data
+    for name in data.SHA256:
+        (tmp_path / name).symlink_to(data.RAW_DIR / name)
+    bad = tmp_path / "t10k-labels-idx1-ubyte"
+    bad.unlink()
+    bad.write_bytes((data.RAW_DIR / "t10k-labels-idx1-ubyte").read_bytes()[:-10])
+    env = {**os.environ, data.ENV_VAR: str(tmp_path)}
+    proc = run_cli("run", "depth", "--quick", "--out", str(tmp_path / "r.json"), env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert str(bad) in proc.stderr and data.SHA256["t10k-labels-idx1-ubyte"] in proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_quick_depth_run_writes_a_valid_result_and_is_then_fresh(tmp_path):
+    out = tmp_path / "depth.json"
+    proc = run_cli("run", "depth", "--quick", "--seeds", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = results.load(out)
+    assert [v["name"] for v in result["variants"]] == ["1 hidden", "2 hidden", "3 hidden", "4 hidden"]
+    for v in result["variants"]:
+        assert [r["seed"] for r in v["runs"]] == [0, 1] and v["summary"]["test_acc"]["n"] == 2
+        assert v["summary"]["test_acc"]["mean"] > 0.5            # real data: far above chance (0.1)
+    prov = result["provenance"]
+    assert prov["device"] == "cpu" and prov["packages"]["torch"] and prov["wall_seconds"] > 0
+    before = out.read_bytes()
+    again = run_cli("run", "depth", "--quick", "--seeds", "2", "--out", str(out), "--if-stale")
+    assert again.returncode == 0 and "up to date" in again.stdout and out.read_bytes() == before
+    json.loads(before)
