@@ -73,7 +73,42 @@ class Experiment:
 EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="depth",
-        description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, no regularisation)",
+        description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 15 epochs, no regularisation)",
         variants={f"{d} hidden": {"depth": d} for d in (1, 2, 3, 4)},
+    ),
+    Experiment(
+        name="dropout",
+        description="dropout rates 0-0.7 on 2x512 hidden units trained 20 epochs at a constant lr",
+        base={"width": 512, "epochs": 20, "schedule": "constant"},
+        variants={f"p={p}": {"dropout": p} for p in (0.0, 0.2, 0.5, 0.7)},
+    ),
+    Experiment(
+        name="early_stopping",
+        description="3x512 MLP trained 30 epochs at a constant lr, with and without early stopping (patience 4)",
+        base={"depth": 3, "width": 512, "epochs": 30, "schedule": "constant"},
+        variants={"no early stopping": {}, "early stopping": {"patience": 4}},
+    ),
+    Experiment(
+        name="batchnorm",
+        description="3x256 MLP, SGD+momentum at two learning rates, with and without batch normalization",
+        base={"depth": 3, "optimizer": "sgd", "schedule": "constant"},
+        variants={f"{'BN' if bn else 'no BN'}, lr={lr}": {"batchnorm": bn, "lr": lr}
+                  for lr in (0.01, 0.1) for bn in (False, True)},
+    ),
+    Experiment(
+        name="regularization",
+        description="none vs L1 / L2 penalties in the loss vs AdamW's decoupled weight decay, 3 strengths each",
+        base={"schedule": "constant"},
+        variants={"none": {},
+                  **{f"L1 {v:g}": {"l1": v} for v in (1e-5, 3e-5, 1e-4)},
+                  **{f"L2 {v:g}": {"l2": v} for v in (1e-4, 1e-3, 1e-2)},
+                  **{f"AdamW {v:g}": {"optimizer": "adamw", "weight_decay": v} for v in (0.05, 0.2, 0.5)}},
+    ),
+    Experiment(
+        name="augmentation",
+        description="no augmentation vs flips vs RandomResizedCrop+flip at the original (0.08-1) and a mild (0.6-1) scale",
+        variants={"none": {}, "flip": {"augment": "flip"},
+                  "crop 0.08-1 + flip": {"augment": "crop+flip", "crop_scale": (0.08, 1.0)},
+                  "crop 0.6-1 + flip": {"augment": "crop+flip", "crop_scale": (0.6, 1.0)}},
     ),
 ]}

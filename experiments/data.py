@@ -170,6 +170,13 @@ def load(device: str | torch.device = "cpu") -> FashionMNIST:
         mean=pixels.mean().item(), std=pixels.std().item(), source=source)
 
 
+def test_images() -> torch.Tensor:
+    """The 10,000 verified test images as uint8 [10000, 28, 28] on the CPU (for figures)."""
+    from torchvision.datasets.mnist import read_image_file
+    ensure_data()
+    return read_image_file(str(RAW_DIR / "t10k-images-idx3-ubyte"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches: uint8 images -> normalised float inputs, with optional augmentation as tensor ops.
 

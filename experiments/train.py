@@ -68,15 +68,25 @@ def evaluate(model: nn.Module, split: Split, data: FashionMNIST, amp: bool) -> t
 
 
 def weight_stats(model: nn.Module, zero_threshold: float = 1e-3) -> dict:
-    """Per weight matrix: size, L1 and L2 norms, and how many weights are (near) zero."""
-    stats = []
+    """Per weight matrix: size, L1 and L2 norms, how many weights are (near) zero; for the first
+    layer also a histogram and the L1 mass of the weights leaving each input pixel."""
+    stats, first = [], None
     for name, w in model.named_parameters():
         if w.dim() >= 2:
             a = w.detach().abs().float()
             stats.append({"name": name, "size": w.numel(), "l1": a.sum().item(), "l2": a.pow(2).sum().sqrt().item(),
                           "frac_near_zero": (a < zero_threshold).float().mean().item(),
                           "frac_exact_zero": (a == 0).float().mean().item()})
-    return {"zero_threshold": zero_threshold, "layers": stats}
+            if first is None and w.dim() == 2 and w.shape[1] == 28 * 28:
+                edges = torch.linspace(-0.2, 0.2, 81)
+                values = w.detach().float().cpu().flatten().clamp(-0.2, 0.2)
+                first = {"edges": [round(e, 4) for e in edges.tolist()],
+                         "counts": torch.histogram(values, edges).hist.long().tolist(),
+                         "pixel_l1": [round(v, 5) for v in a.sum(0).cpu().tolist()]}
+    out = {"zero_threshold": zero_threshold, "layers": stats}
+    if first:
+        out["first_layer"] = first
+    return out
 
 
 def fit(data: FashionMNIST, spec: RunSpec, seed: int, device: torch.device,
@@ -162,7 +172,9 @@ def fit(data: FashionMNIST, spec: RunSpec, seed: int, device: torch.device,
     final = {"train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc,
              "train_loss": train_loss, "val_loss": val_loss, "test_loss": test_loss,
              "epochs": len(history), "best_epoch": best_epoch, "seconds": seconds, "diverged": False,
-             "confusion": confusion.tolist(), "weights": weight_stats(model)}
+             "confusion": confusion.tolist(), "weights": weight_stats(model),
+             "misclassified": [{"index": i, "true": data.test.labels[i].item(), "pred": test_pred[i].item()}
+                               for i in (test_pred != data.test.labels).nonzero().flatten()[:24].tolist()]}
     return {"history": history, "final": final}
 
 

@@ -1,0 +1,172 @@
+"""Figures from result files only: `python -m experiments.figures results/NAME.json [OUT_DIR]`.
+
+Every curve is a mean over seeds with a +-1 std band; every bar has std error bars; n is in the
+legend or caption.  SVGs are deterministic (fixed hash salt, no date) so re-rendering from the
+same results changes no byte.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .results import load  # noqa: E402
+
+plt.rcParams.update({"svg.hashsalt": "fmreport", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
+                     "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100})
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    path = out_dir / name
+    fig.savefig(path, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return path
+
+
+def _curve(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Epochs, mean and std of `key` over the runs that did not diverge (runs may stop early:
+    each epoch averages the runs that reached it)."""
+    ok = [r for r in runs if not r["final"]["diverged"]]
+    longest = max((len(r["history"]) for r in ok), default=0)
+    mean, std = [], []
+    for e in range(longest):
+        vals = [r["history"][e][key] for r in ok if len(r["history"]) > e]
+        mean.append(np.mean(vals))
+        std.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
+    return np.arange(1, longest + 1), np.array(mean), np.array(std), len(ok)
+
+
+def curves(result: dict, out_dir: Path) -> Path:
+    """Loss (train solid, validation dashed) and validation accuracy per epoch, per variant."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(7.5, 3.0))
+    for i, v in enumerate(result["variants"]):
+        color = f"C{i}"
+        for key, style, ax in (("train_loss", "-", ax_loss), ("val_loss", "--", ax_loss), ("val_acc", "-", ax_acc)):
+            x, m, s, n = _curve(v["runs"], key)
+            if not n:
+                continue
+            scale = 100 if key.endswith("acc") else 1
+            label = f"{v['name']} (n={n})" if key == "val_acc" else None
+            ax.plot(x, m * scale, style, color=color, label=label, lw=1.3)
+            ax.fill_between(x, (m - s) * scale, (m + s) * scale, color=color, alpha=0.2, lw=0)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss: train (solid), validation (dashed)")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy, mean ± std")
+    ax_acc.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"{result['experiment']}-curves.svg")
+
+
+def accuracy(result: dict, out_dir: Path) -> Path:
+    """Train, validation and test accuracy per variant: mean with std error bars."""
+    variants = result["variants"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(variants) + 1.0))
+    y = np.arange(len(variants))
+    for j, (key, label) in enumerate((("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test"))):
+        means = [100 * (v["summary"][key]["mean"] or np.nan) for v in variants]
+        stds = [100 * (v["summary"][key]["std"] or 0) for v in variants]
+        ax.errorbar(means, y + (j - 1) * 0.22, xerr=stds, fmt="o", ms=4, capsize=3, label=label, color=f"C{j}")
+    ax.set_yticks(y, [f"{v['name']} (n={v['summary']['test_acc']['n']})" for v in variants])
+    ax.invert_yaxis()
+    ax.set(xlabel="accuracy (%), mean ± std over seeds")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_dir, f"{result['experiment']}-accuracy.svg")
+
+
+def weights(result: dict, out_dir: Path) -> list[Path]:
+    """First-layer weight histograms and per-pixel weight mass, one panel per variant (seed 0)."""
+    variants = [v for v in result["variants"] if not v["runs"][0]["final"]["diverged"]
+                and "first_layer" in v["runs"][0]["final"]["weights"]]
+    if not variants:
+        return []
+    fig, axes = plt.subplots(1, len(variants), figsize=(1.9 * len(variants), 1.9), sharey=True, squeeze=False)
+    for ax, v in zip(axes[0], variants):
+        h = v["runs"][0]["final"]["weights"]["first_layer"]
+        edges, counts = np.array(h["edges"]), np.array(h["counts"])
+        ax.bar(edges[:-1], counts / counts.sum(), width=np.diff(edges), align="edge", color="C0")
+        ax.set_yscale("log")
+        ax.set_title(v["name"], fontsize=8)
+        ax.set_xlabel("weight value")
+    axes[0][0].set_ylabel("fraction of weights")
+    fig.tight_layout()
+    paths = [_save(fig, out_dir, f"{result['experiment']}-histograms.svg")]
+
+    fig, axes = plt.subplots(1, len(variants), figsize=(1.9 * len(variants), 2.1), squeeze=False)
+    for ax, v in zip(axes[0], variants):
+        mass = np.array(v["runs"][0]["final"]["weights"]["first_layer"]["pixel_l1"]).reshape(28, 28)
+        ax.imshow(mass / mass.max(), cmap="magma", vmin=0, vmax=1)
+        ax.set_title(v["name"], fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir, f"{result['experiment']}-pixels.svg"))
+    return paths
+
+
+def confusion(result: dict, out_dir: Path) -> list[Path]:
+    """Test-set confusion matrix (summed over seeds) and per-class accuracy (mean ± std over seeds)."""
+    v = max(result["variants"], key=lambda v: v["summary"]["val_acc"]["mean"] or 0)   # chosen on validation
+    mats = np.array([r["final"]["confusion"] for r in v["runs"] if not r["final"]["diverged"]])
+    total = mats.sum(0)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    norm = total / total.sum(1, keepdims=True)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(10):
+        for j in range(10):
+            if total[i, j]:
+                ax.text(j, i, f"{100 * norm[i, j]:.0f}" if norm[i, j] >= 0.005 else "·", ha="center",
+                        va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(10), CLASSES, rotation=45, ha="right")
+    ax.set_yticks(range(10), CLASSES)
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"{v['name']}: % of each true class (test, {len(mats)} seeds pooled)")
+    fig.tight_layout()
+    paths = [_save(fig, out_dir, f"{result['experiment']}-confusion.svg")]
+
+    per_class = 100 * np.array([m.diagonal() / m.sum(1) for m in mats])
+    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    ax.bar(range(10), per_class.mean(0), yerr=per_class.std(0, ddof=1) if len(mats) > 1 else None,
+           capsize=3, color="C0")
+    ax.set_xticks(range(10), CLASSES, rotation=30, ha="right")
+    ax.set(ylabel="test accuracy (%)", ylim=(max(0, per_class.min() - 10), 100),
+           title=f"per-class test accuracy, mean ± std over {len(mats)} seeds")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir, f"{result['experiment']}-per-class.svg"))
+
+    wrong = v["runs"][0]["final"].get("misclassified")
+    if wrong:
+        from .data import test_images        # the pixels come from the verified data set
+        images = test_images()
+        fig, axes = plt.subplots(3, 8, figsize=(7.5, 3.4))
+        for ax, item in zip(axes.flat, wrong):
+            ax.imshow(images[item["index"]].numpy(), cmap="gray_r")
+            ax.set_title(f"{CLASSES[item['true']]}\n→ {CLASSES[item['pred']]}", fontsize=6)
+            ax.axis("off")
+        for ax in axes.flat[len(wrong):]:
+            ax.axis("off")
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir, f"{result['experiment']}-misclassified.svg"))
+    return paths
+
+
+def make_all(result_path: Path, out_dir: Path) -> list[Path]:
+    result = load(result_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [curves(result, out_dir), accuracy(result, out_dir), *weights(result, out_dir)]
+    if result["experiment"] == "best":
+        paths += confusion(result, out_dir)
+    return paths
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1])
+    for p in make_all(src, Path(sys.argv[2]) if len(sys.argv) > 2 else src.parent / "figures"):
+        print(f"wrote {p}")
