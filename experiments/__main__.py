@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         if args.if_stale and runner.is_fresh(out, fp, args.since):
+            if not runner.figures_fresh(out):
+                runner.draw_figures(out)
             print(f"{out} is up to date (same spec, seeds and engine code)")
             return 0
         runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,

@@ -17,6 +17,7 @@ class RunSpec:
     depth: int = 2                # number of hidden layers
     width: int = 256              # units per hidden layer
     dropout: float = 0.0          # drop probability after every hidden activation
+    input_dropout: float = 0.0    # drop probability of input pixels (Hinton et al.'s MLP recipe)
     batchnorm: bool = False       # BatchNorm1d before every hidden activation
     # optimisation
     optimizer: str = "adam"       # sgd (with momentum) | adam | adamw
@@ -110,5 +111,18 @@ EXPERIMENTS = {e.name: e for e in [
         variants={"none": {}, "flip": {"augment": "flip"},
                   "crop 0.08-1 + flip": {"augment": "crop+flip", "crop_scale": (0.08, 1.0)},
                   "crop 0.6-1 + flip": {"augment": "crop+flip", "crop_scale": (0.6, 1.0)}},
+    ),
+    # The headline MLP. Chosen on VALIDATION accuracy only, from single-seed (seed 0) exploratory
+    # runs of 2 hidden layers x 1024 units (val accuracy): dropout 0.5, 30 epochs 90.73; BN +
+    # dropout 0.3, 30 epochs 91.28; BN + dropout 0.3, 20 epochs 91.37 (chosen); the same at batch
+    # 128 91.32; + label smoothing 0.1 + flips 91.00; + input dropout 0.2 90.75; AdamW wd 0.05,
+    # lr 2e-3, dropout 0.4 91.02; 3 x 1024, dropout 0.4, label smoothing 0.1, 30 epochs 90.98;
+    # dropout 0.4 + RandomResizedCrop(0.7-1) + flips 88.93.
+    Experiment(
+        name="best",
+        description="the headline MLP: 2x1024 hidden, batch norm, dropout 0.3, Adam, cosine lr, 20 epochs",
+        base={"width": 1024, "batchnorm": True, "dropout": 0.3, "epochs": 20},
+        variants={"2x1024 BN dropout 0.3": {}},
+        seeds=5,
     ),
 ]}

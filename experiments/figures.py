@@ -87,20 +87,29 @@ def weights(result: dict, out_dir: Path) -> list[Path]:
                 and "first_layer" in v["runs"][0]["final"]["weights"]]
     if not variants:
         return []
-    fig, axes = plt.subplots(1, len(variants), figsize=(1.9 * len(variants), 1.9), sharey=True, squeeze=False)
-    for ax, v in zip(axes[0], variants):
+    cols = min(5, len(variants))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.55 * rows + 0.3), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(variants):]:
+        ax.axis("off")
+    for ax, v in zip(axes.flat, variants):
         h = v["runs"][0]["final"]["weights"]["first_layer"]
         edges, counts = np.array(h["edges"]), np.array(h["counts"])
         ax.bar(edges[:-1], counts / counts.sum(), width=np.diff(edges), align="edge", color="C0")
         ax.set_yscale("log")
         ax.set_title(v["name"], fontsize=8)
+    for ax in axes[-1]:
         ax.set_xlabel("weight value")
-    axes[0][0].set_ylabel("fraction of weights")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction")
     fig.tight_layout()
     paths = [_save(fig, out_dir, f"{result['experiment']}-histograms.svg")]
 
-    fig, axes = plt.subplots(1, len(variants), figsize=(1.9 * len(variants), 2.1), squeeze=False)
-    for ax, v in zip(axes[0], variants):
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows), squeeze=False)
+    for ax in axes.flat[len(variants):]:
+        ax.axis("off")
+    for ax, v in zip(axes.flat, variants):
         mass = np.array(v["runs"][0]["final"]["weights"]["first_layer"]["pixel_l1"]).reshape(28, 28)
         ax.imshow(mass / mass.max(), cmap="magma", vmin=0, vmax=1)
         ax.set_title(v["name"], fontsize=8)

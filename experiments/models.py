@@ -3,11 +3,14 @@ from torch import nn
 
 
 class MLP(nn.Sequential):
-    """28x28 image -> `depth` hidden layers of `width` units [-> BatchNorm] -> ReLU [-> Dropout] -> 10 logits."""
+    """28x28 image [-> input Dropout] -> `depth` x (Linear to `width` units [-> BatchNorm] -> ReLU
+    [-> Dropout]) -> Linear to 10 logits."""
 
     def __init__(self, depth: int = 2, width: int = 256, dropout: float = 0.0, batchnorm: bool = False,
-                 in_features: int = 28 * 28, classes: int = 10):
+                 input_dropout: float = 0.0, in_features: int = 28 * 28, classes: int = 10):
         layers, size = [nn.Flatten()], in_features
+        if input_dropout > 0:
+            layers.append(nn.Dropout(input_dropout))
         for _ in range(depth):
             # BatchNorm's own shift makes the Linear's bias redundant
             layers.append(nn.Linear(size, width, bias=not batchnorm))
@@ -23,5 +26,5 @@ class MLP(nn.Sequential):
 
 def build(spec) -> nn.Module:
     if spec.model == "mlp":
-        return MLP(spec.depth, spec.width, spec.dropout, spec.batchnorm)
+        return MLP(spec.depth, spec.width, spec.dropout, spec.batchnorm, spec.input_dropout)
     raise ValueError(f"unknown model {spec.model!r}")

@@ -22,7 +22,7 @@ ENGINE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = ENGINE_DIR.parent
 # The code a result depends on besides its spec. The catalog is not here: each experiment's own
 # resolved specs are hashed instead, so editing one spec reruns only that experiment.
-ENGINE_SOURCES = ("data.py", "models.py", "penalties.py", "train.py", "runner.py")
+ENGINE_SOURCES = ("data.py", "models.py", "penalties.py", "train.py")
 FINAL_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
               "epochs", "seconds", "diverged")
 SUMMARY_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "epochs", "seconds")

@@ -96,7 +96,26 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     results.write_atomic(out, results.validate(result, out))
     progress_path.unlink(missing_ok=True)
     log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
+    draw_figures(out, log)
     return result
+
+
+def figures_dir(out: Path) -> Path:
+    return out.parent / "figures"
+
+
+def figures_fresh(out: Path) -> bool:
+    """Figures exist and are newer than both the result and the plotting code."""
+    from . import figures
+    drawn = list(figures_dir(out).glob(f"{out.stem}-*.svg"))
+    newest_input = max(out.stat().st_mtime, Path(figures.__file__).stat().st_mtime)
+    return bool(drawn) and min(p.stat().st_mtime for p in drawn) >= newest_input
+
+
+def draw_figures(out: Path, log=print) -> None:
+    from . import figures
+    for path in figures.make_all(out, figures_dir(out)):
+        log(f"wrote {path}")
 
 
 def default_out(name: str, quick: bool) -> Path:

@@ -1,0 +1,392 @@
+"""The report renderer (report/build.py) on a small fixture result set written here, never trained:
+sections, headline number, escaping, missing results, determinism, PDF text, and the HTML in a
+headless browser (no console errors, no request to another host, every figure drawn)."""
+from __future__ import annotations
+
+import fcntl
+import html.parser
+import importlib.util
+import json
+import os
+import random
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from experiments import catalog, results
+
+ROOT = Path(__file__).resolve().parent.parent
+EVIL = "<script>alert(1)</script>*x*"
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
+                              shutil.which("google-chrome")) if p and os.path.exists(p)), None)
+needs_poppler = pytest.mark.skipif(not (shutil.which("pdftotext") and shutil.which("pdfinfo")),
+                                   reason="pdftotext/pdfinfo not installed (apt-get install poppler-utils)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+
+
+def load_build():
+    spec = importlib.util.spec_from_file_location("report_build", ROOT / "report" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = load_build()
+
+
+# --- fixture results: minimal valid result files, deterministic numbers --------------------------
+
+def fake_run(seed: int, quality: float, epochs: int, rng: random.Random) -> dict:
+    history = []
+    for e in range(1, epochs + 1):
+        acc = quality - 0.08 / e + 0.002 * rng.random()
+        history.append({"epoch": e, "train_loss": 0.9 / e, "train_acc": acc + 0.02, "val_loss": 0.95 / e + 0.01,
+                        "val_acc": acc, "test_loss": 0.97 / e + 0.01, "test_acc": acc - 0.004, "lr": 1e-3,
+                        "seconds": 1.5 + 0.1 * rng.random()})
+    last = history[-1]
+    confusion = [[0] * 10 for _ in range(10)]
+    for i in range(10):
+        right = int(1000 * (quality - 0.03 * (i == 6)))
+        confusion[i][i], confusion[i][(i + 1) % 10] = right, 1000 - right
+    layers = [{"name": "1.weight", "size": 784 * 16, "l1": 100.0, "l2": 3.0,
+               "frac_near_zero": 0.02 + 0.01 * rng.random(), "frac_exact_zero": 0.0},
+              {"name": "3.weight", "size": 160, "l1": 5.0, "l2": 1.0, "frac_near_zero": 0.01, "frac_exact_zero": 0.0}]
+    final = {**{k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")},
+             "epochs": epochs, "best_epoch": epochs, "seconds": sum(h["seconds"] for h in history),
+             "diverged": False, "confusion": confusion,
+             "weights": {"zero_threshold": 1e-3, "layers": layers,
+                         "first_layer": {"edges": [-0.2, 0.0, 0.2], "counts": [5, 7], "pixel_l1": [1.0] * 784}},
+             "misclassified": []}
+    return {"seed": seed, "history": history, "final": final}
+
+
+def fake_result(name: str, variants: dict[str, dict], seeds: int = 2, epochs: int = 3) -> dict:
+    rng = random.Random(name)
+    out = []
+    for i, (vname, params) in enumerate(variants.items()):
+        runs = [fake_run(s, 0.86 + 0.01 * i, epochs, rng) for s in range(seeds)]
+        out.append({"name": vname, "params": params, "runs": runs, "summary": results.summarize(runs)})
+    return {"schema_version": results.SCHEMA_VERSION, "experiment": name, "description": f"fixture for {name}",
+            "fingerprint": "0" * 64, "quick": False, "seeds": list(range(seeds)),
+            "provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": False,
+                           "packages": {"torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2.4.6", "tqdm": "4"},
+                           "python": "3.11.7", "platform": "Linux-test", "device": "cpu", "cpu_count": 2,
+                           "started": "2025-01-02T03:04:05+00:00", "wall_seconds": 123.4,
+                           "command": f"python -m experiments run {name}"},
+            "variants": out}
+
+
+def svg(label: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="480" height="180" viewBox="0 0 480 180">'
+            f'<rect width="480" height="180" fill="#e8eef6"/><circle cx="90" cy="90" r="60" fill="#2e6da4"/>'
+            f'<text x="170" y="98" font-size="22" font-family="sans-serif">{label}</text></svg>\n')
+
+
+FIGURES = ("curves", "accuracy", "histograms", "pixels", "confusion", "per-class", "misclassified")
+
+
+def write_fixture(folder: Path) -> dict:
+    """Every catalog experiment plus best.json, and a placeholder SVG for every figure name."""
+    written = {}
+    for name, exp in catalog.EXPERIMENTS.items():
+        variants = {v: spec.as_dict() for v, spec in exp.specs().items()}
+        if name == "dropout":
+            variants[EVIL] = next(iter(exp.specs().values())).as_dict()
+        written[name] = fake_result(name, variants)
+    best = catalog.RunSpec(width=1024, dropout=0.5, epochs=3).as_dict()
+    written["best"] = fake_result("best", {"headline MLP": best}, seeds=5)
+    for name, obj in written.items():
+        results.write_atomic(folder / f"{name}.json", obj)
+        for fig in FIGURES:
+            (folder / "figures").mkdir(exist_ok=True)
+            (folder / "figures" / f"{name}-{fig}.svg").write_text(svg(f"{name} {fig}"))
+    return written
+
+
+def render(results_dir: Path, out: Path, *flags: str) -> int:
+    return build.main(["--results", str(results_dir), "--out", str(out), *flags])
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report")
+    res = base / "results"
+    res.mkdir()
+    data = write_fixture(res)
+    assert render(res, base / "out") == 0
+    return {"base": base, "results": res, "data": data, "out": base / "out",
+            "html": (base / "out" / "report.html").read_text(encoding="utf-8")}
+
+
+class TextAndHeadings(html.parser.HTMLParser):
+    """Visible text of an HTML page (scripts/styles dropped) and the text of its headings."""
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.headings, self._skip, self._heading = [], [], 0, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style", "svg", "math"):
+            self._skip += 1
+        if re.fullmatch(r"h[1-6]", tag):
+            self._heading = []
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style", "svg", "math"):
+            self._skip -= 1
+        if re.fullmatch(r"h[1-6]", tag) and self._heading is not None:
+            self.headings.append(" ".join("".join(self._heading).split()))
+            self._heading = None
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.text.append(data)
+            if self._heading is not None:
+                self._heading.append(data)
+
+
+def parse(page: str) -> TextAndHeadings:
+    p = TextAndHeadings()
+    p.feed(page)
+    return p
+
+
+def visible_text(page: str) -> str:
+    return " ".join("".join(parse(page).text).split())
+
+
+def section_titles() -> list[str]:
+    essays = [re.search(r"^## (.*?) \{#", (ROOT / "report" / e).read_text(), re.M).group(1) for e in build.ESSAYS]
+    names = build.section_names(ROOT / "nonexistent")
+    return [*build.TOP_SECTIONS, *essays, *(build.title_of(n) for n in names)]
+
+
+def pdf_text(pdf: Path) -> str:
+    out = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    return " ".join(unicodedata.normalize("NFKC", out).split())
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+def test_every_section_heading_is_in_the_html(rendered):
+    headings = parse(rendered["html"]).headings
+    for title in section_titles():
+        assert any(h == title or re.fullmatch(r"[\d.]+ " + re.escape(title), h) for h in headings), \
+            f"no heading {title!r} in {headings}"
+
+
+def test_headline_number_is_the_fixture_value_through_the_same_filter(rendered):
+    summary = rendered["data"]["best"]["variants"][0]["summary"]["test_acc"]
+    expected = str(build.pm(summary))
+    assert "\u00a0±\u00a0" in expected                           # kept on one line
+    assert " ".join(expected.split()) in visible_text(rendered["html"])
+    assert str(build.pct(build.ORIGINAL_STUDY_TEST_ACC)) in rendered["html"]
+
+
+def test_strings_from_results_are_escaped(rendered):
+    page = rendered["html"]
+    assert "<script>alert" not in page
+    assert "<em>x</em>" not in page
+    assert EVIL in visible_text(page)      # shown literally, not interpreted
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;*x*" in page
+
+
+def test_numbering_agrees_and_references_resolve(rendered):
+    page = rendered["html"]
+    assert "??" not in page
+    assert re.search(r'<a href="#sec-regularization">Section 3\.\d+</a>', page), "@sec-regularization not linked"
+    assert "@sec-" not in page
+    for ident in re.findall(r'href="#((?:fig|tbl|sec)-[\w-]+)"', page):
+        assert f'id="{ident}"' in page, f"link to #{ident} has no target"
+    captions = re.findall(r"<figcaption>(Figure \d+):", page)
+    assert captions == [f"Figure {i}" for i in range(1, len(captions) + 1)]
+    typ = (rendered["out"] / "build" / "report.typ").read_text()
+    assert "#set figure(numbering: none)" in typ
+
+
+def test_missing_result_shows_a_box_and_strict_fails(rendered, tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(rendered["results"], res)
+    (res / "dropout.json").unlink()
+    (res / "depth.json").write_text("{ not json")
+    assert render(res, tmp_path / "out") == 0
+    page = visible_text((tmp_path / "out" / "report.html").read_text())
+    assert "Result missing or invalid:" in page and "run make results/dropout.json" in page
+    assert "not valid JSON" in page
+    proc = subprocess.run([sys.executable, str(ROOT / "report" / "build.py"), "--results", str(res),
+                           "--out", str(tmp_path / "strict"), "--strict"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Result missing or invalid:" in proc.stderr and "dropout.json" in proc.stderr
+    assert not (tmp_path / "strict" / "report.html").exists()
+
+
+@needs_poppler
+def test_rendering_twice_gives_the_same_html_and_pdf_text(rendered, tmp_path):
+    assert render(rendered["results"], tmp_path / "again") == 0
+    assert (tmp_path / "again" / "report.html").read_bytes() == (rendered["out"] / "report.html").read_bytes()
+    assert pdf_text(tmp_path / "again" / "report.pdf") == pdf_text(rendered["out"] / "report.pdf")
+
+
+@needs_poppler
+def test_pdf_has_the_headline_every_section_and_pages(rendered):
+    text = pdf_text(rendered["out"] / "report.pdf")
+    summary = rendered["data"]["best"]["variants"][0]["summary"]["test_acc"]
+    assert " ".join(str(build.pm(summary)).split()) in text
+    assert EVIL in text
+    for title in section_titles():
+        assert title in text, f"section {title!r} not in the PDF text"
+    info = subprocess.run(["pdfinfo", str(rendered["out"] / "report.pdf")], capture_output=True, text=True).stdout
+    assert int(re.search(r"^Pages:\s+(\d+)", info, re.M).group(1)) > 3
+
+
+def test_html_loads_nothing_from_other_hosts(rendered):
+    class Resources(html.parser.HTMLParser):
+        found = []
+
+        def handle_starttag(self, tag, attrs):
+            for key, value in attrs:
+                if value and (key == "src" or key in ("href", "srcset", "poster") and tag != "a"):
+                    self.found.append((tag, value[:60]))
+    p = Resources()
+    p.feed(rendered["html"])
+    remote = [r for r in p.found if re.match(r"\s*(https?:)?//", r[1])]
+    assert not remote, f"resources from other hosts: {remote}"
+    assert "mathjax" not in rendered["html"].lower() and "@import" not in rendered["html"]
+
+
+# --- in a headless browser, through the DevTools protocol over a pipe ---------------------------
+
+class DevTools:
+    """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fds 3 and 4)."""
+
+    def __init__(self, profile: Path):
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # move the child's ends above fd 9 so that placing them on 3 and 4 cannot overwrite each other
+        high_r, high_w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w))
+        for fd in (to_browser_r, from_browser_w):
+            os.close(fd)
+        # the browser reads commands on fd 3 and writes replies and events on fd 4
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4), preexec_fn=lambda: (os.dup2(high_r, 3), os.dup2(high_w, 4)))
+        os.close(high_r)
+        os.close(high_w)
+        self._buffer, self._id, self.events = b"", 0, []
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30):
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to_browser, json.dumps(msg).encode() + b"\0")
+        reply = self.wait(lambda m: m.get("id") == self._id, timeout)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    def wait(self, match, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                msg = json.loads(raw)
+                if "method" in msg:
+                    self.events.append(msg)
+                if match(msg):
+                    return msg
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_browser], [], [], left)[0]:
+                raise TimeoutError("no reply from chromium")
+            chunk = os.read(self._from_browser, 1 << 16)
+            if not chunk:
+                raise RuntimeError("chromium closed the pipe")
+            self._buffer += chunk
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=5)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+@needs_chromium
+def test_html_in_headless_chromium(rendered, tmp_path):
+    url = (rendered["out"] / "report.html").as_uri()
+    tools = DevTools(tmp_path / "profile")
+    try:
+        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            tools.send(f"{domain}.enable", session=session)
+        tools.send("Page.navigate", {"url": url}, session=session)
+        tools.wait(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == session, 60)
+        figures = tools.send("Runtime.evaluate", {"returnByValue": True, "expression": """
+            Array.from(document.querySelectorAll('figure img')).map(i => ({
+                id: i.closest('figure').id, w: i.naturalWidth, h: i.naturalHeight, done: i.complete}))"""},
+            session=session)["result"]["value"]
+        width = tools.send("Runtime.evaluate", {"returnByValue": True, "expression":
+                           "[document.documentElement.scrollWidth, window.innerWidth]"}, session=session)
+    finally:
+        tools.close()
+
+    events = [e for e in tools.events if e.get("sessionId") == session]
+    errors = [e["params"] for e in events if e["method"] == "Runtime.exceptionThrown"
+              or e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert")
+              or e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
+    assert not errors, f"console errors: {errors}"
+    requests = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+    assert requests and all(re.match(r"(file|data|about):", u) for u in requests), \
+        f"requests to other hosts: {[u for u in requests if not re.match(r'(file|data|about):', u)]}"
+    assert figures and len(figures) == rendered["html"].count('<figure id="fig-')
+    broken = [f for f in figures if not (f["done"] and f["w"] > 0 and f["h"] > 0)]
+    assert not broken, f"figures not drawn: {broken}"
+    scroll_width, inner_width = width["result"]["value"]
+    assert scroll_width <= inner_width, "the page scrolls sideways"
+
+
+def test_if_stale_skips_an_up_to_date_report(rendered, capsys):
+    html = rendered["out"] / "report.html"
+    before = html.stat().st_mtime_ns
+    assert render(rendered["results"], rendered["out"], "--if-stale") == 0
+    assert "up to date" in capsys.readouterr().out
+    assert html.stat().st_mtime_ns == before
+
+
+def test_quarto_renderer_without_quarto_is_a_clear_error(rendered, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))          # no quarto (and nothing else) on PATH
+    assert render(rendered["results"], tmp_path / "q", "--renderer", "quarto") == 1
+    assert "quarto" in capsys.readouterr().err
+    assert (tmp_path / "q" / "build" / "report.md").exists()
+
+
+@needs_poppler
+def test_nothing_in_the_pdf_runs_past_the_margins(rendered, tmp_path):
+    """Every word lies inside the text area (tables, code and long names included)."""
+    bbox = tmp_path / "bbox.html"
+    subprocess.run(["pdftotext", "-bbox", str(rendered["out"] / "report.pdf"), str(bbox)], capture_output=True,
+                   check=True)
+    margin = float(build.TYPST_PAGE["margin"]["x"].removesuffix("cm")) / 2.54 * 72    # points
+    outside = []
+    for number, page in enumerate(bbox.read_text().split("<page ")[1:], 1):
+        width = float(re.search(r'width="([\d.]+)"', page).group(1))
+        for x0, x1, word in re.findall(r'<word xMin="([\d.]+)" yMin="[\d.]+" xMax="([\d.]+)"[^>]*>([^<]*)<', page):
+            if float(x0) < margin - 3 or float(x1) > width - margin + 3:    # 3 pt: hanging punctuation
+                outside.append((number, word, x0, x1))
+    assert not outside, f"text outside the margins: {outside[:10]}"

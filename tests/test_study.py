@@ -1,0 +1,52 @@
+"""Every experiment of the catalog runs in --quick mode on the real data, and its figures build."""
+import statistics
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from experiments import figures, results, runner
+from experiments.catalog import EXPERIMENTS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_spec_runs_quick_and_summaries_are_exact(name, tmp_path):
+    out = tmp_path / f"{name}.json"
+    runner.run_experiment(EXPERIMENTS[name], out, ["run", name, "--quick"], seeds=2, quick=True,
+                          device_name="cpu", log=lambda *a: None)
+    result = results.load(out)
+    assert [v["name"] for v in result["variants"]] == list(EXPERIMENTS[name].variants)
+    for v in result["variants"]:
+        finals = [r["final"] for r in v["runs"] if not r["final"]["diverged"]]
+        for key in ("test_acc", "val_acc", "train_acc", "epochs"):
+            values = [f[key] for f in finals]
+            assert v["summary"][key]["n"] == len(values)
+            assert v["summary"][key]["mean"] == pytest.approx(statistics.mean(values))
+            assert v["summary"][key]["std"] == pytest.approx(statistics.stdev(values))
+    drawn = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert f"{name}-curves.svg" in drawn and f"{name}-accuracy.svg" in drawn
+    for p in (tmp_path / "figures").iterdir():
+        root = ET.parse(p).getroot()                       # well-formed SVG with a real size
+        assert root.tag.endswith("svg") and float(root.get("width").rstrip("pt")) > 100
+
+
+def run(history_accs, diverged=False):
+    return {"history": [{"val_acc": a} for a in history_accs], "final": {"diverged": diverged}}
+
+
+def test_curve_band_is_mean_and_std_over_runs_that_reached_each_epoch():
+    runs = [run([0.5, 0.6, 0.7]), run([0.7, 0.8]), run([0.1], diverged=True)]
+    epochs, mean, std, n = figures._curve(runs, "val_acc")
+    assert n == 2 and epochs.tolist() == [1, 2, 3]
+    assert np.allclose(mean, [0.6, 0.7, 0.7])
+    assert np.allclose(std, [statistics.stdev([0.5, 0.7]), statistics.stdev([0.6, 0.8]), 0.0])
+
+
+def test_figures_are_byte_identical_when_redrawn(tmp_path):
+    out = tmp_path / "depth.json"
+    runner.run_experiment(EXPERIMENTS["depth"], out, ["run", "depth", "--quick"], seeds=1, epochs=1, quick=True,
+                          device_name="cpu", log=lambda *a: None)
+    first = (tmp_path / "figures" / "depth-curves.svg").read_bytes()
+    figures.make_all(out, tmp_path / "figures")
+    assert (tmp_path / "figures" / "depth-curves.svg").read_bytes() == first
