@@ -27,7 +27,7 @@ RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SE
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 
-.PHONY: help setup data test all experiments reproduce report clean lock FORCE
+.PHONY: help setup data test all experiments reproduce report bench clean lock FORCE
 
 help: ## print this list of targets
 	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N)"
@@ -93,6 +93,9 @@ $(TEST_TOOLS):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get install -y -q chromium poppler-utils || { apt-get update -q && apt-get install -y -q chromium poppler-utils; }; \
 	else echo "warning: $@ is missing (sudo apt-get install chromium poppler-utils); its tests will skip"; fi
+
+bench: | $(SETUP) $(DATA) ## measure speed (engine vs tutorial loop, % of peak, time to 89%) -> results/bench.json
+	$(PY) -m experiments.bench
 
 test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke, CLI, report in a browser)
 	$(PY) -m pytest -q

@@ -169,7 +169,9 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
 def make_all(result_path: Path, out_dir: Path) -> list[Path]:
     result = load(result_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [curves(result, out_dir), accuracy(result, out_dir), *weights(result, out_dir)]
+    paths = [curves(result, out_dir), accuracy(result, out_dir)]
+    if result["experiment"] == "regularization":
+        paths += weights(result, out_dir)
     if result["experiment"] == "best":
         paths += confusion(result, out_dir)
     return paths

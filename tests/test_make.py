@@ -1,0 +1,76 @@
+"""make semantics on a copy of the project: a second run does nothing, an edited spec reruns only
+its experiment, `make -j2` gives the same results as a serial run, `make report` never trains."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The project's sources in a temporary folder, sharing .venv and the verified data."""
+    dest = tmp_path_factory.mktemp("project")
+    for name in ("Makefile", "pyproject.toml", "requirements.lock"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("experiments", "templates", "report", "tests"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "report.*"))
+    (dest / ".venv").symlink_to(ROOT / ".venv")
+    (dest / "data").symlink_to(ROOT / "data")
+    return dest
+
+
+def make(project, *targets, jobs=1):
+    proc = subprocess.run(["make", f"-j{jobs}", "-o", ".venv/.installed", "QUICK=1", "SEEDS=1", *targets],
+                          cwd=project, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def histories(path):
+    """The per-run histories without wall-clock seconds (those differ between any two runs)."""
+    result = json.loads(path.read_text())
+    return [[{k: v for k, v in h.items() if k != "seconds"} for r in var["runs"] for h in r["history"]]
+            for var in result["variants"]]
+
+
+def test_second_make_does_nothing_and_edit_reruns_only_that_experiment(project):
+    quick = project / "build" / "quick" / "results"
+    make(project, "build/quick/results/depth.json", "build/quick/results/augmentation.json")
+    before = {p.name: p.read_bytes() for p in quick.glob("*.json")}
+    again = make(project, "build/quick/results/depth.json", "build/quick/results/augmentation.json")
+    assert again.count("is up to date") == 2 and "wrote" not in again
+    assert {p.name: p.read_bytes() for p in quick.glob("*.json")} == before
+
+    catalog = project / "experiments" / "catalog.py"
+    text = catalog.read_text()
+    catalog.write_text(text.replace('variants={f"{d} hidden": {"depth": d} for d in (1, 2, 3, 4)}',
+                                    'variants={f"{d} hidden": {"depth": d, "width": 128} for d in (1, 2, 3, 4)}'))
+    try:
+        out = make(project, "build/quick/results/depth.json", "build/quick/results/augmentation.json")
+    finally:
+        catalog.write_text(text)
+    assert f"wrote {quick / 'depth.json'}" in out and f"{quick / 'augmentation.json'} is up to date" in out
+    assert (quick / "augmentation.json").read_bytes() == before["augmentation.json"]
+
+
+def test_parallel_make_equals_serial(project):
+    quick = project / "build" / "quick" / "results"
+    targets = ["build/quick/results/dropout.json", "build/quick/results/batchnorm.json"]
+    make(project, *targets)
+    serial = {t: histories(project / t) for t in targets}
+    for t in targets:
+        (project / t).unlink()
+    make(project, *targets, jobs=2)
+    assert {t: histories(project / t) for t in targets} == serial
+    assert not list(quick.glob(".*.tmp*"))
+
+
+def test_report_never_trains(project):
+    out = subprocess.run(["make", "-o", ".venv/.installed", "QUICK=1", "report"], cwd=project,
+                         capture_output=True, text=True, timeout=300)
+    assert "experiments run" not in out.stdout and "epoch" not in out.stderr
