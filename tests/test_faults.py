@@ -14,7 +14,7 @@ from conftest import ROOT, run_cli
 from experiments import results, runner
 from experiments.catalog import EXPERIMENTS
 
-SLOW_QUICK = ["run", "depth", "--quick", "--epochs", "25", "--seeds", "3"]   # ~1 s per run
+SLOW_QUICK = ["run", "depth", "--quick", "--epochs", "10", "--seeds", "3"]   # ~0.5 s per run
 
 
 def start(args, tmp_path):
