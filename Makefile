@@ -22,7 +22,8 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 # QUICK=1: smoke runs (2 epochs on 2048 images) into a git-ignored folder, never over results/.
 RESULTS := $(if $(QUICK),build/quick/results,results)
-RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEEDS),--seeds $(SEEDS))
+RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEEDS),--seeds $(SEEDS)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS))
 # The experiment names come from the catalog (plain Python, no packages needed).
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
@@ -30,7 +31,7 @@ RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 .PHONY: help setup data test all experiments reproduce report bench clean lock FORCE
 
 help: ## print this list of targets
-	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N)"
+	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N)"
 	@grep -E '^[a-zA-Z%/$$()._-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | \
 		sed 's/$$(RESULTS)\/%/results\/NAME/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo "  experiments:           $(EXPERIMENTS)"

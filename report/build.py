@@ -64,7 +64,7 @@ TITLES = {"depth": "Depth", "dropout": "Dropout", "early_stopping": "Early stopp
           "batchnorm": "Batch normalization", "regularization": "L1, L2 and weight decay",
           "augmentation": "Data augmentation", "best": "The headline model",
           "transfer": "Transfer learning", "cnn": "A convolutional network"}
-TOP_SECTIONS = ("Summary", "Data and method", "Experiments", "The regularization code",
+TOP_SECTIONS = ("Summary", "Data and method", "Experiments", "Speed", "The regularization code",
                 "References", "Appendix: provenance of the results")
 
 # Numbers that do not come from a result file, each with its source. Templates print them through
@@ -317,13 +317,6 @@ def param_changes(result: dict) -> list[tuple[str, str]]:
     return [(k, v) for k, v in shared.items() if k in default and default[k] != v]
 
 
-def common(sections: list, key: str):
-    """The most frequent value of params[key] over every variant of every loaded result."""
-    values = Counter(json.dumps(v["params"].get(key)) for s in sections if s.result
-                     for v in s.result["variants"])
-    return json.loads(values.most_common(1)[0][0]) if values else None
-
-
 def distinct(sections: list, *path: str) -> list:
     """Sorted distinct values of result[path...] (e.g. provenance, packages, torch) over the loaded results."""
     out = set()
@@ -482,6 +475,21 @@ def load_sections(results_dir: Path) -> list[Section]:
     return sections
 
 
+BENCH_KEYS = ("engine_plain_epoch_s", "engine_augmented_epoch_s", "tutorial_plain_epoch_s",
+              "tutorial_augmented_epoch_s", "speedup_plain", "speedup_augmented", "matmul_flops",
+              "train_step_flops", "peak_fraction", "time_to_89", "time_to_89_seconds", "threads", "provenance")
+
+
+def load_bench(results_dir: Path) -> dict | None:
+    """results/bench.json (from `make bench`), or None when it is absent, a quick run or incomplete."""
+    try:
+        bench = json.loads((results_dir / "bench.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(bench, dict) and all(k in bench for k in BENCH_KEYS) and not bench.get("quick")
+    return bench if ok else None
+
+
 def make_command(results_dir: Path, name: str) -> str:
     """The command that (re)makes one result file."""
     try:
@@ -634,7 +642,7 @@ def make_env(doc: Document) -> jinja2.Environment:
     env.globals.update(figure=doc.figure, table=doc.table, ref=doc.ref, heading=doc.heading,
                        missing=doc.missing, essay=doc.essay, quote_functions=quote_functions,
                        quote_uses=quote_uses,
-                       common=lambda key: common(doc.sections, key),
+                       base=catalog.RunSpec().as_dict(),   # the settings every experiment starts from
                        distinct=lambda *path: distinct(doc.sections, *path))
     return env
 
@@ -651,6 +659,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
                     "fit": FASHION_MNIST["train"] - data[0] * len(data[1]),
                     "split_seed": source_constant(ENGINE / "data.py", "SPLIT_SEED")},
         "quick": [s for s in sections if s.result and s.result.get("quick")],
+        "bench": load_bench(results_dir),
         "loaded": [s for s in sections if s.result],
     }
     env = make_env(doc)

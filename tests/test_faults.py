@@ -139,3 +139,30 @@ def test_unknown_variant_override_in_a_spec_is_refused():
     with pytest.raises(ValueError, match="unknown RunSpec field"):
         Experiment(name="x", description="", variants={"v": {"widht": 3}}).specs()
     assert all(e.specs() for e in EXPERIMENTS.values())
+
+
+def test_unreadable_idx_file_is_named(tmp_path, monkeypatch):
+    from pathlib import Path
+    from experiments import data
+    for name in data.SHA256:
+        (tmp_path / name).symlink_to(data.RAW_DIR / name)
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(data, "RAW_DIR", tmp_path / "copy")
+    real = Path.read_bytes
+
+    def deny(self):
+        if self.name == "train-labels-idx1-ubyte":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(data.DataError, match="cannot read .*train-labels-idx1-ubyte.*Permission denied"):
+        data.ensure_data()
+
+
+def test_empty_fashion_mnist_dir_names_every_missing_file(tmp_path, monkeypatch):
+    from experiments import data
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
+    proc = run_cli("run", "depth", "--quick", "--out", str(tmp_path / "r.json"),
+                   env={**os.environ, data.ENV_VAR: str(tmp_path)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert all(name in proc.stderr for name in data.SHA256)

@@ -2,7 +2,9 @@
 its experiment, `make -j2` gives the same results as a serial run, `make report` never trains."""
 import json
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -75,3 +77,19 @@ def test_report_never_trains(project):
     out = subprocess.run(["make", "-o", ".venv/.installed", "QUICK=1", "report"], cwd=project,
                          capture_output=True, text=True, timeout=300)
     assert "experiments run" not in out.stdout and "epoch" not in out.stderr
+
+
+def test_interrupted_make_leaves_no_half_target(project):
+    target = project / "build" / "quick" / "results" / "early_stopping.json"
+    target.unlink(missing_ok=True)
+    proc = subprocess.Popen(["make", "-o", ".venv/.installed", "QUICK=1", "SEEDS=3", "EPOCHS=30",
+                             "build/quick/results/early_stopping.json"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(6)                      # inside the training (startup takes a few seconds)
+    assert proc.poll() is None, proc.communicate()
+    import os
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert not target.exists()
+    assert not list(target.parent.glob(".*.tmp*"))
