@@ -709,7 +709,7 @@ def fingerprint(markdown: str, figures: dict[str, Path], renderer: str) -> str:
         h.update(name.encode() + hashlib.sha256(figures[name].read_bytes()).digest())
     for path in (Path(__file__), STYLE, TYPST_HEADER, BOXES_FILTER, BIBLIOGRAPHY):
         h.update(path.read_bytes())
-    h.update(f"{pandoc_path()}|{renderer}|typst {getattr(typst, '__version__', '')}".encode())
+    h.update(f"{renderer}|typst {getattr(typst, '__version__', '')}".encode())   # no paths: same on every clone
     h.update(subprocess.run([pandoc_path(), "--version"], capture_output=True, text=True).stdout.encode())
     return h.hexdigest()
 
