@@ -94,7 +94,8 @@ def fit(data: FashionMNIST, spec: RunSpec, seed: int, device: torch.device,
     """Train one model; return its per-epoch history and final metrics (best weights restored
     when early stopping is on). A NaN/inf loss ends the run marked `diverged`, not a crash."""
     # Denormal floats (e.g. Adam's moments of units that a weight penalty switched off) make CPU
-    # arithmetic 10-20x slower; an L2 run went from 0.6 to 12 s per epoch without this.
+    # arithmetic 10-20x slower. This reaches the calling thread only; runner.py also sets it before
+    # torch starts its worker threads, which inherit it.
     torch.set_flush_denormal(True)
     gen = seed_everything(seed, device)
     model = models.build(spec).to(device)
