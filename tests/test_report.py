@@ -100,6 +100,11 @@ def write_fixture(folder: Path) -> dict:
         if name == "dropout":
             variants[EVIL] = next(iter(exp.specs().values())).as_dict()
         written[name] = fake_result(name, variants)
+        if name == "batchnorm":          # one run that diverged, as the engine records it
+            last = written[name]["variants"][-1]
+            last["runs"][0]["final"].update({k: None for k in results.SUMMARY_KEYS if k not in ("epochs", "seconds")},
+                                            diverged=True, diverged_epoch=2)
+            last["summary"] = results.summarize(last["runs"])
     best = catalog.RunSpec(width=1024, dropout=0.5, epochs=3).as_dict()
     written["best"] = fake_result("best", {"headline MLP": best}, seeds=5)
     for name, obj in written.items():
@@ -390,3 +395,11 @@ def test_nothing_in_the_pdf_runs_past_the_margins(rendered, tmp_path):
             if float(x0) < margin - 3 or float(x1) > width - margin + 3:    # 3 pt: hanging punctuation
                 outside.append((number, word, x0, x1))
     assert not outside, f"text outside the margins: {outside[:10]}"
+
+
+def test_a_diverged_run_is_shown_and_left_out_of_the_summary(rendered):
+    variant = rendered["data"]["batchnorm"]["variants"][-1]
+    assert variant["summary"]["test_acc"]["n"] == 1 and variant["summary"]["diverged"] == 1
+    text = re.sub(r"<[^>]+>", "", rendered["html"])
+    assert "1 (1 diverged)" in text
+    assert "Runs that diverged" in text
