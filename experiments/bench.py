@@ -40,11 +40,12 @@ def engine_epoch_seconds(data, spec: RunSpec, device, epochs: int) -> list[float
     return [h["seconds"] for h in run["history"]][1:]
 
 
-def tutorial_epoch_seconds(augment: bool, workers: int, epochs: int, max_batches: int | None) -> list[float]:
+def tutorial_epoch_seconds(mean: float, std: float, augment: bool, workers: int, epochs: int,
+                           max_batches: int | None) -> list[float]:
     """The loop most tutorials show: a Dataset of PIL images, per-sample transforms, a DataLoader."""
     from torchvision import datasets, transforms
     steps = [transforms.RandomResizedCrop(28), transforms.RandomHorizontalFlip()] if augment else []
-    tf = transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
+    tf = transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
     ds = torch.utils.data.Subset(datasets.FashionMNIST(str(data_mod.DATA_ROOT), train=True, transform=tf),
                                  range(54000))                   # the engine's training-set size
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers)
@@ -124,8 +125,8 @@ def main(argv=None) -> None:
 
     engine_plain = statistics.median(engine_epoch_seconds(data, spec, device, epochs))
     engine_aug = statistics.median(engine_epoch_seconds(data, spec.with_overrides(augment="crop+flip"), device, epochs))
-    tutorial_plain = statistics.median(tutorial_epoch_seconds(False, 0, epochs, max_batches))
-    tutorial_aug = statistics.median(tutorial_epoch_seconds(True, 2, epochs, max_batches))
+    tutorial_plain = statistics.median(tutorial_epoch_seconds(data.mean, data.std, False, 0, epochs, max_batches))
+    tutorial_aug = statistics.median(tutorial_epoch_seconds(data.mean, data.std, True, 2, epochs, max_batches))
     peak = matmul_flops(256 if quick else 2048, repeats)
     step = train_step_flops(128 if quick else 1024, 256 if quick else 4096, repeats)
     t89 = time_to_89(data, device, 1 if quick else SEEDS_89)

@@ -15,12 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .data import CLASSES  # noqa: E402
 from .results import load  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "fmreport", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
                      "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100})
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def _save(fig, out_dir: Path, name: str) -> Path:

