@@ -13,12 +13,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 class RunSpec:
     """Everything one training run depends on besides the seed. Defaults are the study's base."""
     # model
-    model: str = "mlp"            # mlp (more in models.build)
+    model: str = "mlp"            # mlp | cnn | transfer (see models.build)
     depth: int = 2                # number of hidden layers
     width: int = 256              # units per hidden layer
     dropout: float = 0.0          # drop probability after every hidden activation
     input_dropout: float = 0.0    # drop probability of input pixels (Hinton et al.'s MLP recipe)
-    batchnorm: bool = False       # BatchNorm1d before every hidden activation
+    batchnorm: bool = False       # BatchNorm before every hidden activation
+    channels: tuple = (32, 64)    # cnn: output channels of each 3x3 conv stage (each followed by 2x2 max-pool)
+    backbone: str = "resnet101"   # transfer: torchvision resnet18 | resnet50 | resnet101, ImageNet weights
+    train_backbone: str = "none"  # transfer: none (frozen, cached features) | layer4 (fine-tune the last stage)
+    image_size: int = 224         # transfer: images are resized on the device to this many pixels a side
     # optimisation
     optimizer: str = "adam"       # sgd (with momentum) | adam | adamw
     lr: float = 1e-3              # peak learning rate
@@ -36,9 +40,13 @@ class RunSpec:
     # data
     augment: str = "none"         # none | crop | flip | crop+flip (per sample, on the device)
     crop_scale: tuple = (0.08, 1.0)  # RandomResizedCrop area range (torchvision's default)
+    # arithmetic
+    precision: str = "auto"       # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast everywhere)
 
     def __post_init__(self):
-        choices = {"model": ("mlp",), "optimizer": ("sgd", "adam", "adamw"),
+        choices = {"model": ("mlp", "cnn", "transfer"), "optimizer": ("sgd", "adam", "adamw"),
+                   "backbone": ("resnet18", "resnet50", "resnet101"), "train_backbone": ("none", "layer4"),
+                   "precision": ("auto", "fp32", "bf16"),
                    "schedule": ("constant", "cosine"), "augment": ("none", "crop", "flip", "crop+flip")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -118,6 +126,13 @@ EXPERIMENTS = {e.name: e for e in [
     # 128 91.32; + label smoothing 0.1 + flips 91.00; + input dropout 0.2 90.75; AdamW wd 0.05,
     # lr 2e-3, dropout 0.4 91.02; 3 x 1024, dropout 0.4, label smoothing 0.1, 30 epochs 90.98;
     # dropout 0.4 + RandomResizedCrop(0.7-1) + flips 88.93.
+    Experiment(
+        name="cnn",
+        description="a small convnet from scratch: 2 conv stages (32, 64 channels), BN, dropout, bf16 autocast",
+        base={"model": "cnn", "channels": (32, 64), "width": 256, "batchnorm": True, "dropout": 0.3,
+              "epochs": 20, "precision": "bf16"},
+        variants={"conv 32-64, fc 256": {}},
+    ),
     Experiment(
         name="best",
         description="the headline MLP: 2x1024 hidden, batch norm, dropout 0.3, Adam, cosine lr, 20 epochs",

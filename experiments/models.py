@@ -3,8 +3,8 @@ from torch import nn
 
 
 class MLP(nn.Sequential):
-    """28x28 image [-> input Dropout] -> `depth` x (Linear to `width` units [-> BatchNorm] -> ReLU
-    [-> Dropout]) -> Linear to 10 logits."""
+    """Flattened input [-> input Dropout] -> `depth` x (Linear to `width` units [-> BatchNorm] ->
+    ReLU [-> Dropout]) -> Linear to 10 logits."""
 
     def __init__(self, depth: int = 2, width: int = 256, dropout: float = 0.0, batchnorm: bool = False,
                  input_dropout: float = 0.0, in_features: int = 28 * 28, classes: int = 10):
@@ -24,7 +24,32 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-def build(spec) -> nn.Module:
+class CNN(nn.Sequential):
+    """The small convnet a reader asks about: per entry of `channels` a 3x3 conv [-> BatchNorm] ->
+    ReLU -> 2x2 max-pool stage, then the MLP head above (one hidden layer of `width` units) on the
+    flattened feature map, with dropout before and after it."""
+
+    def __init__(self, channels=(32, 64), width: int = 256, dropout: float = 0.0, batchnorm: bool = True,
+                 image_size: int = 28, classes: int = 10):
+        layers, c_in, size = [], 1, image_size
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm)]
+            layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            c_in, size = c_out, size // 2
+        layers += [nn.Dropout(dropout)] if dropout > 0 else []
+        layers += list(MLP(1, width, dropout, batchnorm, in_features=c_in * size * size, classes=classes))
+        super().__init__(*layers)
+
+
+def build(spec, in_features: int = 28 * 28) -> nn.Module:
+    """The network of `spec`; `in_features` is the size of one input (784 pixels, or the length of
+    a cached feature vector when the transfer model's frozen backbone has already been applied)."""
     if spec.model == "mlp":
-        return MLP(spec.depth, spec.width, spec.dropout, spec.batchnorm, spec.input_dropout)
+        return MLP(spec.depth, spec.width, spec.dropout, spec.batchnorm, spec.input_dropout, in_features)
+    if spec.model == "cnn":
+        return CNN(spec.channels, spec.width, spec.dropout, spec.batchnorm)
+    if spec.model == "transfer":
+        from . import transfer
+        return transfer.build(spec, in_features)
     raise ValueError(f"unknown model {spec.model!r}")

@@ -23,6 +23,7 @@ PROJECT_ROOT = ENGINE_DIR.parent
 # The code a result depends on besides its spec. The catalog is not here: each experiment's own
 # resolved specs are hashed instead, so editing one spec reruns only that experiment.
 ENGINE_SOURCES = ("data.py", "models.py", "penalties.py", "train.py")
+MODEL_SOURCES = {"transfer": ("transfer.py",)}   # extra code only the results of these models depend on
 FINAL_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
               "epochs", "seconds", "diverged")
 SUMMARY_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "epochs", "seconds")
@@ -45,8 +46,9 @@ def _code_digest(path: Path) -> str:
 
 def fingerprint(specs: dict, seeds: list[int], quick: bool) -> str:
     """Identity of a result: resolved specs, seeds, quick mode and the engine's code."""
+    sources = ENGINE_SOURCES + tuple(sorted({f for spec in specs.values() for f in MODEL_SOURCES.get(spec.model, ())}))
     payload = {"specs": {k: v.as_dict() for k, v in specs.items()}, "seeds": seeds, "quick": quick,
-               "engine": {name: _code_digest(ENGINE_DIR / name) for name in ENGINE_SOURCES}}
+               "engine": {name: _code_digest(ENGINE_DIR / name) for name in sources}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
