@@ -218,15 +218,20 @@ def crop_resize_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -
 
 
 def make_inputs(images: torch.Tensor, mean: float, std: float, augment: str = "none",
-                crop_scale: tuple[float, float] = (0.08, 1.0), gen: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> normalised float [N, 1, 28, 28]; augment is none | crop | flip | crop+flip."""
+                crop_scale: tuple[float, float] = (0.08, 1.0), gen: torch.Generator | None = None,
+                max_shift: int = 2) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> normalised float [N, 1, 28, 28]; augment is none | crop | flip | crop+flip |
+    shift | shift+flip, where shift moves each image by up to `max_shift` whole pixels each way
+    (the border, black in Fashion-MNIST, fills in)."""
     x = images.unsqueeze(1).float().div_(255)
     if augment != "none":
         n, size = len(x), x.shape[-1]
         if "crop" in augment:
             boxes = random_resized_crop_boxes(n, size, crop_scale, (3 / 4, 4 / 3), gen, x.device)
         else:
-            boxes = torch.tensor([0.0, 0.0, size, size], device=x.device).expand(n, 4)
+            boxes = torch.tensor([0.0, 0.0, size, size], device=x.device).repeat(n, 1)
+            if "shift" in augment:
+                boxes[:, :2] = torch.randint(-max_shift, max_shift + 1, (n, 2), device=x.device, generator=gen).float()
         flip = (torch.rand(n, device=x.device, generator=gen) < 0.5) if "flip" in augment \
             else torch.zeros(n, dtype=torch.bool, device=x.device)
         x = crop_resize_flip(x, boxes, flip)

@@ -30,13 +30,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool):
-    """Resolved specs, seed list and fingerprint of what would run."""
-    overrides = {}
+def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool, sets: dict | None = None):
+    """Resolved specs, seed list and fingerprint of what would run; `sets` (--set) overrides
+    RunSpec fields of every variant."""
+    overrides = dict(sets or {})
     if epochs is not None:
         overrides["epochs"] = epochs
     elif quick:
-        overrides["epochs"] = QUICK_EPOCHS
+        overrides.setdefault("epochs", QUICK_EPOCHS)
     specs = exp.specs(**overrides)
     seed_list = list(range(seeds if seeds is not None else exp.seeds))
     return specs, seed_list, results.fingerprint(specs, seed_list, quick)
@@ -54,8 +55,8 @@ def is_fresh(out: Path, fingerprint: str, since: str | None = None) -> bool:
 
 def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | None = None,
                    epochs: int | None = None, quick: bool = False, device_name: str = "auto",
-                   fresh: bool = False, log=print) -> dict:
-    specs, seed_list, fp = plan(exp, seeds, epochs, quick)
+                   fresh: bool = False, log=print, sets: dict | None = None, weights: Path | None = None) -> dict:
+    specs, seed_list, fp = plan(exp, seeds, epochs, quick, sets)
     device = pick_device(device_name)
     progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}-{fp[:16]}.json"
     done = {}
@@ -73,10 +74,14 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         data = data.subset(QUICK_TRAIN, QUICK_EVAL)
 
     for name, spec in specs.items():
+        variant_data = data
         for seed in seed_list:
             if str(seed) in done.get(name, {}):
                 continue
-            run = fit(data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}")
+            if spec.model == "transfer" and variant_data is data:   # once per variant, only when it runs
+                from . import transfer
+                variant_data = transfer.prepare(spec, data, device, weights)
+            run = fit(variant_data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}")
             f = run["final"]
             status = "DIVERGED" if f["diverged"] else \
                 f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"

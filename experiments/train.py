@@ -64,7 +64,7 @@ def inputs(images: torch.Tensor, data: FashionMNIST, spec: RunSpec | None = None
     if spec is None:
         x = make_inputs(images, data.mean, data.std)
     else:
-        x = make_inputs(images, data.mean, data.std, spec.augment, spec.crop_scale, gen)
+        x = make_inputs(images, data.mean, data.std, spec.augment, spec.crop_scale, gen, spec.max_shift)
     # convolutions run fastest on this layout (oneDNN on CPU, cuDNN on GPU); for an MLP it changes nothing
     return x.contiguous(memory_format=torch.channels_last)
 
