@@ -23,7 +23,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 # QUICK=1: smoke runs (2 epochs on 2048 images) into a git-ignored folder, never over results/.
 RESULTS := $(if $(QUICK),build/quick/results,results)
 RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEEDS),--seeds $(SEEDS)) \
-	$(if $(EPOCHS),--epochs $(EPOCHS))
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR))
 # The experiment names come from the catalog (plain Python, no packages needed).
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
@@ -31,7 +31,7 @@ RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 .PHONY: help setup data test all experiments reproduce report bench clean lock FORCE
 
 help: ## print this list of targets
-	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N)"
+	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray)"
 	@grep -E '^[a-zA-Z%/$$()._-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | \
 		sed 's/$$(RESULTS)\/%/results\/NAME/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo "  experiments:           $(EXPERIMENTS)"
@@ -65,13 +65,16 @@ experiments: $(RESULT_FILES) ## run every experiment whose result is missing or 
 
 # One rule for every experiment. FORCE makes make ask the engine, which compares fingerprints
 # and leaves the file untouched (so nothing downstream reruns) when it is still current.
+# --skip-unavailable: an experiment that needs what this machine lacks (transfer: ImageNet weights
+# and a GPU) prints a note and writes nothing; the report says so in its section.
 $(RESULTS)/%.json: FORCE | $(SETUP) $(DATA) ## one experiment, e.g. `make results/depth.json`
-	$(PY) -m experiments run $* --out $@ --if-stale $(RUN_FLAGS)
+	$(PY) -m experiments run $* --out $@ --if-stale --skip-unavailable $(RUN_FLAGS)
 
 reproduce: | $(SETUP) $(DATA) ## rerun the whole study from scratch (resumes if killed), then the report
 	@mkdir -p build && { test -f build/reproduce.since || date -u +%Y-%m-%dT%H:%M:%S+00:00 > build/reproduce.since; }
 	for name in $(EXPERIMENTS); do \
-		$(PY) -m experiments run $$name --out results/$$name.json --if-stale --since "$$(cat build/reproduce.since)" || exit $$?; \
+		$(PY) -m experiments run $$name --out results/$$name.json --if-stale --skip-unavailable \
+			--since "$$(cat build/reproduce.since)" $(if $(EXECUTOR),--executor $(EXECUTOR)) || exit $$?; \
 	done
 	rm -f build/reproduce.since
 	$(PY) report/build.py --strict

@@ -45,6 +45,28 @@ def experiment_name(text: str) -> str:
     return text
 
 
+def spec_setting(text: str) -> tuple[str, object]:
+    """--set KEY=VALUE: VALUE parsed as the type of RunSpec's KEY (tuples as comma lists, bools as true/false)."""
+    from dataclasses import fields
+    from .catalog import RunSpec
+    key, sep, value = text.partition("=")
+    known = [f.name for f in fields(RunSpec)]
+    if not sep or key not in known:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE with KEY one of {', '.join(known)}")
+    default = getattr(RunSpec(), key)
+    bools = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    try:
+        if isinstance(default, bool):
+            return key, bools[value.lower()]
+        if isinstance(default, tuple):
+            return key, tuple(type(default[0])(v) for v in value.split(","))
+        return key, type(default)(value)
+    except (KeyError, ValueError):
+        kind = "true/false" if isinstance(default, bool) else \
+            f"comma list of {type(default[0]).__name__}" if isinstance(default, tuple) else type(default).__name__
+        raise argparse.ArgumentTypeError(f"--set {key}={value!r}: expected {kind}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -59,10 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", type=device_name, default="auto", help=f"{DEVICES} (default auto)")
     run.add_argument("--out", type=Path, help="result file (default results/NAME.json)")
     run.add_argument("--fresh", action="store_true", help="ignore saved progress of an interrupted run")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: one run after another here; ray: one Ray task per run, on $RAY_ADDRESS or a "
+                          "local Ray instance (needs pip install -e '.[cluster]')")
+    run.add_argument("--threads", type=positive_int,
+                     help="torch threads per run (= CPUs per Ray task; default torch's, the physical cores here); "
+                          "results are bit-identical only at equal thread counts")
     run.add_argument("--if-stale", action="store_true",
                      help="do nothing when --out already holds a result of this exact spec and engine code")
     run.add_argument("--since", metavar="ISO_TIME",
                      help="with --if-stale: also rerun a result started before this time (make reproduce)")
+    run.add_argument("--set", type=spec_setting, action="append", default=[], metavar="KEY=VALUE",
+                     help="override a RunSpec field of every variant, e.g. --set backbone=resnet18 (repeatable)")
+    run.add_argument("--weights", type=Path, metavar="PATH",
+                     help="transfer: the ImageNet weight file (default: torchvision's cache, see transfer.py)")
+    run.add_argument("--skip-unavailable", action="store_true",
+                     help="exit 0 with a note when the run needs what is not here (ImageNet weights, CUDA)")
     return parser
 
 
@@ -82,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{exp.name:<16} {exp.description}")
         return 0
 
-    from . import data, results, runner   # torch from here on
+    from . import data, executors, results, runner   # torch from here on
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "data":
@@ -95,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"point it elsewhere", file=sys.stderr)
             return 2
         try:   # check the whole request before any work: a bad spec or device is exit 2
-            _, _, fp = runner.plan(exp, args.seeds, args.epochs, args.quick)
-            runner.pick_device(args.device)
+            specs, _, fp = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set))
+            device = runner.pick_device(args.device)
+            if args.executor == "ray":
+                executors.require_ray()
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -105,10 +141,24 @@ def main(argv: list[str] | None = None) -> int:
                 runner.draw_figures(out)
             print(f"{out} is up to date (same spec, seeds and engine code)")
             return 0
+        if any(spec.model == "transfer" for spec in specs.values()):
+            from . import transfer
+            try:   # before any work: nothing is written when the weights or the GPU are missing
+                if device.type == "cpu" and not args.quick and args.device != "cpu":
+                    raise transfer.Unavailable(f"{exp.name} on the CPU takes hours: run it where CUDA is available, "
+                                               "or pass --device cpu to run it on the CPU anyway")
+                for backbone in sorted({s.backbone for s in specs.values() if s.model == "transfer"}):
+                    transfer.weights_file(backbone, args.weights)
+            except transfer.Unavailable as err:
+                if not args.skip_unavailable:
+                    raise
+                print(f"note: skipped {exp.name}, nothing written: {err}")
+                return 0
         runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
-                              device_name=args.device, fresh=args.fresh)
+                              device_name=args.device, fresh=args.fresh, sets=dict(args.set), weights=args.weights,
+                              executor=args.executor, threads=args.threads)
         return 0
-    except (data.DataError, results.ResultError, OSError) as err:
+    except (data.DataError, results.ResultError, executors.RayError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

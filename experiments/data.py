@@ -161,13 +161,18 @@ def load(device: str | torch.device = "cpu") -> FashionMNIST:
     read = {n: (read_image_file if "images" in n else read_label_file)(str(RAW_DIR / n)) for n in SHA256}
     train_x, train_y = read["train-images-idx3-ubyte"], read["train-labels-idx1-ubyte"]
     train_idx, val_idx = stratified_split(train_y, VAL_PER_CLASS, SPLIT_SEED)
-    pixels = train_x[train_idx].float() / 255
+    # Pixel mean/std from exact integer sums: a float32 mean depends on the thread count in its
+    # last bit, and every input (hence every loss) with it; a Ray task must match a serial run.
+    pixels = train_x[train_idx].double()      # integer-valued: float64 sums are exact in any order
+    count, total, squares = pixels.numel(), int(pixels.sum().item()), int(pixels.pow(2).sum().item())
+    mean = total / count / 255
+    std = math.sqrt((squares - total * total / count) / (count - 1)) / 255
     on = lambda x, y: Split(x.to(device), y.long().to(device))  # noqa: E731
     return FashionMNIST(
         train=on(train_x[train_idx], train_y[train_idx]),
         val=on(train_x[val_idx], train_y[val_idx]),
         test=on(read["t10k-images-idx3-ubyte"], read["t10k-labels-idx1-ubyte"]),
-        mean=pixels.mean().item(), std=pixels.std().item(), source=source)
+        mean=mean, std=std, source=source)
 
 
 def test_images() -> torch.Tensor:

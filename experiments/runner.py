@@ -55,7 +55,8 @@ def is_fresh(out: Path, fingerprint: str, since: str | None = None) -> bool:
 
 def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | None = None,
                    epochs: int | None = None, quick: bool = False, device_name: str = "auto",
-                   fresh: bool = False, log=print, sets: dict | None = None, weights: Path | None = None) -> dict:
+                   fresh: bool = False, log=print, sets: dict | None = None, weights: Path | None = None,
+                   executor: str = "local", threads: int | None = None) -> dict:
     specs, seed_list, fp = plan(exp, seeds, epochs, quick, sets)
     device = pick_device(device_name)
     progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}-{fp[:16]}.json"
@@ -72,6 +73,24 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         f"{len(specs)} variant(s) x {len(seed_list)} seed(s)")
     if quick:
         data = data.subset(QUICK_TRAIN, QUICK_EVAL)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)   # float sums depend on it: same threads, bit-identical runs
+
+    def record(name, seed, run):
+        """Log a finished run and save it to the progress file at once, so a killed run resumes."""
+        f = run["final"]
+        status = "DIVERGED" if f["diverged"] else \
+            f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"
+        log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
+        done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
+        results.write_atomic(progress_path, {"fingerprint": fp, "runs": done})
+
+    if executor == "ray":   # one Ray task per run; the loop below then only does what Ray left
+        from . import executors
+        todo = [(name, spec, seed) for name, spec in specs.items() for seed in seed_list
+                if str(seed) not in done.get(name, {}) and spec.model != "transfer"]  # transfer: prepared here
+        for name, seed, run in executors.run_on_ray(todo, device, threads, quick, (specs, seed_list, quick, fp), log):
+            record(name, seed, run)
 
     for name, spec in specs.items():
         variant_data = data
@@ -81,17 +100,12 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
             if spec.model == "transfer" and variant_data is data:   # once per variant, only when it runs
                 from . import transfer
                 variant_data = transfer.prepare(spec, data, device, weights)
-            run = fit(variant_data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}")
-            f = run["final"]
-            status = "DIVERGED" if f["diverged"] else \
-                f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"
-            log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
-            done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
-            results.write_atomic(progress_path, {"fingerprint": fp, "runs": done})
+            record(name, seed, fit(variant_data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}"))
 
     prov = results.provenance(str(device), argv, started)
     prov["wall_seconds"] = time.perf_counter() - t0
     prov["data_source"] = data.source
+    prov["executor"], prov["torch_threads"] = executor, threads
     variants = []
     for name, spec in specs.items():
         runs = [done[name][str(s)] for s in seed_list]

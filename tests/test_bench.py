@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -24,3 +25,7 @@ def test_quick_bench_writes_consistent_json(tmp_path):
     # the claim exists only when the accuracy bar is met
     assert (b["time_to_89_seconds"] is None) == (t89["mean_test_acc"] < 0.89)
     assert b["provenance"]["command"] == "python -m experiments.bench --quick"
+    # every device's figures are kept; the top level repeats the CPU's
+    assert b["devices"]["cpu"]["speedup_plain"] == b["speedup_plain"]
+    assert set(b["devices"]) == ({"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"})
+    assert 0 < b["report_seconds"] < 600

@@ -232,6 +232,20 @@ def test_missing_result_shows_a_box_and_strict_fails(rendered, tmp_path):
     assert not (tmp_path / "strict" / "report.html").exists()
 
 
+def test_transfer_not_run_is_a_note_and_strict_accepts_it(rendered, tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(rendered["results"], res)
+    (res / "transfer.json").unlink()              # make all skipped it: no weights, no GPU
+    assert render(res, tmp_path / "out", "--strict") == 0
+    page = visible_text((tmp_path / "out" / "report.html").read_text())
+    section = page[page.index("Transfer learning The original study"):]
+    assert "Not run on the machine that built this report" in section
+    assert "make results/transfer.json" in section and "Result missing" not in page
+    assert "Transfer learning: not run here" in page           # the summary's list says so too
+    (res / "transfer.json").write_text("{ truncated")       # a broken file is still an error
+    assert render(res, tmp_path / "strict", "--strict") == 1
+
+
 @needs_poppler
 def test_rendering_twice_gives_the_same_html_and_pdf_text(rendered, tmp_path):
     assert render(rendered["results"], tmp_path / "again") == 0
