@@ -143,16 +143,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if any(spec.model == "transfer" for spec in specs.values()):
             from . import transfer
-            try:   # before any work: nothing is written when the weights or the GPU are missing
-                if device.type == "cpu" and not args.quick and args.device != "cpu":
-                    raise transfer.Unavailable(f"{exp.name} on the CPU takes hours: run it where CUDA is available, "
-                                               "or pass --device cpu to run it on the CPU anyway")
-                for backbone in sorted({s.backbone for s in specs.values() if s.model == "transfer"}):
+            missing = []   # checked before any work: nothing is written when the weights or the GPU are missing
+            if device.type == "cpu" and not args.quick and args.device != "cpu":
+                missing.append(f"{exp.name} on the CPU takes hours: run it where CUDA is available, "
+                               "or pass --device cpu to run it on the CPU anyway")
+            for backbone in sorted({s.backbone for s in specs.values() if s.model == "transfer"}):
+                try:
                     transfer.weights_file(backbone, args.weights)
-            except transfer.Unavailable as err:
-                if not args.skip_unavailable:
-                    raise
-                print(f"note: skipped {exp.name}, nothing written: {err}")
+                except transfer.Unavailable as err:
+                    missing.append(str(err))
+            if missing and not args.skip_unavailable:
+                raise transfer.Unavailable("\n".join(missing))
+            if missing:
+                print(f"note: skipped {exp.name}, nothing written:", *missing, sep="\n  ")
                 return 0
         runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
                               device_name=args.device, fresh=args.fresh, sets=dict(args.set), weights=args.weights,
