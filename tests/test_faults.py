@@ -17,10 +17,16 @@ from experiments.catalog import EXPERIMENTS
 SLOW_QUICK = ["run", "depth", "--quick", "--epochs", "10", "--seeds", "3"]   # ~0.5 s per run
 
 
+def interruptible():
+    """Ctrl-C as in a terminal: a shell that runs pytest in the background (`make test &`) makes
+    its children ignore SIGINT, and a run started from there would rightly ignore it too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "experiments", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
 
 def progress_files():

@@ -84,7 +84,8 @@ def test_interrupted_make_leaves_no_half_target(project):
     target.unlink(missing_ok=True)
     proc = subprocess.Popen(["make", "-o", ".venv/.installed", "QUICK=1", "SEEDS=3", "EPOCHS=30",
                              "build/quick/results/early_stopping.json"], cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     time.sleep(6)                      # inside the training (startup takes a few seconds)
     assert proc.poll() is None, proc.communicate()
     import os
