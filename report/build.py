@@ -451,10 +451,15 @@ class Section:
 
     def __init__(self, name: str, path: Path, result: dict | None, error: str | None):
         self.name, self.path, self.result, self.error = name, path, result, error
-        self.skipped = False
         self.title = title_of(name)
         exp = catalog.EXPERIMENTS.get(name)
         self.description = (result or {}).get("description") or (exp.description if exp else "")
+
+    @property
+    def skipped(self) -> bool:
+        """An optional experiment never run here (transfer without ImageNet weights or a GPU): a
+        note in its section, not a problem, so --strict accepts it. A broken file is still an error."""
+        return self.name in OPTIONAL and self.result is None and not self.path.exists()
 
     @property
     def variants(self) -> list[dict]:
@@ -478,11 +483,7 @@ def load_sections(results_dir: Path) -> list[Section]:
                 raise results.ResultError(f"{path}: holds experiment {result['experiment']!r}, not {name!r}")
             sections.append(Section(name, path, result, None))
         except results.ResultError as err:
-            section = Section(name, path, None, str(err))
-            # an optional experiment that was never run (e.g. transfer without ImageNet weights or a
-            # GPU) is a note in its section, not a problem: --strict accepts it
-            section.skipped = name in OPTIONAL and not path.exists()
-            sections.append(section)
+            sections.append(Section(name, path, None, str(err)))
     return sections
 
 
@@ -653,7 +654,7 @@ def make_env(doc: Document) -> jinja2.Environment:
     env.globals.update(HELPERS)
     env.globals.update(figure=doc.figure, table=doc.table, ref=doc.ref, heading=doc.heading,
                        missing=doc.missing, essay=doc.essay, quote_functions=quote_functions,
-                       quote_uses=quote_uses,
+                       quote_uses=quote_uses, make_command=lambda name: make_command(doc.results_dir, name),
                        base=catalog.RunSpec().as_dict(),   # the settings every experiment starts from
                        distinct=lambda *path: distinct(doc.sections, *path))
     return env

@@ -242,6 +242,7 @@ def test_transfer_not_run_is_a_note_and_strict_accepts_it(rendered, tmp_path):
     assert "Not run on the machine that built this report" in section
     assert "make results/transfer.json" in section and "Result missing" not in page
     assert "Transfer learning: not run here" in page           # the summary's list says so too
+    assert "transfer.json not run" in page                     # and the provenance appendix
     (res / "transfer.json").write_text("{ truncated")       # a broken file is still an error
     assert render(res, tmp_path / "strict", "--strict") == 1
 
