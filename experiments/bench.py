@@ -29,9 +29,9 @@ from .models import MLP
 from .train import fit, make_optimizer
 
 BATCH = 256
-# The time-to-89% recipe: the study's base RunSpec (2 x 256, Adam 1e-3, cosine, 15 epochs), fixed
+# The time-to-89% recipe: the study's base RunSpec (2 x 256, Adam 1e-3, cosine) at 15 epochs, fixed
 # in advance, not tuned on the test set.
-RECIPE_89 = RunSpec()
+RECIPE_89 = RunSpec(epochs=15)
 SEEDS_89 = 5
 
 

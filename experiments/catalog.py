@@ -28,7 +28,7 @@ class RunSpec:
     lr: float = 1e-3              # peak learning rate
     momentum: float = 0.9         # SGD only
     schedule: str = "cosine"      # constant | cosine (per step, from lr down to 0 at the last epoch)
-    epochs: int = 15              # maximum number of passes over the 54k training images
+    epochs: int = 10              # maximum number of passes over the 54k training images
     batch_size: int = 256         # images per step
     label_smoothing: float = 0.0  # cross-entropy target smoothing
     # regularisation (weight terms touch only tensors with dim >= 2: biases and norms are exempt)
@@ -86,19 +86,19 @@ class Experiment:
 EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="depth",
-        description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 15 epochs, no regularisation)",
+        description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 10 epochs, no regularisation)",
         variants={f"{d} hidden": {"depth": d} for d in (1, 2, 3, 4)},
     ),
     Experiment(
         name="dropout",
-        description="dropout rates 0-0.7 on 2x512 hidden units trained 20 epochs at a constant lr",
-        base={"width": 512, "epochs": 20, "schedule": "constant"},
+        description="dropout rates 0-0.7 on 2x256 hidden units trained 20 epochs at a constant lr",
+        base={"epochs": 20, "schedule": "constant"},
         variants={f"p={p}": {"dropout": p} for p in (0.0, 0.2, 0.5, 0.7)},
     ),
     Experiment(
         name="early_stopping",
-        description="3x512 MLP trained 30 epochs at a constant lr, with and without early stopping (patience 4)",
-        base={"depth": 3, "width": 512, "epochs": 30, "schedule": "constant"},
+        description="3x256 MLP trained 30 epochs at a constant lr, with and without early stopping (patience 4)",
+        base={"depth": 3, "epochs": 30, "schedule": "constant"},
         variants={"no early stopping": {}, "early stopping": {"patience": 4}},
     ),
     Experiment(
@@ -132,23 +132,30 @@ EXPERIMENTS = {e.name: e for e in [
     # dropout 0.4 + RandomResizedCrop(0.7-1) + flips 88.93. Later, on the current engine: the chosen
     # one in bf16 90.92 (so `best` stays fp32); + flips in training and a flip at test time (mean
     # logits) 90.87; + random 1-pixel shifts, 30 epochs 90.78; 2 x 2048, dropout 0.5, bf16 90.73.
+    # Then, seeds 0-2 (fp32 -> bf16): 91.25 -> 90.92, 91.08 -> 91.22, 91.03 -> 91.07: bf16 is as good
+    # on average and 1.5x faster per epoch, so `best` now runs in bf16 (5 seeds fit the study's time
+    # budget). 15 epochs: 90.95 (fp32, seed 0). Knowledge distillation from the CNN's seed-0 model
+    # (Hinton et al. 2015; weight 0.5 or 0.9 on the KL term, T 2-4; seed 0): 90.67-91.00, below the
+    # plain model's 91.25, although its test accuracy rose by 0.2-0.4 points: not chosen, since
+    # validation decides, and the code was not kept.
     Experiment(
         name="best",
-        description="the headline MLP: 2x1024 hidden, batch norm, dropout 0.3, Adam, cosine lr, 20 epochs, fp32",
-        base={"width": 1024, "batchnorm": True, "dropout": 0.3, "epochs": 20, "precision": "fp32"},
+        description="the headline MLP: 2x1024 hidden, batch norm, dropout 0.3, Adam, cosine lr, 20 epochs",
+        base={"width": 1024, "batchnorm": True, "dropout": 0.3, "epochs": 20},
         variants={"2x1024 BN dropout 0.3": {}},
         seeds=5,
     ),
     # The CNN, chosen on validation accuracy of single-seed runs (bf16, flips): conv 16-32, fc 128,
-    # 20 epochs 92.45; conv 32-64, fc 256, 15 epochs 93.37 (but 3 seeds take ~17 min here); the same,
-    # 12 epochs, with a flip at test time 93.00. Chosen: conv 32-64 without the test-time flip, at
-    # 12 epochs so that 3 seeds fit the 15-minute budget on 2 CPU cores.
+    # 20 epochs 92.45; conv 32-64, fc 256, 15 epochs 93.37 (but 3 seeds took ~17 min); the same at 12
+    # epochs 93.08, with a flip at test time 93.00, with random 2-pixel shifts too 91.92. Then each
+    # stage pooled before its batch norm and ReLU (models.CNN): 29% less time per epoch, so 15 epochs
+    # fit the 15-minute budget for 3 seeds again: 93.32 (chosen).
     Experiment(
         name="cnn",
         description="a small convnet trained from scratch: 2 conv stages (32, 64 channels) with batch norm, "
-                    "a 256-unit dropout head, flips, 12 epochs",
+                    "a 256-unit dropout head, flips, 15 epochs",
         base={"model": "cnn", "channels": (32, 64), "width": 256, "batchnorm": True, "dropout": 0.3,
-              "augment": "flip", "epochs": 12},
+              "augment": "flip", "epochs": 15},
         variants={"conv 32-64, fc 256": {}},
     ),
     # Needs torchvision's ImageNet weights (experiments/transfer.py says where) and, for the full

@@ -88,7 +88,9 @@ def _copy_in(folder: Path, label: str) -> str:
         data = _read_verified(_find_file(folder, name), name)
         if folder.resolve() != RAW_DIR.resolve():
             _write_atomic(RAW_DIR / name, data)
-    return f"{label} {folder}"
+    # inside the project, say where relative to it: a result should not name the clone's path
+    shown = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
+    return f"{label} {shown}"
 
 
 def ensure_data() -> str:

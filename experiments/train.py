@@ -132,7 +132,8 @@ def fit(data: FashionMNIST, spec: RunSpec, seed: int, device: torch.device,
     history, best, best_state, bad_epochs, diverged, step = [], math.inf, None, 0, False, 0
     started = time.perf_counter()
 
-    for epoch in tqdm(range(1, spec.epochs + 1), desc=desc, leave=False, unit="epoch"):
+    # disable=None: a progress bar on a terminal, nothing in a log file or a CI transcript
+    for epoch in tqdm(range(1, spec.epochs + 1), desc=desc, leave=False, unit="epoch", disable=None):
         epoch_start = time.perf_counter()
         model.train()
         order = torch.randperm(n, device=device, generator=gen)
