@@ -130,8 +130,9 @@ EXPERIMENTS = {e.name: e for e in [
     # at batch 128 91.32; + label smoothing 0.1 + flips 91.00; + input dropout 0.2 90.75; AdamW wd
     # 0.05, lr 2e-3, dropout 0.4 91.02; 3 x 1024, dropout 0.4, label smoothing 0.1, 30 epochs 90.98;
     # dropout 0.4 + RandomResizedCrop(0.7-1) + flips 88.93. Later, on the current engine: the chosen
-    # one in bf16 90.92 (so `best` stayed fp32 at first); + flips in training and a flip at test time (mean
-    # logits) 90.87; + random 1-pixel shifts, 30 epochs 90.78; 2 x 2048, dropout 0.5, bf16 90.73.
+    # one in bf16 90.92 (so `best` stayed fp32 at first); + flips in training and a flip at test
+    # time (mean logits) 90.87; + random 1-pixel shifts, 30 epochs 90.78; 2 x 2048, dropout 0.5,
+    # bf16 90.73.
     # Then, seeds 0-2 (fp32 -> bf16): 91.25 -> 90.92, 91.08 -> 91.22, 91.03 -> 91.07: bf16 is as good
     # on average and 1.5x faster per epoch, so `best` now runs in bf16 (5 seeds fit the study's time
     # budget). 15 epochs: 90.95 (fp32, seed 0). Knowledge distillation from the CNN's seed-0 model
