@@ -41,6 +41,9 @@ class RunSpec:
     augment: str = "none"         # none | crop | flip | crop+flip | shift | shift+flip (per sample, on the device)
     crop_scale: tuple = (0.08, 1.0)  # RandomResizedCrop area range (torchvision's default)
     max_shift: int = 2            # shift: largest translation in pixels, each way
+    # final predictions: the mean softmax over the image and its four 1-pixel shifts (up, down, left,
+    # right) instead of the image alone; the per-epoch curves stay single-view
+    test_time_shifts: bool = False
     # arithmetic
     # bf16 autocast: matrix multiplies and convolutions take bf16 inputs (fp32 accumulation); weights,
     # optimizer state, loss and penalties stay fp32. 1.5x faster per epoch than fp32 on this
@@ -55,6 +58,9 @@ class RunSpec:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.test_time_shifts and self.model == "transfer":
+            raise ValueError("test_time_shifts needs images, and the transfer model's frozen variant sees "
+                             "cached features: use it with model=mlp or model=cnn")
         if self.epochs < 1 or self.batch_size < 1 or self.depth < 0 or self.width < 1:
             raise ValueError("epochs, batch_size and width must be >= 1 and depth >= 0")
 
@@ -91,14 +97,17 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="dropout",
-        description="dropout rates 0-0.7 on 2x256 hidden units trained 20 epochs at a constant lr",
+        description="dropout rates 0-0.5 on 2x256 hidden units trained 20 epochs at a constant lr",
         base={"epochs": 20, "schedule": "constant"},
-        variants={f"p={p}": {"dropout": p} for p in (0.0, 0.2, 0.5, 0.7)},
+        # p=0.7 (86.79% test) only repeated what p=0.5 already shows (too much dropout underfits), and
+        # its 80 s went to the headline's longer training
+        variants={f"p={p}": {"dropout": p} for p in (0.0, 0.2, 0.5)},
     ),
     Experiment(
         name="early_stopping",
-        description="3x256 MLP trained 30 epochs at a constant lr, with and without early stopping (patience 4)",
-        base={"depth": 3, "epochs": 30, "schedule": "constant"},
+        description="3x256 MLP trained 25 epochs at a constant lr, with and without early stopping (patience 4)",
+        # 25 epochs: the reference run's lowest validation loss came at epoch 7-10 and the stops at 11-14
+        base={"depth": 3, "epochs": 25, "schedule": "constant"},
         variants={"no early stopping": {}, "early stopping": {"patience": 4}},
     ),
     Experiment(
@@ -142,11 +151,24 @@ EXPERIMENTS = {e.name: e for e in [
     # lr 2e-3 90.95; label smoothing 0.1 91.05; dropout 0.4 for 25 epochs 91.18; 3 x 1024 91.05;
     # input dropout 0.1 91.27, but on seeds 1 and 2 90.97 and 91.13 (chosen: 91.22, 91.07), a mean
     # of 91.12 against 91.07 with lower test accuracy on all three: noise, not adopted.
+    # Then (bf16, 2 x 1024, BN, seed 0): an exponential moving average of the weights (decay 0.999)
+    # 90.92; mixup (alpha 0.2) 90.68; 40 epochs with dropout 0.5 91.32, with dropout 0.4, input dropout
+    # 0.1 and label smoothing 0.1 91.07. Random 1-pixel shifts (augment=shift, max_shift=1) for 40
+    # epochs, by dropout: 0.3 90.77, 0.2 91.00, 0.1 91.37, none 91.87; 30 epochs (dropout 0.2) 91.00;
+    # 2-pixel shifts 90.65. Averaging the softmax over the image and its four 1-pixel shifts at test
+    # time (test_time_shifts) moved validation by -0.08 to +0.35 (mean +0.1) in these shift runs. On
+    # seeds 0-2, 1-pixel shifts without dropout: 91.87, 91.58, 91.75, with test-time shifts 91.85,
+    # 91.72, 91.77 (+0.05 on average, 2 of 3 seeds up: kept), against 90.92, 91.22, 91.07 for the
+    # headline before. Widths (test-time shifts, seed 0): 512 91.35, 768 91.75, 1024 91.85; 768 on
+    # seed 1 91.52 against 91.72. 2 x 768 is chosen because 5 seeds of 2 x 1024 for 40 epochs (160 to
+    # 190 s each) do not fit the study's 30 minutes; 2 x 768 takes 125 to 140 s.
     Experiment(
         name="best",
-        description="the headline MLP: 2x1024 hidden, batch norm, dropout 0.3, Adam, cosine lr, 20 epochs",
-        base={"width": 1024, "batchnorm": True, "dropout": 0.3, "epochs": 20},
-        variants={"2x1024 BN dropout 0.3": {}},
+        description="the headline MLP: 2x768 hidden, batch norm, random 1-pixel shifts, Adam, cosine lr, "
+                    "40 epochs, predictions averaged over 1-pixel shifts",
+        base={"width": 768, "batchnorm": True, "augment": "shift", "max_shift": 1, "epochs": 40,
+              "test_time_shifts": True},
+        variants={"2x768 BN, 1-pixel shifts": {}},
         seeds=5,
     ),
     # The CNN, chosen on validation accuracy of single-seed runs (bf16, flips): conv 16-32, fc 128,

@@ -224,6 +224,14 @@ def crop_resize_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Every image of x [N, C, S, S] moved by whole pixels, exactly as the `shift` augmentation moves
+    it (a box offset by dy rows and dx columns); used for test-time augmentation."""
+    n, size = len(x), x.shape[-1]
+    boxes = torch.tensor([float(dy), float(dx), size, size], device=x.device).repeat(n, 1)
+    return crop_resize_flip(x, boxes, torch.zeros(n, dtype=torch.bool, device=x.device))
+
+
 def make_inputs(images: torch.Tensor, mean: float, std: float, augment: str = "none",
                 crop_scale: tuple[float, float] = (0.08, 1.0), gen: torch.Generator | None = None,
                 max_shift: int = 2) -> torch.Tensor:

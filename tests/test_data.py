@@ -157,3 +157,18 @@ def test_crop_matches_torchvision_resized_crop(fmnist):
     assert (ours[0] - ref).abs().max() < 1e-3    # pixel units 0..255: the same bilinear resampling
     mirrored = data.crop_resize_flip(img.unsqueeze(0), torch.tensor([[4.0, 6.0, 14.0, 12.0]]), torch.tensor([True]))
     assert (mirrored[0] - ref.flip(-1)).abs().max() < 1e-3
+
+
+def test_shift_moves_whole_pixels_like_the_training_augmentation(fmnist):
+    x = fmnist.train.images[:4].unsqueeze(1).float()
+    assert torch.allclose(data.shift(x, 0, 0), x, atol=1e-2)
+    down = data.shift(x, -1, 0)          # a box one row above the image: the garment moves down a row
+    assert torch.allclose(down[..., 1:, :], x[..., :-1, :], atol=1e-2)
+    right = data.shift(x, 0, -1)
+    assert torch.allclose(right[..., :, 1:], x[..., :, :-1], atol=1e-2)
+    # the same whole-pixel box the `shift` augmentation draws at random gives the same image
+    gen = torch.Generator().manual_seed(0)
+    one = fmnist.train.images[:1].expand(200, 28, 28)
+    augmented = data.make_inputs(one, 0.0, 1.0, "shift", gen=gen, max_shift=1) * 255
+    views = [data.shift(x[:1], dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    assert all(any(torch.allclose(a, v[0], atol=1e-2) for v in views) for a in augmented)

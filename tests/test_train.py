@@ -63,3 +63,25 @@ def test_unknown_override_is_an_error():
         RunSpec().with_overrides(dropuot=0.5)
     with pytest.raises(ValueError, match="optimizer"):
         RunSpec(optimizer="lbfgs")
+
+
+def test_test_time_shifts_average_the_softmax_of_five_views(tiny):
+    from experiments.data import shift
+    from experiments.train import SHIFTED_VIEWS, evaluate, inputs
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    loss, acc, preds = evaluate(model, tiny.test, tiny, amp=False, views=SHIFTED_VIEWS)
+    x = inputs(tiny.test.images, tiny)
+    probs = torch.stack([model(shift(x, dy, dx)).softmax(1) for dy, dx in SHIFTED_VIEWS]).mean(0)
+    assert torch.equal(preds, probs.argmax(1))
+    assert loss == pytest.approx(torch.nn.functional.nll_loss(probs.log(), tiny.test.labels).item(), rel=1e-4)
+    single = evaluate(model, tiny.test, tiny, amp=False)
+    assert not torch.equal(single[2], preds)      # the views change some predictions
+    # fit() reports the final numbers with the views when the spec asks for them
+    run = fit(tiny, RunSpec(epochs=1, width=32, test_time_shifts=True), 0, CPU)
+    assert run["final"]["test_loss"] != pytest.approx(run["history"][-1]["test_loss"], rel=1e-4)
+
+
+def test_test_time_shifts_need_images():
+    with pytest.raises(ValueError, match="test_time_shifts needs images"):
+        RunSpec(model="transfer", test_time_shifts=True)
