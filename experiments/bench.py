@@ -77,25 +77,34 @@ def _sync(device: torch.device) -> None:
 
 
 def _median_seconds(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
-    fn()                                                        # warm-up
-    times = []
+    return _interleaved_median_seconds([fn], repeats, device)[0]
+
+
+def _interleaved_median_seconds(fns, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each fn, timed in alternating rounds so that all of them see the same
+    moments of a machine whose speed drifts (on a shared 2-core VM, a step and a peak timed one after
+    the other once gave a 'fraction of peak' of 160%)."""
+    for fn in fns:
+        fn()                                                    # warm-up
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, spent in zip(fns, times):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
-def matmul_flops(n: int, repeats: int, device: torch.device) -> float:
-    """fp32 FLOP/s of an n x n torch.mm: the machine's practical matrix-multiply limit."""
+def matmul_work(n: int, device: torch.device):
+    """(FLOPs, fn) of an n x n fp32 torch.mm: the machine's practical matrix-multiply limit."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n ** 3 / _median_seconds(lambda: a @ b, repeats, device)
+    return 2 * n ** 3, lambda: a @ b
 
 
-def train_step_flops(width: int, batch: int, repeats: int, device: torch.device) -> float:
-    """Achieved FLOP/s of a training step of a 784-width-width-10 MLP (Adam), counting the matrix
+def train_step_work(width: int, batch: int, device: torch.device):
+    """(FLOPs, fn) of a training step of a 784-width-width-10 MLP (Adam), counting the matrix
     multiplies only: forward 2BKN per layer, backward 2BKN for weight gradients and 2BKN for input
     gradients (none for the first layer, whose input needs no gradient). fp32, the engine's optimizer."""
     torch.manual_seed(0)
@@ -109,8 +118,7 @@ def train_step_flops(width: int, batch: int, repeats: int, device: torch.device)
         loss.backward()
         opt.step()
     layers = [(784, width), (width, width), (width, 10)]
-    flops = sum(2 * batch * k * n * (2 if i == 0 else 3) for i, (k, n) in enumerate(layers))
-    return flops / _median_seconds(step, repeats, device)
+    return sum(2 * batch * k * n * (2 if i == 0 else 3) for i, (k, n) in enumerate(layers)), step
 
 
 def time_to_89(data, device, seeds: int) -> dict:
@@ -131,8 +139,10 @@ def measure(data, device: torch.device, quick: bool) -> dict:
     engine_aug = statistics.median(engine_epoch_seconds(data, spec.with_overrides(augment="crop+flip"), device, epochs))
     tutorial_plain = statistics.median(tutorial_epoch_seconds(data.mean, data.std, False, 0, epochs, max_batches, device))
     tutorial_aug = statistics.median(tutorial_epoch_seconds(data.mean, data.std, True, 2, epochs, max_batches, device))
-    peak = matmul_flops(256 if quick else (8192 if device.type == "cuda" else 2048), repeats, device)
-    step = train_step_flops(128 if quick else 1024, 256 if quick else 4096, repeats, device)
+    mm_flop, mm = matmul_work(256 if quick else (8192 if device.type == "cuda" else 2048), device)
+    step_flop, step_fn = train_step_work(128 if quick else 1024, 256 if quick else 4096, device)
+    mm_s, step_s = _interleaved_median_seconds([mm, step_fn], repeats, device)
+    peak, step = mm_flop / mm_s, step_flop / step_s
     t89 = time_to_89(data, device, 1 if quick else SEEDS_89)
     return {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "engine_plain_epoch_s": engine_plain, "engine_augmented_epoch_s": engine_aug,
