@@ -264,6 +264,12 @@ def reach(variant: dict, target: float, key: str = "val_acc") -> dict:
             "seconds": summary(seconds), "target": target}
 
 
+def last_epoch(variant: dict, key: str) -> dict:
+    """history[-1][key] over seeds: the plain single-view number of the last epoch's weights. It
+    differs from the final one only where that uses test-time shifts or restored early-stopping weights."""
+    return summary(r["history"][-1].get(key) for r in ok_runs(variant) if r["history"])
+
+
 def stopping(variant: dict) -> dict:
     """Epochs trained and epoch of the lowest validation loss, over seeds."""
     runs = ok_runs(variant)
@@ -352,7 +358,7 @@ def order(items: list[dict], key: str = "value", reverse: bool = False) -> list[
 
 
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
-           "stopping": stopping, "first_layer": first_layer, "methods": methods, "method_of": method_of,
+           "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods, "method_of": method_of,
            "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs, "order": order,
            "measure": measure, "weight_count": weight_count}
 

@@ -418,3 +418,14 @@ def test_a_diverged_run_is_shown_and_left_out_of_the_summary(rendered):
     text = re.sub(r"<[^>]+>", "", rendered["html"])
     assert "1 (1 diverged)" in text
     assert "Runs that diverged" in text
+
+
+def test_last_epoch_summarises_the_single_view_numbers():
+    rng = random.Random(0)
+    variant = {"runs": [fake_run(s, 0.9, 3, rng) for s in range(3)]}
+    variant["runs"][0]["final"]["test_acc"] = 0.99             # a final number the history does not have
+    expected = [r["history"][-1]["test_acc"] for r in variant["runs"]]
+    got = build.last_epoch(variant, "test_acc")
+    assert got["n"] == 3 and got["mean"] == pytest.approx(sum(expected) / 3)
+    variant["runs"][1]["final"]["diverged"] = True             # diverged runs are left out, as everywhere
+    assert build.last_epoch(variant, "test_acc")["n"] == 2
