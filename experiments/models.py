@@ -28,7 +28,7 @@ class CNN(nn.Sequential):
     """The small convnet a reader asks about: per entry of `channels` a 3x3 conv -> 2x2 max-pool
     [-> BatchNorm] -> ReLU stage, then the MLP head above (one hidden layer of `width` units) on the
     flattened feature map, with dropout before and after it. Pooling before BatchNorm and ReLU
-    (rather than after) runs them on a 4x smaller map: 29% less time per training epoch on 2 CPU cores."""
+    (rather than after) runs them on a 4x smaller map, which makes every training step cheaper."""
 
     def __init__(self, channels=(32, 64), width: int = 256, dropout: float = 0.0, batchnorm: bool = True,
                  image_size: int = 28, classes: int = 10):
