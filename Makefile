@@ -23,15 +23,15 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 # QUICK=1: smoke runs (2 epochs on 2048 images) into a git-ignored folder, never over results/.
 RESULTS := $(if $(QUICK),build/quick/results,results)
 RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEEDS),--seeds $(SEEDS)) \
-	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR))
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(BACKEND),--backend $(BACKEND))
 # The experiment names come from the catalog (plain Python, no packages needed).
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 
-.PHONY: help setup data test all experiments reproduce report bench clean lock FORCE
+.PHONY: help setup data test all experiments reproduce report bench gpu-check clean lock FORCE
 
 help: ## print this list of targets
-	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray)"
+	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched)"
 	@grep -E '^[a-zA-Z%/$$()._-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | \
 		sed 's/$$(RESULTS)\/%/results\/NAME/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo "  experiments:           $(EXPERIMENTS)"
@@ -74,7 +74,7 @@ reproduce: | $(SETUP) $(DATA) ## rerun the whole study from scratch (resumes if 
 	@mkdir -p build && { test -f build/reproduce.since || date -u +%Y-%m-%dT%H:%M:%S+00:00 > build/reproduce.since; }
 	for name in $(EXPERIMENTS); do \
 		$(PY) -m experiments run $$name --out results/$$name.json --if-stale --skip-unavailable \
-			--since "$$(cat build/reproduce.since)" $(if $(EXECUTOR),--executor $(EXECUTOR)) || exit $$?; \
+			--since "$$(cat build/reproduce.since)" $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(BACKEND),--backend $(BACKEND)) || exit $$?; \
 	done
 	rm -f build/reproduce.since
 	$(PY) report/build.py --strict
@@ -98,8 +98,14 @@ $(TEST_TOOLS):
 		apt-get install -y -q chromium poppler-utils || { apt-get update -q && apt-get install -y -q chromium poppler-utils; }; \
 	else echo "warning: $@ is missing (sudo apt-get install chromium poppler-utils); its tests will skip"; fi
 
-bench: | $(SETUP) $(DATA) ## measure speed (engine vs tutorial loop, % of peak, time to 89%) -> results/bench.json
+bench: | $(SETUP) $(DATA) ## measure speed -> results/bench.json, or results/bench-cuda.json where CUDA is
 	$(PY) -m experiments.bench
+
+# A GPU host may have its own torch and no package registry: this target uses .venv where it
+# exists and the machine's python3 otherwise, and finds the data through FASHION_MNIST_DIR too.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check: ## on a CUDA machine (< 8 min): the study into build/gpu-check, compared with results/, rerun, bench
+	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check
 
 test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke, CLI, report in a browser)
 	$(PY) -m pytest -q

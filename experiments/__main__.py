@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local: one run after another here; ray: one Ray task per run, on $RAY_ADDRESS or a "
                           "local Ray instance (needs pip install -e '.[cluster]')")
+    run.add_argument("--backend", choices=("auto", "loop", "batched"), default="auto",
+                     help="loop: each run with its own kernels (exact; the default on the CPU); batched: the "
+                          "runs of one shape as one stacked population, CUDA graphs on CUDA (the default there)")
     run.add_argument("--threads", type=positive_int,
                      help="torch threads per run (= CPUs per Ray task; default torch's, the physical cores here); "
                           "results are bit-identical only at equal thread counts")
@@ -129,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"point it elsewhere", file=sys.stderr)
             return 2
         try:   # check the whole request before any work: a bad spec or device is exit 2
-            specs, _, fp = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set))
             device = runner.pick_device(args.device)
+            specs, _, fp, _ = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set),
+                                          runner.population.resolve_backend(args.backend, device), args.executor)
             if args.executor == "ray":
                 executors.require_ray()
         except ValueError as err:
@@ -159,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
                               device_name=args.device, fresh=args.fresh, sets=dict(args.set), weights=args.weights,
-                              executor=args.executor, threads=args.threads)
+                              executor=args.executor, threads=args.threads, backend=args.backend)
         return 0
-    except (data.DataError, results.ResultError, executors.RayError, OSError) as err:
+    except (data.DataError, results.ResultError, executors.RayError, runner.population.DeviceMemoryError,
+            OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

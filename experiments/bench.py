@@ -6,8 +6,14 @@
    step of a wide MLP reaches, counting the forward and backward matrix multiplies.
 3. Time to 89% test accuracy, airbench-style: one fixed recipe, no early stopping, several seeds;
    the claim holds only if the mean test accuracy of those seeds is at least 89%.
+4. On CUDA, the population engine (experiments/population.py): milliseconds per member-epoch of the
+   base MLP in a population of 32, time to 89% with the 5 seeds as one population, the fraction of
+   the card's bf16 matrix-multiply rate a population step reaches, and the wall time of the whole
+   study (every experiment `make all` runs, reference seeds, one process).
 Medians over repeats, the first (warm-up) repeat excluded.  --quick checks the output's shape on
-tiny sizes: its numbers are not speeds.
+tiny sizes: its numbers are not speeds.  Where CUDA is available the default is the GPU bench,
+written to results/bench-cuda.json (the CPU figures of results/bench.json come from the 2-core
+reference machine, not from a GPU host's CPU).
 """
 from __future__ import annotations
 
@@ -97,10 +103,17 @@ def _interleaved_median_seconds(fns, repeats: int, device: torch.device) -> list
     return [statistics.median(spent) for spent in times]
 
 
-def matmul_work(n: int, device: torch.device):
-    """(FLOPs, fn) of an n x n fp32 torch.mm: the machine's practical matrix-multiply limit."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_work(n: int, device: torch.device, dtype=torch.float32):
+    """(FLOPs, fn) of an n x n torch.mm: the machine's practical matrix-multiply limit."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3, lambda: a @ b
+
+
+def mlp_step_flops(width: int, batch: int, depth: int = 2) -> int:
+    """Matrix-multiply FLOPs of one training step of a 784-width^depth-10 MLP: forward 2BKN per
+    layer, backward 2BKN for weight gradients and 2BKN for input gradients (none for the first)."""
+    layers = [(784, width)] + [(width, width)] * (depth - 1) + [(width, 10)]
+    return sum(2 * batch * k * n * (2 if i == 0 else 3) for i, (k, n) in enumerate(layers))
 
 
 def train_step_work(width: int, batch: int, device: torch.device):
@@ -117,8 +130,7 @@ def train_step_work(width: int, batch: int, device: torch.device):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    layers = [(784, width), (width, width), (width, 10)]
-    return sum(2 * batch * k * n * (2 if i == 0 else 3) for i, (k, n) in enumerate(layers)), step
+    return mlp_step_flops(width, batch), step
 
 
 def time_to_89(data, device, seeds: int) -> dict:
@@ -154,6 +166,51 @@ def measure(data, device: torch.device, quick: bool) -> dict:
             "time_to_89": t89, "time_to_89_seconds": t89["mean_seconds"] if t89["mean_test_acc"] >= 0.89 else None}
 
 
+def population_figures(data, device: torch.device, quick: bool, study: bool = True) -> dict:
+    """The population engine on one device: member-epoch time, time to 89% as one population,
+    fraction of the bf16 matrix-multiply rate, and the whole study's wall time."""
+    from .population import Member, StackedRun, fit_population
+    members_n, epochs, repeats = (4, 2, 3) if quick else (32, 4, 50)
+    base = RunSpec(epochs=epochs)                               # the base 2 x 256 MLP, bf16
+    pop = fit_population(data, [Member("base", base, s) for s in range(members_n)], device, "batched")
+    epoch_s = statistics.median(h["seconds"] for h in pop[0]["history"][1:])   # epoch 1 captures the graphs
+    # one training step of the population, timed alone (graph replay on CUDA), against bf16 torch.mm
+    stack = StackedRun(data, [Member("base", base, s) for s in range(members_n)], device, None,
+                       use_graphs=device.type == "cuda")
+    orders = torch.stack([torch.randperm(len(data.train), device=device, generator=g) for g in stack.batch_gens])
+    batch = stack._batch(orders, 0)
+    mm_flop, mm = matmul_work(256 if quick else 8192, device, torch.bfloat16)
+    mm_s, step_s = _interleaved_median_seconds([mm, lambda: stack._run_step(*batch)], repeats, device)
+    step_flop = members_n * mlp_step_flops(base.width, base.batch_size)
+    t0 = time.perf_counter()
+    seeds = 1 if quick else SEEDS_89
+    t89 = fit_population(data, [Member("t89", RECIPE_89, s) for s in range(seeds)], device, "batched")
+    t89_wall = time.perf_counter() - t0
+    accs = [r["final"]["test_acc"] for r in t89]
+    return {"population_members": members_n,
+            "member_epoch_ms": 1000 * epoch_s / members_n,
+            "population_step_ms": 1000 * step_s, "bf16_matmul_flops": mm_flop / mm_s,
+            "population_step_flops": step_flop / step_s, "bf16_peak_fraction": step_flop / step_s / (mm_flop / mm_s),
+            "time_to_89_population": {"seeds": seeds, "test_acc": accs, "mean_test_acc": statistics.mean(accs),
+                                      "wall_seconds": t89_wall},
+            "study_seconds": study_seconds(device, quick) if study else None}
+
+
+def study_seconds(device: torch.device, quick: bool) -> float:
+    """Wall time of every experiment `make all` runs (reference seeds), one after another in this
+    process, into a scratch folder: the committed results are not touched."""
+    from . import runner
+    from .catalog import EXPERIMENTS
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for exp in EXPERIMENTS.values():
+            if any(s.model == "transfer" for s in exp.specs().values()):
+                continue                                         # `make all` skips it without weights
+            runner.run_experiment(exp, Path(tmp) / f"{exp.name}.json", ["bench"], quick=quick,
+                                  device_name=device.type, fresh=True, log=lambda *a: None, figures=False)
+    return time.perf_counter() - start
+
+
 def report_seconds(repeats: int) -> float:
     """Median wall time of rendering the report (HTML + PDF) from the committed results, into a
     scratch folder so the published report is not touched."""
@@ -167,23 +224,28 @@ def report_seconds(repeats: int) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the output, not the speed")
-    parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "results" / "bench.json")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu: results/bench.json; cuda (the default where available): results/bench-cuda.json")
+    parser.add_argument("--out", type=Path, help="default results/bench.json, or results/bench-cuda.json on CUDA")
     args = parser.parse_args(argv)
-    quick = args.quick
+    quick, device = args.quick, torch.device(args.device)
+    args.out = args.out or results.PROJECT_ROOT / "results" / ("bench-cuda.json" if device.type == "cuda" else "bench.json")
     started, t0 = results.now(), time.perf_counter()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    per_device = {}
-    for device in devices:
-        data = data_mod.load(device)
-        if quick:
-            data = data.subset(4096, 256)
-        per_device[device.type] = measure(data, device, quick)
-    # Top level: the CPU figures (the machine every user has); `devices` holds every device's.
-    out = {"schema_version": 2, "quick": quick, **per_device["cpu"], "devices": per_device,
-           "report_seconds": report_seconds(1 if quick else 3), "threads": torch.get_num_threads(),
+    data = data_mod.load(device)
+    if quick:
+        data = data.subset(4096, 256)
+    figures = measure(data, device, quick)
+    if device.type == "cuda":
+        figures.update(population_figures(data, device, quick))
+    per_device = {device.type: figures}
+    # Top level: this device's figures; `devices` holds them by device type (one schema for both files).
+    # The report is rendered only on the CPU bench: a GPU host need not have pandoc and Typst.
+    out = {"schema_version": 2, "quick": quick, **figures, "devices": per_device,
+           "report_seconds": report_seconds(1 if quick else 3) if device.type == "cpu" else None,
+           "threads": torch.get_num_threads(),
            "provenance": results.provenance(", ".join(d["device_name"] for d in per_device.values()),
                                             ["bench", *(["--quick"] if quick else [])], started)}
-    out["provenance"]["command"] = "python -m experiments.bench" + (" --quick" if quick else "")
+    out["provenance"]["command"] = " ".join(["python -m experiments.bench", *(sys.argv[1:] if argv is None else argv)])
     out["provenance"]["wall_seconds"] = time.perf_counter() - t0
     results.write_atomic(args.out, out)
     for key, value in out.items():

@@ -24,6 +24,9 @@ PROJECT_ROOT = ENGINE_DIR.parent
 # resolved specs are hashed instead, so editing one spec reruns only that experiment.
 ENGINE_SOURCES = ("data.py", "models.py", "penalties.py", "train.py")
 MODEL_SOURCES = {"transfer": ("transfer.py",)}   # extra code only the results of these models depend on
+# The batched population backend (population.py) trains with other kernels than train.fit: its
+# results are other results, so its code and name join the fingerprint; the loop backend's don't.
+BACKEND_SOURCES = {"loop": (), "batched": ("population.py",)}
 FINAL_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
               "epochs", "seconds", "diverged")
 SUMMARY_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "epochs", "seconds")
@@ -44,11 +47,15 @@ def _code_digest(path: Path) -> str:
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
-def fingerprint(specs: dict, seeds: list[int], quick: bool) -> str:
-    """Identity of a result: resolved specs, seeds, quick mode and the engine's code."""
-    sources = ENGINE_SOURCES + tuple(sorted({f for spec in specs.values() for f in MODEL_SOURCES.get(spec.model, ())}))
+def fingerprint(specs: dict, seeds: list[int], quick: bool, backend: str = "loop") -> str:
+    """Identity of a result: resolved specs, seeds, quick mode, the engine's code and, for the
+    batched population backend, that backend."""
+    sources = ENGINE_SOURCES + BACKEND_SOURCES[backend] + \
+        tuple(sorted({f for spec in specs.values() for f in MODEL_SOURCES.get(spec.model, ())}))
     payload = {"specs": {k: v.as_dict() for k, v in specs.items()}, "seeds": seeds, "quick": quick,
                "engine": {name: _code_digest(ENGINE_DIR / name) for name in sources}}
+    if backend != "loop":   # keeps the loop backend's fingerprints, and the committed results, as they were
+        payload["backend"] = backend
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import results
+from . import population, results
 from .catalog import Experiment
 from .train import fit  # importing train sets the denormal flush before torch starts its threads
 
@@ -30,9 +30,19 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool, sets: dict | None = None):
-    """Resolved specs, seed list and fingerprint of what would run; `sets` (--set) overrides
-    RunSpec fields of every variant."""
+def effective_backend(specs: dict, backend: str, executor: str = "local") -> str:
+    """The backend the runs of `specs` actually use: `batched` only where it can stack a model
+    (and not on Ray, whose tasks are single runs); `auto` must be resolved first."""
+    from .population import batchable
+    if backend == "batched" and executor == "local" and any(batchable(s) for s in specs.values()):
+        return "batched"
+    return "loop"
+
+
+def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool, sets: dict | None = None,
+         backend: str = "loop", executor: str = "local"):
+    """Resolved specs, seed list, fingerprint and backend of what would run; `sets` (--set)
+    overrides RunSpec fields of every variant; `backend` is loop or batched (auto resolved)."""
     overrides = dict(sets or {})
     if epochs is not None:
         overrides["epochs"] = epochs
@@ -40,7 +50,8 @@ def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool, se
         overrides.setdefault("epochs", QUICK_EPOCHS)
     specs = exp.specs(**overrides)
     seed_list = list(range(seeds if seeds is not None else exp.seeds))
-    return specs, seed_list, results.fingerprint(specs, seed_list, quick)
+    backend = effective_backend(specs, backend, executor)
+    return specs, seed_list, results.fingerprint(specs, seed_list, quick, backend), backend
 
 
 def is_fresh(out: Path, fingerprint: str, since: str | None = None) -> bool:
@@ -56,9 +67,11 @@ def is_fresh(out: Path, fingerprint: str, since: str | None = None) -> bool:
 def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | None = None,
                    epochs: int | None = None, quick: bool = False, device_name: str = "auto",
                    fresh: bool = False, log=print, sets: dict | None = None, weights: Path | None = None,
-                   executor: str = "local", threads: int | None = None) -> dict:
-    specs, seed_list, fp = plan(exp, seeds, epochs, quick, sets)
+                   executor: str = "local", threads: int | None = None, backend: str = "auto",
+                   figures: bool = True) -> dict:
     device = pick_device(device_name)
+    specs, seed_list, fp, backend = plan(exp, seeds, epochs, quick, sets,
+                                         population.resolve_backend(backend, device), executor)
     progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}-{fp[:16]}.json"
     done = {}
     if progress_path.exists() and not fresh:
@@ -70,7 +83,7 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     started, t0 = results.now(), time.perf_counter()
     data = data_mod.load(device)
     log(f"{exp.name}: data from {data.source}; device {device}; "
-        f"{len(specs)} variant(s) x {len(seed_list)} seed(s)")
+        f"{len(specs)} variant(s) x {len(seed_list)} seed(s); {backend} backend")
     if quick:
         data = data.subset(QUICK_TRAIN, QUICK_EVAL)
     threads = threads or torch.get_num_threads()
@@ -85,12 +98,25 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
         results.write_atomic(progress_path, {"fingerprint": fp, "runs": done})
 
+    pops = []               # what trained together in this process, for the provenance
     if executor == "ray":   # one Ray task per run; the loop below then only does what Ray left
         from . import executors
         todo = [(name, spec, seed) for name, spec in specs.items() for seed in seed_list
                 if str(seed) not in done.get(name, {}) and spec.model != "transfer"]  # transfer: prepared here
         for name, seed, run in executors.run_on_ray(todo, device, threads, quick, (specs, seed_list, quick, fp), log):
+            pops.append({"size": 1, "members": [f"{name} / seed {seed}"]})
             record(name, seed, run)
+
+    if backend == "batched":   # populations of the members still to train; a model it cannot stack runs below
+        todo = [population.Member(name, spec, seed) for name, spec in specs.items() for seed in seed_list
+                if str(seed) not in done.get(name, {}) and population.batchable(spec)]
+        for members in population.populations(todo, backend):
+            log(f"  population of {len(members)}: {', '.join(sorted({m.name for m in members}))}")
+            sizes = []
+            population.fit_population(data, members, device, backend, log=log, trained_as=sizes,
+                                      on_finish=lambda m, run: record(m.name, m.seed, run))
+            pops.append({"size": len(members), "members": [f"{m.name} / seed {m.seed}" for m in members],
+                         **({"split_into": sizes} if sizes != [len(members)] else {})})
 
     for name, spec in specs.items():
         variant_data = data
@@ -100,12 +126,14 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
             if spec.model == "transfer" and variant_data is data:   # once per variant, only when it runs
                 from . import transfer
                 variant_data = transfer.prepare(spec, data, device, weights)
+            pops.append({"size": 1, "members": [f"{name} / seed {seed}"]})
             record(name, seed, fit(variant_data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}"))
 
     prov = results.provenance(str(device), argv, started)
     prov["wall_seconds"] = time.perf_counter() - t0
     prov["data_source"] = data.source
     prov["executor"], prov["torch_threads"] = executor, threads
+    prov["backend"], prov["populations"] = backend, pops   # the runs trained by this process
     variants = []
     for name, spec in specs.items():
         runs = [done[name][str(s)] for s in seed_list]
@@ -115,7 +143,8 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     results.write_atomic(out, results.validate(result, out))
     progress_path.unlink(missing_ok=True)
     log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
-    draw_figures(out, log)
+    if figures:
+        draw_figures(out, log)
     return result
 
 

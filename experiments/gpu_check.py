@@ -1,0 +1,113 @@
+"""The prepared GPU check: `python -m experiments.gpu_check [--out DIR] [--quick] [--device cuda]`.
+
+One command for a machine with a GPU but perhaps no package registry (it needs only torch,
+torchvision, numpy, matplotlib, jinja2 and tqdm, not the project's virtualenv):
+1. the whole study on the device with the population engine, into DIR/results (never results/);
+2. each variant's mean test accuracy against the committed CPU result: a difference within two
+   standard errors of the difference (sqrt(s1^2/n1 + s2^2/n2)) is called agreement;
+3. one experiment run twice with the same seeds: which runs repeat bit for bit, and the largest
+   difference where they do not;
+4. the GPU bench (experiments.bench) into DIR/bench-cuda.json.
+Everything lands in DIR/gpu-check.json; the exit code is 1 only when something failed to run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from . import results
+from .catalog import EXPERIMENTS
+
+REPEAT = "depth"     # the experiment run twice for the repeatability check
+
+
+def compare_to_committed(result: dict, committed: dict) -> list[dict]:
+    """Per variant: both mean test accuracies, their difference and whether it is within 2 SE."""
+    rows, theirs = [], {v["name"]: v["summary"]["test_acc"] for v in committed["variants"]}
+    for v in result["variants"]:
+        ours, ref = v["summary"]["test_acc"], theirs.get(v["name"])
+        if ref is None or ours["mean"] is None or ref["mean"] is None:
+            rows.append({"variant": v["name"], "agrees": None, "why": "no committed or no finished runs"})
+            continue
+        se = math.sqrt((ours["std"] or 0) ** 2 / max(ours["n"], 1) + (ref["std"] or 0) ** 2 / max(ref["n"], 1))
+        diff = ours["mean"] - ref["mean"]
+        rows.append({"variant": v["name"], "device_mean": ours["mean"], "cpu_mean": ref["mean"], "diff": diff,
+                     "two_se": 2 * se, "agrees": abs(diff) <= 2 * se})
+    return rows
+
+
+def repeatability(first: dict, second: dict) -> dict:
+    """How two runs of one experiment with the same seeds compare, run by run."""
+    identical, worst = 0, 0.0
+    pairs = [(a, b) for va, vb in zip(first["variants"], second["variants"]) for a, b in zip(va["runs"], vb["runs"])]
+    for a, b in pairs:
+        strip = lambda run: [{k: v for k, v in h.items() if k != "seconds"} for h in run["history"]]  # noqa: E731
+        if strip(a) == strip(b) and a["final"]["test_acc"] == b["final"]["test_acc"]:
+            identical += 1
+        else:
+            worst = max(worst, max(abs((x["train_loss"] or 0) - (y["train_loss"] or 0))
+                                   for x, y in zip(a["history"], b["history"])))
+    return {"experiment": first["experiment"], "runs": len(pairs), "bit_identical": identical,
+            "largest_train_loss_difference": worst}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "build" / "gpu-check")
+    parser.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: 2 epochs on 2,048 images")
+    parser.add_argument("--backend", default="auto", choices=("auto", "loop", "batched"))
+    parser.add_argument("--skip-bench", action="store_true")
+    args = parser.parse_args(argv)
+    from . import bench, runner
+    report = {"device": args.device, "quick": args.quick, "experiments": {}, "agreement": {}}
+    failed = False
+    t_study = time.perf_counter()
+    for exp in EXPERIMENTS.values():
+        if any(s.model == "transfer" for s in exp.specs().values()):
+            continue
+        out = args.out / "results" / f"{exp.name}.json"
+        t0 = time.perf_counter()
+        try:
+            result = runner.run_experiment(exp, out, ["gpu_check"], quick=args.quick, device_name=args.device,
+                                           fresh=True, backend=args.backend, figures=False)
+        except Exception as err:   # a check reports every failure and goes on
+            failed = True
+            report["experiments"][exp.name] = {"error": f"{type(err).__name__}: {err}"}
+            print(f"FAILED {exp.name}: {err}", file=sys.stderr)
+            continue
+        report["experiments"][exp.name] = {"seconds": time.perf_counter() - t0,
+                                           "backend": result["provenance"]["backend"],
+                                           "populations": [p["size"] for p in result["provenance"]["populations"]]}
+        committed = results.PROJECT_ROOT / "results" / f"{exp.name}.json"
+        if committed.exists() and not args.quick:
+            report["agreement"][exp.name] = compare_to_committed(result, results.load(committed))
+    report["study_seconds"] = time.perf_counter() - t_study
+    if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT]:
+        again = args.out / "rerun" / f"{REPEAT}.json"
+        second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], quick=args.quick,
+                                       device_name=args.device, fresh=True, backend=args.backend, figures=False)
+        report["repeatability"] = repeatability(results.load(args.out / "results" / f"{REPEAT}.json"), second)
+    if not args.skip_bench:
+        bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
+                    "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json")])
+    results.write_atomic(args.out / "gpu-check.json", report)
+    disagree = [(e, r["variant"]) for e, rows in report["agreement"].items() for r in rows if r["agrees"] is False]
+    print(f"study: {report['study_seconds']:.1f} s on {args.device}; "
+          f"{sum(len(r) for r in report['agreement'].values()) - len(disagree)} variant(s) within 2 SE of the "
+          f"committed CPU results, outside: {disagree or 'none'}")
+    if "repeatability" in report:
+        r = report["repeatability"]
+        print(f"repeatability ({r['experiment']}): {r['bit_identical']} of {r['runs']} runs bit-identical; "
+              f"largest train-loss difference {r['largest_train_loss_difference']:.3g}")
+    print(f"wrote {args.out / 'gpu-check.json'}")
+    print(json.dumps({k: v for k, v in report.items() if k != "agreement"}, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""Population training: the (variant, seed) members of one experiment whose networks share shapes,
+trained as one stacked network that takes one step for all of them.
+
+Why: on a GPU a training step of these MLPs is microseconds of arithmetic behind ~2 ms of kernel
+launches and Python (../shared/gpu.md). Stacking k members into the same kernels (batched matrix
+multiplies; batch norm over a [B, k*C] view) and replaying the whole step as one CUDA graph makes a
+member-epoch far cheaper. The 2-core CPU is already compute-bound, so there the `loop` backend
+trains each member with train.fit: bit for bit the serial run.
+
+A member of the `batched` backend is built exactly as its serial run (same seed, models.build) and
+keeps its own generators: batch order and augmentation draw from the serial run's generator,
+dropout masks from a copy of the global stream the serial run draws them from. Its learning-rate
+schedule, weight decay, penalties, label smoothing and dropout rate are per-member tensors; the
+objective is a sum of per-member terms, so no gradient, statistic or NaN crosses members. Early
+stopping, divergence and the end of training are decided per member at the end of an epoch, as in
+train.fit; a finished member is copied into its own plain module and finished like a serial run
+(shifted views, confusion matrix, misclassified examples, weight statistics), then the population
+shrinks. The result schema is the serial one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import models
+from .catalog import RunSpec
+from .data import FashionMNIST, make_inputs
+from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, _finite, autocast, evaluate, fit, inputs,
+                    lr_at, seed_everything, weight_stats)
+
+BACKENDS = ("auto", "loop", "batched")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defaults, as train.make_optimizer uses
+
+
+@dataclass(frozen=True)
+class Member:
+    """One (variant, seed) run of an experiment."""
+    name: str
+    spec: RunSpec
+    seed: int
+
+
+def shape_key(spec: RunSpec) -> tuple:
+    """What must be equal for members to share one stacked network and optimizer family."""
+    return (spec.model, spec.depth, spec.width, spec.batchnorm, tuple(spec.channels), spec.dropout > 0,
+            spec.input_dropout > 0, "sgd" if spec.optimizer == "sgd" else "adam", spec.batch_size, spec.precision)
+
+
+def batchable(spec: RunSpec) -> bool:
+    """The batched backend stacks MLPs and CNNs; the transfer model trains member by member."""
+    return spec.model in ("mlp", "cnn")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """auto: batched on CUDA (launch-bound, so stacking pays), loop elsewhere (exact, and the CPU is
+    compute-bound already)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "batched" if device.type == "cuda" else "loop"
+    return backend
+
+
+def populations(members: list[Member], backend: str) -> list[list[Member]]:
+    """Members grouped into populations, in catalog order: one per shape key under `batched` (a
+    model it cannot stack runs alone), one per member under `loop`."""
+    if backend == "loop":
+        return [[m] for m in members]
+    groups: dict = {}
+    for m in members:
+        key = shape_key(m.spec) if batchable(m.spec) else ("alone", m.name, m.seed)
+        groups.setdefault(key, []).append(m)
+    return list(groups.values())
+
+
+class DeviceMemoryError(Exception):
+    """One member alone does not fit in the device's memory; the message says what it needed."""
+
+
+def fit_population(data: FashionMNIST, members: list[Member], device: torch.device, backend: str = "auto",
+                   max_batches: int | None = None, on_finish=None, cuda_graphs: bool | None = None,
+                   log=print, trained_as: list | None = None) -> list[dict]:
+    """Train `members` (one population) and return their runs in order; `on_finish(member, run)` is
+    called as each member finishes, so a caller can save it before the others are done.
+
+    A population that runs out of device memory is split in two and its unfinished members start
+    again (from their seeds: a restarted member repeats its draws exactly); finished members are
+    kept. `trained_as` receives the size of each population that trained."""
+    backend = resolve_backend(backend, device)
+    runs: dict[int, dict] = {}
+
+    def finished(j, run):
+        runs[j] = run
+        if on_finish:
+            on_finish(members[j], run)
+
+    if backend == "loop" or not all(batchable(m.spec) for m in members):
+        for j, m in enumerate(members):
+            finished(j, fit(data, m.spec, m.seed, device, max_batches=max_batches,
+                            desc=f"{m.name} | seed {m.seed}"))
+            if trained_as is not None:
+                trained_as.append(1)
+        return [runs[j] for j in range(len(members))]
+    if len({shape_key(m.spec) for m in members}) > 1:
+        raise ValueError("members of one population must share their shapes (population.shape_key)")
+    use_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+    pending = [list(range(len(members)))]
+    while pending:
+        rows = pending.pop(0)
+        try:
+            StackedRun(data, [members[j] for j in rows], device, max_batches, use_graphs).train(
+                lambda r, run, rows=rows: finished(rows[r], run))
+        except torch.cuda.OutOfMemoryError as err:
+            left = [j for j in rows if j not in runs]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(left) == 1:
+                m = members[left[0]]
+                raise DeviceMemoryError(f"one run alone ({m.name}, seed {m.seed}) does not fit in the memory of "
+                                        f"{device}: {str(err).splitlines()[0]} Use a smaller batch size or "
+                                        "width, or a device with more memory.") from None
+            half = (len(left) + 1) // 2
+            log(f"  out of memory on {device} with {len(rows)} member(s) ({len(left)} unfinished): "
+                f"split into populations of {half} and {len(left) - half}, unfinished members restart")
+            pending[:0] = [left[:half], left[half:]]
+            continue
+        if trained_as is not None:
+            trained_as.append(len(rows))
+    return [runs[j] for j in range(len(members))]
+
+
+class StackedRun:
+    """The batched backend: every tensor of the population has the member as its leading dimension."""
+
+    def __init__(self, data: FashionMNIST, members: list[Member], device: torch.device,
+                 max_batches: int | None, use_graphs: bool):
+        self.data, self.members, self.device, self.use_graphs = data, list(members), device, use_graphs
+        self.in_features = data.train.images[0].numel()
+        self.amp = autocast(members[0].spec, device)
+        self.models, self.batch_gens, self.dropout_gens = [], [], []
+        for m in members:
+            gen = seed_everything(m.seed, device)           # exactly the serial run's start
+            model = models.build(m.spec, self.in_features).to(device)
+            self.models.append(model)
+            self.batch_gens.append(gen)
+            self.dropout_gens.append(_global_stream_copy(m.seed, device))
+        self.template = self.models[0]
+        self.mask_kinds = self._dropout_inputs()
+        n = len(data.train)
+        self.batch = members[0].spec.batch_size
+        self.steps_per_epoch = math.ceil(n / self.batch)
+        if max_batches:
+            self.steps_per_epoch = min(self.steps_per_epoch, max_batches)
+        self.alive = list(range(len(members)))          # member indices still training, in stack order
+        state = {k: torch.stack([mod.state_dict()[k] for mod in self.models]) for k in self.template.state_dict()}
+        self.params = {k: v.requires_grad_() for k, v in state.items() if v.is_floating_point() and
+                       k in dict(self.template.named_parameters())}
+        self.buffers = {k: v for k, v in state.items() if k not in self.params}
+        self.slots = {k: [torch.zeros_like(p) for _ in range(2)] for k, p in self.params.items()}  # Adam m, v / SGD buf
+        specs = [m.spec for m in members]
+        per = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
+        self.hyper = {
+            "weight_decay": per([s.weight_decay for s in specs]),
+            "l1": per([s.l1 if not s.l1_proximal else 0.0 for s in specs]),
+            "l1_prox": per([s.l1 if s.l1_proximal else 0.0 for s in specs]),
+            "l2": per([s.l2 for s in specs]),
+            "smoothing": per([s.label_smoothing for s in specs]),
+            "momentum": per([s.momentum for s in specs]),
+            "lr_table": per([[lr_at(t, s.epochs * self.steps_per_epoch, s)
+                              for t in range(max(x.epochs for x in specs) * self.steps_per_epoch)] for s in specs]),
+        }
+        self.step = torch.zeros((), dtype=torch.long, device=device)   # steps taken (the same for all)
+        self.loss_sum = torch.zeros(len(members), device=device)
+        self.correct = torch.zeros(len(members), dtype=torch.long, device=device)
+        self.sgd = specs[0].optimizer == "sgd"
+        self.graphs: dict[int, tuple] = {}
+        self._refresh_flags()
+
+    # -- the network, as functions of the stacked tensors --------------------------------------------
+
+    def _dropout_inputs(self) -> dict[int, tuple]:
+        """Dropout layer -> (dtype, features, attribute of the spec with its rate) of what it sees in
+        the serial model (bf16 after an autocast Linear), so masks are drawn exactly as F.dropout
+        draws them there."""
+        kinds, hooks, seen_weights = {}, [], False
+        for i, layer in enumerate(self.template):
+            seen_weights = seen_weights or isinstance(layer, (nn.Linear, nn.Conv2d))
+            if isinstance(layer, nn.Dropout):
+                rate = "dropout" if seen_weights else "input_dropout"
+
+                def record(mod, args, i=i, rate=rate):
+                    a = args[0]
+                    fmt = torch.channels_last if a.dim() == 4 and not a.is_contiguous() else torch.contiguous_format
+                    kinds[i] = (a.dtype, tuple(a.shape[1:]), rate, fmt)
+                hooks.append(layer.register_forward_pre_hook(record))
+        self.template.eval()
+        side = math.isqrt(self.in_features)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            self.template(torch.zeros(2, 1, side, side, device=self.device).contiguous(memory_format=torch.channels_last))
+        self.template.train()
+        for h in hooks:
+            h.remove()
+        return kinds
+
+    def forward(self, x: torch.Tensor, masks: dict | None = None) -> torch.Tensor:
+        """Logits [k, B, 10] of every member. x is [k, B, pixels] (each member its own batch) or
+        [N, pixels] (one batch shared by all members: evaluation). masks: Dropout layer -> scaled
+        keep-masks in training; None evaluates (no dropout, running batch-norm statistics).
+
+        Rows (MLP layers) are [k, B, features]: a Linear is a batched matrix multiply. Feature maps
+        (CNN stages) are [B, k*C, H, W], member m owning channels m*C .. m*C+C-1: a Conv2d is a
+        grouped convolution, and pooling, batch norm and ReLU act per channel, hence per member."""
+        p, buf, training = self.params, self.buffers, masks is not None
+        h, k = x, len(self.alive)
+        if isinstance(self.template[0], nn.Conv2d):           # pixels -> maps [B, k, 28, 28]
+            side = math.isqrt(self.in_features)
+            h = x.view(-1, 1, side, side).expand(-1, k, -1, -1) if x.dim() == 2 else \
+                x.transpose(0, 1).reshape(-1, k, side, side)
+            h = h.contiguous(memory_format=torch.channels_last)
+        for i, layer in enumerate(self.template):
+            w, b = p.get(f"{i}.weight"), p.get(f"{i}.bias")
+            if isinstance(layer, nn.Linear):
+                if h.dim() == 2:   # shared input: one matrix multiply for all members
+                    flat = w.reshape(-1, w.shape[-1])
+                    out = h @ flat.t() if b is None else torch.addmm(b.reshape(-1), h, flat.t())
+                    h = out.view(len(h), k, -1).transpose(0, 1)
+                else:
+                    h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            elif isinstance(layer, nn.Conv2d):
+                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                             layer.stride, layer.padding, layer.dilation, groups=k)
+            elif isinstance(layer, nn.MaxPool2d):
+                h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding)
+            elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                rows = h.dim() == 3                             # [k, B, C] -> [B, k*C], as maps are
+                flat = h.transpose(0, 1).reshape(h.shape[1], -1) if rows else h
+                flat = F.batch_norm(flat, buf[f"{i}.running_mean"].view(-1), buf[f"{i}.running_var"].view(-1),
+                                    w.view(-1), b.view(-1), training, layer.momentum, layer.eps)
+                if training:
+                    buf[f"{i}.num_batches_tracked"].add_(1)
+                h = flat.view(h.shape[1], k, -1).transpose(0, 1) if rows else flat
+            elif isinstance(layer, nn.ReLU):
+                h = torch.relu(h)
+            elif isinstance(layer, nn.Dropout):
+                if training:
+                    h = h * masks[i]
+            elif isinstance(layer, nn.Flatten):
+                if h.dim() == 4:                                 # maps -> rows [k, B, C*H*W]
+                    h = h.reshape(len(h), k, -1).transpose(0, 1)
+            else:
+                raise TypeError(f"the batched backend cannot stack {type(layer).__name__}")
+        return h
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor, masks: dict):
+        """(sum over members of loss + penalties, per-member loss [k], logits [k, B, 10])."""
+        hp = self.hyper
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            logits = self.forward(x, masks)
+        log_p = logits.float().log_softmax(-1)
+        nll = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+        smooth = -log_p.mean(-1).mean(1)                  # cross_entropy's label smoothing term
+        eps = hp["smoothing"]
+        loss = (1 - eps) * nll + eps * smooth
+        weights = [w for w in self.params.values() if w.dim() >= 3]   # the serial run's dim >= 2
+        objective = loss
+        if self._any("l1"):
+            objective = objective + hp["l1"] * sum(w.abs().flatten(1).sum(1) for w in weights)
+        if self._any("l2"):
+            objective = objective + hp["l2"] * 0.5 * sum(w.pow(2).flatten(1).sum(1) for w in weights)
+        return objective.sum(), loss, logits
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, masks: dict) -> None:
+        """One step for every member: forward, per-member loss and penalties, gradients, optimizer
+        update; metrics accumulate on the device. No host sync, so it can be one CUDA graph."""
+        hp = self.hyper
+        lr = hp["lr_table"].index_select(1, self.step.view(1)).squeeze(1)
+        objective, loss, logits = self.objective(x, y, masks)
+        weights = [w for w in self.params.values() if w.dim() >= 3]
+        names = list(self.params)
+        grads = torch.autograd.grad(objective, [self.params[n] for n in names])
+        with torch.no_grad():
+            self.step.add_(1)
+            for name, g in zip(names, grads):
+                self._update(self.params[name], g, lr, decays=self.params[name].dim() >= 3, slots=self.slots[name])
+            if self._any("l1_prox"):
+                for w in weights:
+                    thr = _per_member(lr * hp["l1_prox"], w)
+                    w.copy_(w.sign() * (w.abs() - thr).clamp_min(0))
+            self.loss_sum.add_(loss.detach() * y.shape[1])
+            self.correct.add_((logits.argmax(-1) == y).sum(1))
+
+    def _any(self, name: str) -> bool:
+        """Whether any member has this coefficient (read once per population, never inside a step)."""
+        return self._flags[name]
+
+    def _refresh_flags(self) -> None:
+        self._flags = {k: bool((self.hyper[k] != 0).any().item()) for k in ("l1", "l1_prox", "l2")}
+
+    def _update(self, p, g, lr, decays: bool, slots) -> None:
+        """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
+        train.make_optimizer configures them, with a learning rate and decay per member."""
+        wd = self.hyper["weight_decay"] if decays else None
+        if self.sgd:
+            buf, = slots[:1]
+            if wd is not None:
+                g = g + _per_member(wd, g) * p
+            mom = _per_member(self.hyper["momentum"], g)
+            buf.mul_(mom).add_(g)
+            p.sub_(_per_member(lr, p) * (g + mom * buf))
+            return
+        m, v = slots
+        b1, b2 = ADAM_BETAS
+        if wd is not None:
+            p.mul_(1 - _per_member(lr * wd, p))
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        t = self.step.float()
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        denom = (v.sqrt() / bc2.sqrt()).add_(ADAM_EPS)
+        p.sub_(_per_member(lr / bc1, p) * m / denom)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def _batch(self, orders: torch.Tensor, b: int):
+        """Inputs [k, B, features], labels [k, B] and dropout masks of step b, each member's drawn
+        from its own generators in the serial run's order."""
+        idx = orders[:, b * self.batch:(b + 1) * self.batch]
+        data, specs = self.data, [self.members[j].spec for j in self.alive]
+        if all(s.augment == "none" for s in specs):       # one gather for all members
+            x = make_inputs(data.train.images[idx.reshape(-1)], data.mean, data.std)
+        else:
+            x = torch.cat([inputs(data.train.images[idx[r]], data, s, self.batch_gens[j])
+                           for r, (j, s) in enumerate(zip(self.alive, specs))])
+        x = x.reshape(len(self.alive), idx.shape[1], -1)
+        masks = {}
+        for i, (dtype, shape, rate, fmt) in self.mask_kinds.items():   # in layer order, as the serial forward
+            per_member = []
+            for j, s in zip(self.alive, specs):
+                keep = 1 - getattr(s, rate)   # F.dropout: empty_like(input).bernoulli_(keep).div_(keep)
+                per_member.append(torch.empty(idx.shape[1], *shape, dtype=dtype, device=self.device, memory_format=fmt)
+                                  .bernoulli_(keep, generator=self.dropout_gens[j]).div_(keep))
+            # rows [k, B, F]; maps [B, k*C, H, W]
+            masks[i] = torch.stack(per_member) if len(shape) == 1 else \
+                torch.stack(per_member, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        return x, data.train.labels[idx], masks
+
+    def _run_step(self, x, y, masks) -> None:
+        if not self.use_graphs:
+            self._train_step(x, y, masks)
+            return
+        size = x.shape[1]
+        if size not in self.graphs:
+            self.graphs[size] = self._capture(x, y, masks)
+        graph, static_x, static_y, static_masks = self.graphs[size]
+        static_x.copy_(x)
+        static_y.copy_(y)
+        for i, mask in masks.items():
+            static_masks[i].copy_(mask)
+        graph.replay()
+
+    def _state(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *self.buffers.values(), *(s for pair in self.slots.values() for s in pair),
+                self.step, self.loss_sum, self.correct]
+
+    def _capture(self, x, y, masks):
+        """Capture one training step of this batch size as a CUDA graph. The warm-up steps that
+        capture needs run on a copy of the state, which is then put back: they change nothing."""
+        static_x, static_y = x.clone(), y.clone()
+        static_masks = {i: m.clone() for i, m in masks.items()}
+        saved = [t.detach().clone() for t in self._state()]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._train_step(static_x, static_y, static_masks)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.no_grad():
+            for t, s in zip(self._state(), saved):
+                t.copy_(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._train_step(static_x, static_y, static_masks)
+        return graph, static_x, static_y, static_masks
+
+    @torch.no_grad()
+    def _evaluate(self, split) -> tuple[list[float], list[float]]:
+        """Single-view mean loss and accuracy of every member on a whole split (one host sync)."""
+        k = len(self.alive)
+        loss_sum = torch.zeros(k, device=self.device)
+        correct = torch.zeros(k, dtype=torch.long, device=self.device)
+        for start in range(0, len(split), EVAL_BATCH):
+            x = inputs(split.images[start:start + EVAL_BATCH], self.data).reshape(-1, self.in_features)
+            y = split.labels[start:start + EVAL_BATCH]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+                logits = self.forward(x)
+            log_p = logits.float().log_softmax(-1)
+            loss_sum += -log_p.gather(-1, y.expand(k, -1).unsqueeze(-1)).squeeze(-1).sum(1)
+            correct += (log_p.argmax(-1) == y).sum(1)
+        return (loss_sum / len(split)).tolist(), (correct.float() / len(split)).tolist()   # as evaluate
+
+    def member_state(self, row: int) -> dict:
+        """The state dict of the member at stack row `row`, for its plain module."""
+        return {k: v[row].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+    def train(self, finished) -> None:
+        n = len(self.data.train)
+        track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0, "started": time.perf_counter()}
+                 for j in self.alive}
+        epoch = 0
+        while self.alive:
+            epoch += 1
+            epoch_start = time.perf_counter()
+            orders = torch.stack([torch.randperm(n, device=self.device, generator=self.batch_gens[j])
+                                  for j in self.alive])
+            self.loss_sum.zero_()
+            self.correct.zero_()
+            seen = 0
+            for b in range(self.steps_per_epoch):
+                x, y, masks = self._batch(orders, b)
+                self._run_step(x, y, masks)
+                seen += y.shape[1]
+            train_loss = (self.loss_sum / seen).tolist()
+            train_acc = (self.correct.double() / seen).tolist()
+            val_loss, val_acc = self._evaluate(self.data.val)
+            test_loss, test_acc = self._evaluate(self.data.test)
+            seconds = time.perf_counter() - epoch_start
+            done = []
+            for row, j in enumerate(self.alive):
+                spec, tr = self.members[j].spec, track[j]
+                last_lr = lr_at(epoch * self.steps_per_epoch - 1, spec.epochs * self.steps_per_epoch, spec)
+                tr["history"].append({"epoch": epoch, "train_loss": train_loss[row], "train_acc": train_acc[row],
+                                      "val_loss": val_loss[row], "val_acc": val_acc[row],
+                                      "test_loss": test_loss[row], "test_acc": test_acc[row],
+                                      "lr": last_lr, "seconds": seconds})
+                stop = diverged = not (math.isfinite(train_loss[row]) and math.isfinite(val_loss[row]))
+                if not diverged:
+                    if val_loss[row] < tr["best"]:          # early stopping on validation loss only
+                        tr["best"], tr["bad"] = val_loss[row], 0
+                        if spec.patience:
+                            tr["best_state"] = self.member_state(row)
+                    elif spec.patience:
+                        tr["bad"] += 1
+                        stop = tr["bad"] >= spec.patience
+                    stop = stop or epoch == spec.epochs
+                if stop:
+                    done.append(row)
+                    state = tr["best_state"] or self.member_state(row)
+                    finished(j, finish_member(self.models[j], state, spec, self.data, self.amp, tr["history"],
+                                              diverged, time.perf_counter() - tr["started"]))
+            if done:
+                self._shrink([r for r in range(len(self.alive)) if r not in done])
+
+    def _shrink(self, keep_rows: list[int]) -> None:
+        """Drop finished members from every stacked tensor; the CUDA graphs are captured again."""
+        self.alive = [self.alive[r] for r in keep_rows]
+        if not self.alive:
+            return
+        rows = torch.tensor(keep_rows, device=self.device)
+        with torch.no_grad():
+            self.params = {k: v.detach().index_select(0, rows).requires_grad_() for k, v in self.params.items()}
+        self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
+        self.slots = {k: [s.index_select(0, rows) for s in pair] for k, pair in self.slots.items()}
+        self.hyper = {k: v.index_select(0, rows) for k, v in self.hyper.items()}
+        self.loss_sum, self.correct = self.loss_sum[rows], self.correct[rows]
+        self._refresh_flags()
+        self.graphs.clear()
+
+
+def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-member values [k] shaped to broadcast over a stacked tensor [k, ...]."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _global_stream_copy(seed: int, device: torch.device) -> torch.Generator:
+    """A generator in the state of the global stream right now (after the member's model was built
+    under manual_seed(seed)): the stream from which its serial run draws dropout masks."""
+    if device.type == "cpu":
+        gen = torch.Generator()
+        gen.set_state(torch.get_rng_state())
+        return gen
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)         # building on the CPU leaves the device's default stream at its seed
+    return gen
+
+
+def finish_member(model: nn.Module, state: dict, spec: RunSpec, data: FashionMNIST, amp: bool,
+                  history: list[dict], diverged: bool, seconds: float) -> dict:
+    """A trained member as a serial run reports it: final metrics on all three splits (with the
+    test-time views of its spec), confusion matrix, misclassified examples, weight statistics."""
+    if diverged:
+        final = {"diverged": True, "diverged_epoch": len(history), "epochs": len(history), "seconds": seconds,
+                 **{f"{s}_{m}": None for s in ("train", "val", "test") for m in ("loss", "acc")}}
+        return {"history": _finite(history), "final": final}
+    model.load_state_dict(state)
+    views = SHIFTED_VIEWS if spec.test_time_shifts else SINGLE_VIEW
+    metrics = {}
+    for split in ("train", "val", "test"):
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"], pred = evaluate(model, getattr(data, split), data, amp, views)
+    labels = data.test.labels
+    confusion = torch.zeros(10, 10, dtype=torch.long, device=labels.device)
+    confusion.index_put_((labels, pred), torch.ones_like(pred), accumulate=True)
+    wrong = (pred != labels).nonzero().flatten()[:24].tolist()
+    final = {**metrics, "epochs": len(history), "seconds": seconds, "diverged": False,
+             "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+             "confusion": confusion.tolist(), "weights": weight_stats(model),
+             "misclassified": [{"index": i, "true": labels[i].item(), "pred": pred[i].item()} for i in wrong]}
+    return {"history": history, "final": final}

@@ -1,0 +1,235 @@
+"""Population training (experiments/population.py) against serial train.fit on slices of the real data.
+
+The loop backend runs train.fit itself, so it is exact. The batched backend runs other kernels
+(batched matrix multiplies, batch norm over a [B, k*C] view, a hand-written Adam/SGD with per-member
+learning rates), so it is held to a tolerance, in fp32: first-step gradients within 1e-5 relative,
+per-epoch training losses within 1e-3 relative after two epochs, final accuracies within 1 point
+(the 1,000-image evaluation slices' binomial standard error is ~1.4 points).
+"""
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from experiments import models, penalties, population, results, runner
+from experiments.catalog import EXPERIMENTS, RunSpec
+from experiments.population import Member, StackedRun, fit_population
+from experiments.train import fit, inputs, seed_everything
+
+CPU = torch.device("cpu")
+ROOT = results.PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny(fmnist):
+    return fmnist.subset(1024, 1000)
+
+
+def without_times(run: dict) -> dict:
+    """A run with its wall-clock fields removed: everything else must match."""
+    return {"history": [{k: v for k, v in h.items() if k != "seconds"} for h in run["history"]],
+            "final": {k: v for k, v in run["final"].items() if k != "seconds"}}
+
+
+def test_population_of_one_on_the_loop_backend_is_fit_bit_for_bit(tiny):
+    spec = RunSpec(epochs=2, width=64, dropout=0.2, augment="crop+flip")
+    [pop] = fit_population(tiny, [Member("a", spec, 3)], CPU, backend="loop")
+    assert without_times(pop) == without_times(fit(tiny, spec, 3, CPU))
+
+
+def test_cpu_defaults_to_the_exact_loop_backend_and_cuda_to_batched():
+    assert population.resolve_backend("auto", CPU) == "loop"
+    assert population.resolve_backend("auto", torch.device("cuda")) == "batched"
+    with pytest.raises(ValueError, match="not one of"):
+        population.resolve_backend("vmap", CPU)
+
+
+def serial_first_step(data, spec: RunSpec, seed: int) -> dict:
+    """Gradients of the serial run's first step (train.fit's objective), by parameter name."""
+    gen = seed_everything(seed, CPU)
+    model = models.build(spec).train()
+    order = torch.randperm(len(data.train), generator=gen)
+    idx = order[:spec.batch_size]
+    x, y = inputs(data.train.images[idx], data, spec, gen), data.train.labels[idx]
+    loss = nn.functional.cross_entropy(model(x), y, label_smoothing=spec.label_smoothing)
+    weights = penalties.penalised(model.parameters())
+    loss = loss + spec.l1 * penalties.l1_penalty(weights) + spec.l2 * penalties.l2_penalty(weights)
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_batched_first_step_gradients_match_serial_runs(tiny):
+    # three members that differ in everything a member may differ in: seeds, dropout rates,
+    # label smoothing, penalties, augmentation; fp32 so the tolerance is about kernels, not bf16
+    base = dict(precision="fp32", depth=2, width=64, dropout=0.2, input_dropout=0.1)
+    members = [Member("a", RunSpec(**base), 0),
+               Member("b", RunSpec(**{**base, "dropout": 0.5}, label_smoothing=0.1, l2=1e-3), 1),
+               Member("c", RunSpec(**base, l1=1e-4, augment="crop+flip"), 2)]
+    assert max(first_step_errors(tiny, members)) <= 1e-5
+
+
+def first_step_errors(data, members: list[Member]) -> list[float]:
+    """Per member: the largest difference between its batched and its serial first-step gradient,
+    relative to the largest serial gradient entry of that tensor."""
+    stack = StackedRun(data, members, CPU, None, use_graphs=False)
+    orders = torch.stack([torch.randperm(len(data.train), generator=g) for g in stack.batch_gens])
+    objective, _, _ = stack.objective(*stack._batch(orders, 0))
+    names = list(stack.params)
+    grads = dict(zip(names, torch.autograd.grad(objective, [stack.params[n] for n in names])))
+    return [max(((grads[name][row] - want).abs().max() / want.abs().max()).item()
+                for name, want in serial_first_step(data, m.spec, m.seed).items())
+            for row, m in enumerate(members)]
+
+
+def small_cnn(**overrides) -> RunSpec:
+    return EXPERIMENTS["cnn"].specs()["conv 32-64, fc 256"].with_overrides(
+        precision="fp32", channels=(8, 16), width=32, **overrides)
+
+
+def test_batched_cnn_first_step_gradients_match_serial_runs(tiny):
+    # grouped convolutions, per-member dropout masks on channels-last feature maps, flips
+    members = [Member("a", small_cnn(batchnorm=False), 0), Member("b", small_cnn(batchnorm=False, dropout=0.5), 1)]
+    assert max(first_step_errors(tiny, members)) <= 1e-5
+    # With batch norm the batch statistics of [B, k*C, H, W] maps are reduced in another order than
+    # those of one member's [B, C, H, W]; batch norm's backward amplifies that rounding in channels
+    # of small variance: 0.2-2.5% of the largest gradient entry was measured, so this is looser.
+    with_bn = [Member("a", small_cnn(), 0), Member("b", small_cnn(lr=3e-3), 1)]
+    assert max(first_step_errors(tiny, with_bn)) <= 0.05
+
+
+def test_batched_population_matches_serial_runs(tiny):
+    specs = [RunSpec(precision="fp32", epochs=2, width=64, dropout=0.2),
+             RunSpec(precision="fp32", epochs=2, width=64, dropout=0.5, optimizer="adamw", weight_decay=0.1,
+                     label_smoothing=0.1, augment="shift", max_shift=1, test_time_shifts=True),
+             RunSpec(precision="fp32", epochs=3, width=64, dropout=0.3, l1=1e-4, l1_proximal=True, lr=3e-3)]
+    members = [Member(f"m{i}", s, seed) for i, (s, seed) in enumerate(zip(specs, (0, 1, 2)))]
+    finished = []
+    pop = fit_population(tiny, members, CPU, backend="batched", on_finish=lambda m, run: finished.append(m.name))
+    assert sorted(finished) == ["m0", "m1", "m2"] and finished[-1] == "m2"   # the 3-epoch member last
+    for m, got in zip(members, pop):
+        want = fit(tiny, m.spec, m.seed, CPU)
+        assert [h["epoch"] for h in got["history"]] == [h["epoch"] for h in want["history"]]
+        for g, w in zip(got["history"], want["history"]):
+            assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-3)
+            assert g["lr"] == w["lr"]
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert abs(got["final"][key] - want["final"][key]) <= 0.01, (m.name, key)
+        assert set(got["final"]) == set(want["final"])
+        assert sum(map(sum, got["final"]["confusion"])) == len(tiny.test)
+
+
+def sgd(lr: float) -> RunSpec:
+    return RunSpec(precision="fp32", epochs=3, depth=2, width=64, optimizer="sgd", schedule="constant", lr=lr)
+
+
+def test_a_diverging_member_leaves_the_others_unchanged(tiny):
+    calm = [Member("lr 0.1", sgd(0.1), 0), Member("lr 0.01", sgd(0.01), 1)]
+    with_bad = fit_population(tiny, calm + [Member("lr 50", sgd(50.0), 2)], CPU, backend="batched")
+    with_good = fit_population(tiny, calm + [Member("lr 0.05", sgd(0.05), 2)], CPU, backend="batched")
+    assert with_bad[2]["final"]["diverged"] and not with_good[2]["final"]["diverged"]
+    assert with_bad[2]["final"]["epochs"] < 3            # it stopped; the others went on
+    for a, b in zip(with_bad[:2], with_good[:2]):
+        assert not a["final"]["diverged"] and a["final"]["epochs"] == 3
+        assert without_times(a) == without_times(b)      # bit for bit, histories and final metrics
+
+
+def test_a_member_with_patience_stops_like_its_serial_run_and_keeps_its_best_weights(fmnist):
+    # as in test_train: 512 images, a wide net and a high lr overfit fast and the val loss rises
+    data = fmnist.subset(512, 1000)
+    stopper = RunSpec(precision="fp32", epochs=40, width=512, lr=3e-3, schedule="constant", patience=2,
+                      batch_size=64)
+    runner_up = stopper.with_overrides(patience=0, epochs=6)
+    got, _ = fit_population(data, [Member("stop", stopper, 0), Member("full", runner_up, 1)], CPU, "batched")
+    want = fit(data, stopper, 0, CPU)
+    assert got["final"]["epochs"] == want["final"]["epochs"] < 40
+    assert got["final"]["best_epoch"] == want["final"]["best_epoch"]
+    best = got["history"][got["final"]["best_epoch"] - 1]
+    assert got["final"]["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)   # restored, not the last
+    assert got["history"][-1]["val_loss"] > best["val_loss"]
+
+
+def test_populations_group_members_by_shape():
+    exp = EXPERIMENTS["batchnorm"]
+    members = [Member(n, s, seed) for n, s in exp.specs().items() for seed in range(3)]
+    groups = population.populations(members, "batched")
+    assert sorted(len(g) for g in groups) == [6, 6]      # with and without batch norm
+    assert all(len({population.shape_key(m.spec) for m in g}) == 1 for g in groups)
+    assert population.populations(members, "loop") == [[m] for m in members]
+    cnn = [Member("cnn", EXPERIMENTS["cnn"].specs()["conv 32-64, fc 256"], s) for s in range(3)]
+    assert [len(g) for g in population.populations(cnn, "batched")] == [3]   # grouped convolutions
+
+
+def test_the_batched_backend_has_its_own_fingerprint_and_the_loop_backend_keeps_the_committed_one():
+    exp = EXPERIMENTS["depth"]
+    _, _, loop_fp, loop = runner.plan(exp, None, None, False, backend="loop")
+    _, _, batched_fp, batched = runner.plan(exp, None, None, False, backend="batched")
+    assert (loop, batched) == ("loop", "batched") and loop_fp != batched_fp
+    assert runner.is_fresh(ROOT / "results" / "depth.json", loop_fp)
+    transfer = EXPERIMENTS["transfer"]   # nothing to stack: the loop backend, and its fingerprint
+    assert runner.plan(transfer, None, None, False, backend="batched")[2:] == runner.plan(transfer, None, None, False)[2:]
+
+
+@pytest.mark.slow
+def test_a_batched_result_file_validates_and_renders(tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(ROOT / "results", res)
+    out = res / "dropout.json"
+    result = runner.run_experiment(EXPERIMENTS["dropout"], out, ["run", "dropout", "--quick"], quick=True,
+                                   device_name="cpu", backend="batched", log=lambda *a: None)
+    loaded = results.load(out)
+    assert loaded["provenance"]["backend"] == "batched"
+    assert sorted(p["size"] for p in loaded["provenance"]["populations"]) == [3, 6]   # p=0 alone; 0.2 and 0.5
+    assert loaded["fingerprint"] == result["fingerprint"]
+    assert all(math.isfinite(r["final"]["test_acc"]) for v in loaded["variants"] for r in v["runs"])
+    build = subprocess.run([sys.executable, str(ROOT / "report" / "build.py"), "--results", str(res),
+                            "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Dropout" in html and f"{loaded['variants'][1]['summary']['test_acc']['mean'] * 100:.2f}" in html
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_give_the_eager_batched_result(fmnist):
+    data = fmnist.subset(2048, 1000)
+    cuda = torch.device("cuda")
+    data = type(data)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (data.train, data.val, data.test)),
+                      data.mean, data.std, data.source)
+    members = [Member("a", RunSpec(epochs=2, dropout=0.2), 0), Member("b", RunSpec(epochs=3, dropout=0.5), 1)]
+    graphed = fit_population(data, members, cuda, "batched", cuda_graphs=True)
+    eager = fit_population(data, members, cuda, "batched", cuda_graphs=False)
+    for g, e in zip(graphed, eager):
+        for hg, he in zip(g["history"], e["history"]):
+            assert hg["train_loss"] == pytest.approx(he["train_loss"], rel=1e-4)
+        assert abs(g["final"]["test_acc"] - e["final"]["test_acc"]) <= 0.01
+
+
+def test_a_population_that_runs_out_of_memory_is_split_and_keeps_its_finished_members(tiny, monkeypatch):
+    specs = [RunSpec(precision="fp32", width=64, epochs=e) for e in (1, 2, 2, 2)]
+    members = [Member(f"m{i}", s, i) for i, s in enumerate(specs)]
+    whole = fit_population(tiny, members, CPU, "batched")
+    real_step = StackedRun._run_step
+
+    def step(self, *args):   # the card fills up once the population is 3 members or more
+        if len(self.members) == 4 and len(self.alive) == 3:   # after m0 finished and the stack shrank
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, *args)
+    monkeypatch.setattr(StackedRun, "_run_step", step)
+    finished, sizes, lines = [], [], []
+    split = fit_population(tiny, members, CPU, "batched", trained_as=sizes, log=lines.append,
+                           on_finish=lambda m, run: finished.append(m.name))
+    assert finished.count("m0") == 1 and sorted(finished) == ["m0", "m1", "m2", "m3"]   # m0 not retrained
+    assert sizes == [2, 1] and "split into populations of 2 and 1" in lines[0]
+    assert [without_times(r) for r in split] == [without_times(r) for r in whole]
+
+
+def test_one_member_that_does_not_fit_is_a_clear_error(tiny, monkeypatch):
+    def step(self, *args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+    monkeypatch.setattr(StackedRun, "_run_step", step)
+    members = [Member("huge", RunSpec(width=64, epochs=1), s) for s in range(2)]
+    with pytest.raises(population.DeviceMemoryError, match=r"huge, seed \d\) does not fit .*80.00 GiB"):
+        fit_population(tiny, members, CPU, "batched", log=lambda *a: None)
