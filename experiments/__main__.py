@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("list", help="print every experiment: name, then what it asks")
     sub.add_parser("data", help="find, verify and copy Fashion-MNIST into data/ (see experiments/data.py)")
+    restat = sub.add_parser("restat", help="recompute the summaries (95%% intervals) and seed-paired comparisons "
+                                           "of result files from their runs, in place; nothing is retrained")
+    restat.add_argument("paths", type=Path, nargs="+", help="result files, e.g. results/*.json")
     run = sub.add_parser("run", help="train every variant and seed of one experiment, write its result JSON")
     run.add_argument("name", type=experiment_name, help="experiment name (see `list`)")
     run.add_argument("--seeds", type=positive_int, help="number of seeds (default: the experiment's)")
@@ -119,30 +122,63 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{exp.name:<16} {exp.description}")
         return 0
 
+    if args.command == "restat":   # plain Python: no torch
+        from . import results
+        try:
+            for path in args.paths:
+                result = results.read(path)   # not load: a file without statistics fails validation
+                exp = EXPERIMENTS.get(result.get("experiment"))
+                if exp is None:
+                    raise results.ResultError(f"{path}: experiment {result.get('experiment')!r} is not in the catalog")
+                results.write_atomic(path, results.validate(results.restat(result, exp.control_variant), path))
+                print(f"{path}: summaries and {len(result['comparisons'])} comparison(s) against "
+                      f"{exp.control_variant!r} written")
+        except results.ResultError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+
+    if args.command == "run":
+        from . import planning, results   # no torch: `make all` asks this of every experiment
+        exp = EXPERIMENTS[args.name]
+        out = args.out or planning.default_out(exp.name, args.quick)
+        if args.quick and out.resolve().parent == (results.PROJECT_ROOT / "results").resolve():
+            print(f"error: --quick never writes into results/ (the reference results); drop --out or "
+                  f"point it elsewhere", file=sys.stderr)
+            return 2
+        try:
+            current = planning.accepted_fingerprints(exp, args.seeds, args.epochs, args.quick, dict(args.set),
+                                                     args.backend, args.executor)
+        except ValueError as err:   # a bad spec is exit 2, before any work
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.if_stale and planning.is_fresh(out, current, args.since) and planning.figures_fresh(out):
+            print(f"{out} is up to date (same spec, seeds and engine code)")
+            return 0
+        if args.skip_unavailable and args.device == "auto" and not args.quick and not planning.gpu_driver_loaded() \
+                and any(s.model == "transfer" for s in exp.specs().values()):
+            # the same note as below, without importing torch to find out (a `make all` on a CPU)
+            print(f"note: skipped {exp.name}, nothing written:\n  {exp.name} on the CPU takes hours: run it where "
+                  "CUDA is available, or pass --device cpu to run it on the CPU anyway")
+            return 0
+
     from . import data, executors, results, runner   # torch from here on
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "data":
             print(f"Fashion-MNIST verified in {data.RAW_DIR} (from {data.ensure_data()})")
             return 0
-        exp = EXPERIMENTS[args.name]
-        out = args.out or runner.default_out(exp.name, args.quick)
-        if args.quick and out.resolve().parent == (results.PROJECT_ROOT / "results").resolve():
-            print(f"error: --quick never writes into results/ (the reference results); drop --out or "
-                  f"point it elsewhere", file=sys.stderr)
-            return 2
-        try:   # check the whole request before any work: a bad spec or device is exit 2
+        try:   # check the whole request before any work: a bad device is exit 2
             device = runner.pick_device(args.device)
-            specs, _, fp, _ = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set),
-                                          runner.population.resolve_backend(args.backend, device), args.executor)
+            specs, _, _, _ = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set),
+                                         runner.population.resolve_backend(args.backend, device), args.executor)
             if args.executor == "ray":
                 executors.require_ray()
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if args.if_stale and runner.is_fresh(out, fp, args.since):
-            if not runner.figures_fresh(out):
-                runner.draw_figures(out)
+        if args.if_stale and runner.is_fresh(out, current, args.since):   # only its figures were stale
+            runner.draw_figures(out)
             print(f"{out} is up to date (same spec, seeds and engine code)")
             return 0
         if any(spec.model == "transfer" for spec in specs.values()):

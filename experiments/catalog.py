@@ -82,6 +82,15 @@ class Experiment:
     variants: dict                # variant name -> overrides of `base`
     base: dict = field(default_factory=dict)  # overrides shared by every variant
     seeds: int = 3                # runs per variant, seeds 0 .. seeds-1
+    control: str | None = None    # the variant every other is compared with (seed-paired); default the first
+
+    def __post_init__(self):
+        if self.control is not None and self.control not in self.variants:
+            raise ValueError(f"experiment {self.name}: control {self.control!r} is not one of its variants")
+
+    @property
+    def control_variant(self) -> str:
+        return self.control or next(iter(self.variants))
 
     def specs(self, **cli_overrides) -> dict[str, RunSpec]:
         """Variant name -> resolved RunSpec (base <- experiment base <- variant <- CLI)."""
@@ -92,11 +101,13 @@ class Experiment:
 EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="depth",
+        control="2 hidden",
         description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 10 epochs, no regularisation)",
         variants={f"{d} hidden": {"depth": d} for d in (1, 2, 3, 4)},
     ),
     Experiment(
         name="dropout",
+        control="p=0.0",
         description="dropout rates 0-0.5 on 2x256 hidden units trained 20 epochs at a constant lr",
         base={"epochs": 20, "schedule": "constant"},
         # p=0.7 (86.79% test) only repeated what p=0.5 already shows (too much dropout underfits), and
@@ -105,6 +116,7 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="early_stopping",
+        control="no early stopping",
         description="3x256 MLP trained 25 epochs at a constant lr, with and without early stopping (patience 4)",
         # 25 epochs: the reference run's lowest validation loss came at epoch 7-10 and the stops at 11-14
         base={"depth": 3, "epochs": 25, "schedule": "constant"},
@@ -112,6 +124,7 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="batchnorm",
+        control="no BN, lr=0.01",
         description="3x256 MLP, SGD+momentum at two learning rates, with and without batch normalization",
         base={"depth": 3, "optimizer": "sgd", "schedule": "constant"},
         variants={f"{'BN' if bn else 'no BN'}, lr={lr}": {"batchnorm": bn, "lr": lr}
@@ -119,6 +132,7 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="regularization",
+        control="none",
         description="none vs L1 / L2 penalties in the loss vs AdamW's decoupled weight decay, 3 strengths each",
         base={"schedule": "constant"},
         variants={"none": {},
@@ -128,6 +142,7 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="augmentation",
+        control="none",
         description="no augmentation vs flips vs RandomResizedCrop+flip at the original (0.08-1) and a mild (0.6-1) scale",
         variants={"none": {}, "flip": {"augment": "flip"},
                   "crop 0.08-1 + flip": {"augment": "crop+flip", "crop_scale": (0.08, 1.0)},

@@ -1,7 +1,7 @@
 """Figures from result files only: `python -m experiments.figures results/NAME.json [OUT_DIR]`.
 
-Every curve is a mean over seeds with a +-1 std band; every bar has std error bars; n is in the
-legend or caption.  SVGs are deterministic (fixed hash salt, no date) so re-rendering from the
+Every curve is a mean over seeds with a band of its 95% Student's t interval; every accuracy has
+95% interval error bars; n is in the legend or caption.  SVGs are deterministic (fixed hash salt, no date) so re-rendering from the
 same results changes no byte.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 
 from .data import CLASSES  # noqa: E402
 from .results import load  # noqa: E402
+from .stats import t_quantile  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "fmreport", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
                      "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100})
@@ -29,17 +30,23 @@ def _save(fig, out_dir: Path, name: str) -> Path:
     return path
 
 
+def _half_width(values) -> float:
+    """Half the width of the 95% Student's t interval of the mean of `values` (0 for one value)."""
+    n = len(values)
+    return t_quantile(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n) if n > 1 else 0.0
+
+
 def _curve(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Epochs, mean and std of `key` over the runs that did not diverge (runs may stop early:
-    each epoch averages the runs that reached it)."""
+    """Epochs, mean and 95%-interval half-width of `key` over the runs that did not diverge (runs
+    may stop early: each epoch averages the runs that reached it)."""
     ok = [r for r in runs if not r["final"]["diverged"]]
     longest = max((len(r["history"]) for r in ok), default=0)
-    mean, std = [], []
+    mean, half = [], []
     for e in range(longest):
         vals = [r["history"][e][key] for r in ok if len(r["history"]) > e]
         mean.append(np.mean(vals))
-        std.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
-    return np.arange(1, longest + 1), np.array(mean), np.array(std), len(ok)
+        half.append(_half_width(vals))
+    return np.arange(1, longest + 1), np.array(mean), np.array(half), len(ok)
 
 
 def curves(result: dict, out_dir: Path) -> Path:
@@ -56,24 +63,25 @@ def curves(result: dict, out_dir: Path) -> Path:
             ax.plot(x, m * scale, style, color=color, label=label, lw=1.3)
             ax.fill_between(x, (m - s) * scale, (m + s) * scale, color=color, alpha=0.2, lw=0)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss: train (solid), validation (dashed)")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy, mean ± std")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy, mean, 95% interval")
     ax_acc.legend(loc="lower right")
     fig.tight_layout()
     return _save(fig, out_dir, f"{result['experiment']}-curves.svg")
 
 
 def accuracy(result: dict, out_dir: Path) -> Path:
-    """Train, validation and test accuracy per variant: mean with std error bars."""
+    """Train, validation and test accuracy per variant: mean with 95%-interval error bars."""
     variants = result["variants"]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(variants) + 1.0))
     y = np.arange(len(variants))
     for j, (key, label) in enumerate((("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test"))):
         means = [100 * (v["summary"][key]["mean"] or np.nan) for v in variants]
-        stds = [100 * (v["summary"][key]["std"] or 0) for v in variants]
-        ax.errorbar(means, y + (j - 1) * 0.22, xerr=stds, fmt="o", ms=4, capsize=3, label=label, color=f"C{j}")
+        halves = [100 * _half_width([r["final"][key] for r in v["runs"] if not r["final"]["diverged"]])
+                  for v in variants]
+        ax.errorbar(means, y + (j - 1) * 0.22, xerr=halves, fmt="o", ms=4, capsize=3, label=label, color=f"C{j}")
     ax.set_yticks(y, [f"{v['name']} (n={v['summary']['test_acc']['n']})" for v in variants])
     ax.invert_yaxis()
-    ax.set(xlabel="accuracy (%), mean ± std over seeds")
+    ax.set(xlabel="accuracy (%), mean over seeds with its 95% interval")
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -119,7 +127,7 @@ def weights(result: dict, out_dir: Path) -> list[Path]:
 
 
 def confusion(result: dict, out_dir: Path) -> list[Path]:
-    """Test-set confusion matrix (summed over seeds) and per-class accuracy (mean ± std over seeds)."""
+    """Test-set confusion matrix (summed over seeds) and per-class accuracy (mean, 95% interval)."""
     v = max(result["variants"], key=lambda v: v["summary"]["val_acc"]["mean"] or 0)   # chosen on validation
     mats = np.array([r["final"]["confusion"] for r in v["runs"] if not r["final"]["diverged"]])
     total = mats.sum(0)
@@ -140,11 +148,11 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
 
     per_class = 100 * np.array([m.diagonal() / m.sum(1) for m in mats])
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    ax.bar(range(10), per_class.mean(0), yerr=per_class.std(0, ddof=1) if len(mats) > 1 else None,
+    ax.bar(range(10), per_class.mean(0), yerr=[_half_width(c) for c in per_class.T] if len(mats) > 1 else None,
            capsize=3, color="C0")
     ax.set_xticks(range(10), CLASSES, rotation=30, ha="right")
     ax.set(ylabel="test accuracy (%)", ylim=(max(0, per_class.min() - 10), 100),
-           title=f"per-class test accuracy, mean ± std over {len(mats)} seeds")
+           title=f"per-class test accuracy, mean and 95% interval over {len(mats)} seeds")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     paths.append(_save(fig, out_dir, f"{result['experiment']}-per-class.svg"))

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from . import models
 from .catalog import RunSpec
 from .data import FashionMNIST, make_inputs
+from .planning import batchable
 from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, _finite, autocast, evaluate, fit, inputs,
                     lr_at, seed_everything, weight_stats)
 
@@ -49,11 +50,6 @@ def shape_key(spec: RunSpec) -> tuple:
     """What must be equal for members to share one stacked network and optimizer family."""
     return (spec.model, spec.depth, spec.width, spec.batchnorm, tuple(spec.channels), spec.dropout > 0,
             spec.input_dropout > 0, "sgd" if spec.optimizer == "sgd" else "adam", spec.batch_size, spec.precision)
-
-
-def batchable(spec: RunSpec) -> bool:
-    """The batched backend stacks MLPs and CNNs; the transfer model trains member by member."""
-    return spec.model in ("mlp", "cnn")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

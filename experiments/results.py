@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -16,6 +15,8 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+
+from . import stats
 
 SCHEMA_VERSION = 1
 ENGINE_DIR = Path(__file__).resolve().parent
@@ -88,17 +89,35 @@ def now() -> datetime:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Mean, sample std and n of each final metric over the runs that did not diverge."""
+    """Per final metric over the runs that did not diverge: mean, sample std, n and the 95%
+    Student's t interval of the mean (stats.interval)."""
     ok = [r["final"] for r in runs if not r["final"]["diverged"]]
-    out = {}
-    for key in SUMMARY_KEYS:
-        values = [f[key] for f in ok if f.get(key) is not None]
-        n = len(values)
-        mean = sum(values) / n if n else None
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else (0.0 if n else None)
-        out[key] = {"mean": mean, "std": std, "n": n}
+    out = {key: stats.interval([f[key] for f in ok if f.get(key) is not None]) for key in SUMMARY_KEYS}
     out["diverged"] = len(runs) - len(ok)
     return out
+
+
+def comparisons(variants: list[dict], control: str) -> list[dict]:
+    """Every variant against the control, seed-paired, on validation and test accuracy:
+    {variant, control, metric, diff_mean, ci95, n} (diverged runs leave their seed out)."""
+    def by_seed(variant, metric):
+        return {r["seed"]: r["final"][metric] for r in variant["runs"]
+                if not r["final"]["diverged"] and r["final"].get(metric) is not None}
+    ctl = next((v for v in variants if v["name"] == control), None)
+    if ctl is None:
+        return []
+    return [{"variant": v["name"], "control": control, "metric": metric,
+             **stats.paired_difference(by_seed(v, metric), by_seed(ctl, metric))}
+            for v in variants if v is not ctl for metric in ("val_acc", "test_acc")]
+
+
+def restat(result: dict, control: str) -> dict:
+    """`result` with its summaries and comparisons computed afresh from its runs (what the runs
+    measured is untouched, so the fingerprint stays)."""
+    for v in result["variants"]:
+        v["summary"] = summarize(v["runs"])
+    result["control"], result["comparisons"] = control, comparisons(result["variants"], control)
+    return result
 
 
 def write_atomic(path: Path, obj: dict) -> None:
@@ -127,8 +146,10 @@ def validate(obj, path: Path) -> dict:
     _require(obj.get("schema_version") == SCHEMA_VERSION, path,
              f"schema_version is {obj.get('schema_version')!r}, this code reads {SCHEMA_VERSION}; "
              f"rerun the experiment to regenerate it")
-    for key, kind in (("experiment", str), ("fingerprint", str), ("provenance", dict), ("variants", list)):
-        _require(isinstance(obj.get(key), kind), path, f"field {key!r} is missing or not a {kind.__name__}")
+    for key, kind in (("experiment", str), ("fingerprint", str), ("provenance", dict), ("variants", list),
+                      ("comparisons", list)):
+        hint = f"; `python -m experiments restat {path}` adds it without retraining" if key == "comparisons" else ""
+        _require(isinstance(obj.get(key), kind), path, f"field {key!r} is missing or not a {kind.__name__}{hint}")
     for i, v in enumerate(obj["variants"]):
         where = f"variants[{i}]"
         _require(isinstance(v, dict) and isinstance(v.get("name"), str), path, f"{where} has no name")
@@ -140,11 +161,20 @@ def validate(obj, path: Path) -> dict:
                      path, f"{where}.runs[{j}] lacks seed/history/final")
             missing = [k for k in FINAL_KEYS if k not in run["final"]]
             _require(not missing, path, f"{where}.runs[{j}].final lacks {', '.join(missing)}")
+        for key in ("val_acc", "test_acc"):
+            _require("ci95" in v["summary"].get(key, {}), path,
+                     f"{where} ({v['name']}) has no 95% interval in summary.{key}; "
+                     f"`python -m experiments restat {path}` adds it without retraining")
     return obj
 
 
 def load(path) -> dict:
     """The one way to read a result file: parsed and validated, or a ResultError that says why."""
+    return validate(read(path), Path(path))
+
+
+def read(path) -> dict:
+    """A result file parsed but not validated (for `restat`, which upgrades older files)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -157,4 +187,4 @@ def load(path) -> dict:
     except json.JSONDecodeError as err:
         raise ResultError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
                           f"delete it and rerun the experiment") from None
-    return validate(obj, path)
+    return obj

@@ -14,11 +14,12 @@ import torch
 
 from . import data as data_mod
 from . import population, results
+from .planning import (QUICK_EPOCHS, QUICK_EVAL, QUICK_TRAIN, default_out, figures_dir,  # noqa: F401 (API)
+                       figures_fresh, is_fresh, plan)
 from .catalog import Experiment
 from .train import fit  # importing train sets the denormal flush before torch starts its threads
 
 PROGRESS_DIR = results.PROJECT_ROOT / "build" / "progress"
-QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS = 2048, 1000, 2   # --quick: 8 batches of 256, 2 epochs
 
 
 def pick_device(name: str) -> torch.device:
@@ -28,40 +29,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
     return device
-
-
-def effective_backend(specs: dict, backend: str, executor: str = "local") -> str:
-    """The backend the runs of `specs` actually use: `batched` only where it can stack a model
-    (and not on Ray, whose tasks are single runs); `auto` must be resolved first."""
-    from .population import batchable
-    if backend == "batched" and executor == "local" and any(batchable(s) for s in specs.values()):
-        return "batched"
-    return "loop"
-
-
-def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool, sets: dict | None = None,
-         backend: str = "loop", executor: str = "local"):
-    """Resolved specs, seed list, fingerprint and backend of what would run; `sets` (--set)
-    overrides RunSpec fields of every variant; `backend` is loop or batched (auto resolved)."""
-    overrides = dict(sets or {})
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    elif quick:
-        overrides.setdefault("epochs", QUICK_EPOCHS)
-    specs = exp.specs(**overrides)
-    seed_list = list(range(seeds if seeds is not None else exp.seeds))
-    backend = effective_backend(specs, backend, executor)
-    return specs, seed_list, results.fingerprint(specs, seed_list, quick, backend), backend
-
-
-def is_fresh(out: Path, fingerprint: str, since: str | None = None) -> bool:
-    """True when `out` is a valid result of exactly this plan (same specs, seeds and engine code),
-    started at or after `since` (an ISO time) when that is given."""
-    try:
-        result = results.load(out)
-    except results.ResultError:
-        return False
-    return result["fingerprint"] == fingerprint and (since is None or result["provenance"]["started"] >= since)
 
 
 def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | None = None,
@@ -139,7 +106,8 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         runs = [done[name][str(s)] for s in seed_list]
         variants.append({"name": name, "params": spec.as_dict(), "runs": runs, "summary": results.summarize(runs)})
     result = {"schema_version": results.SCHEMA_VERSION, "experiment": exp.name, "description": exp.description,
-              "fingerprint": fp, "quick": quick, "seeds": seed_list, "provenance": prov, "variants": variants}
+              "fingerprint": fp, "quick": quick, "seeds": seed_list, "provenance": prov, "variants": variants,
+              "control": exp.control_variant, "comparisons": results.comparisons(variants, exp.control_variant)}
     results.write_atomic(out, results.validate(result, out))
     progress_path.unlink(missing_ok=True)
     log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
@@ -148,24 +116,7 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     return result
 
 
-def figures_dir(out: Path) -> Path:
-    return out.parent / "figures"
-
-
-def figures_fresh(out: Path) -> bool:
-    """Figures exist and are newer than both the result and the plotting code."""
-    from . import figures
-    drawn = list(figures_dir(out).glob(f"{out.stem}-*.svg"))
-    newest_input = max(out.stat().st_mtime, Path(figures.__file__).stat().st_mtime)
-    return bool(drawn) and min(p.stat().st_mtime for p in drawn) >= newest_input
-
-
 def draw_figures(out: Path, log=print) -> None:
     from . import figures
     for path in figures.make_all(out, figures_dir(out)):
         log(f"wrote {path}")
-
-
-def default_out(name: str, quick: bool) -> Path:
-    base = results.PROJECT_ROOT / ("build/quick/results" if quick else "results")
-    return base / f"{name}.json"

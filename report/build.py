@@ -29,7 +29,6 @@ import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -45,7 +44,7 @@ if str(ROOT) not in sys.path:          # run as a script: make the `experiments`
 import jinja2  # noqa: E402
 from markupsafe import Markup  # noqa: E402
 
-from experiments import catalog, results  # noqa: E402  (neither imports torch)
+from experiments import catalog, results, stats  # noqa: E402  (none imports torch)
 
 REPORT_DIR = ROOT / "report"
 TEMPLATES = ROOT / "templates"
@@ -140,6 +139,29 @@ def pm(s: dict, digits: int = 2, scale: float = 100, unit: str = "%") -> Markup:
     return _minus(f"{scale * s['mean']:.{digits}f}{NBSP}±{NBSP}{scale * std:.{digits}f}{unit.replace(' ', NBSP)}")
 
 
+def ci(s: dict, digits: int = 2, scale: float = 100, unit: str = "%") -> Markup:
+    """{mean, ci95} of a fraction -> "89.12% [88.95, 89.29]" (the 95% Student's t interval over
+    seeds; just the mean where one seed gives no interval)."""
+    if not isinstance(s, dict) or _na(s.get("mean")):
+        return Markup("n/a")
+    text = f"{scale * s['mean']:.{digits}f}{unit.replace(' ', NBSP)}"
+    if s.get("ci95"):
+        low, high = (scale * x for x in s["ci95"])
+        text += f"{NBSP}[{low:.{digits}f}, {high:.{digits}f}]"
+    return _minus(text)
+
+
+def ci_pp(d: dict, digits: int = 2) -> Markup:
+    """A paired difference {diff_mean, ci95} of fractions -> "+0.12 pp [−0.05, +0.29]"."""
+    if not isinstance(d, dict) or _na(d.get("diff_mean")):
+        return Markup("n/a")
+    text = f"{100 * d['diff_mean']:+.{digits}f}{NBSP}pp"
+    if d.get("ci95"):
+        low, high = (100 * x for x in d["ci95"])
+        text += f"{NBSP}[{low:+.{digits}f}, {high:+.{digits}f}]"
+    return _minus(text)
+
+
 def pmn(s: dict, digits: int = 1, unit: str = "") -> Markup:
     """{mean, std, n} of a plain quantity (epochs, seconds) -> "12.3 ± 0.4"."""
     return pm(s, digits, 1, unit)
@@ -202,7 +224,7 @@ def and_list(items) -> Markup:
     return Markup(", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items))
 
 
-FILTERS = {"pct": pct, "pm": pm, "pmn": pmn, "pp": pp, "num": num, "g": g, "sec": sec,
+FILTERS = {"pct": pct, "pm": pm, "ci": ci, "ci_pp": ci_pp, "pmn": pmn, "pp": pp, "num": num, "g": g, "sec": sec,
            "duration": duration, "code": code, "yesno": yesno, "upfirst": upfirst, "and_list": and_list,
            # only for text a template rendered itself ({% set x | md %}...{% endset %}): its
            # prints were escaped already, so it must not be escaped again
@@ -213,12 +235,8 @@ FILTERS = {"pct": pct, "pm": pm, "pmn": pmn, "pp": pp, "num": num, "g": g, "sec"
 # Analysis helpers: numbers the discussions need, computed from result dicts (never printed raw).
 
 def summary(values) -> dict:
-    """{mean, std, n} like experiments.results.summarize (sample std), of the non-missing values."""
-    vals = [v for v in values if not _na(v)]
-    n = len(vals)
-    if not n:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if n > 1 else 0.0, "n": n}
+    """{mean, std, n, ci95} of the non-missing values: the rule experiments.results.summarize uses."""
+    return stats.interval([v for v in values if not _na(v)])
 
 
 def ok_runs(variant: dict) -> list[dict]:
@@ -229,6 +247,33 @@ def best_variant(result: dict, key: str = "val_acc") -> dict | None:
     """The variant with the highest mean `key` (validation accuracy: the test set chooses nothing)."""
     scored = [v for v in result["variants"] if not _na(v["summary"].get(key, {}).get("mean"))]
     return max(scored, key=lambda v: v["summary"][key]["mean"]) if scored else None
+
+
+def by_seed(variant: dict, key: str) -> dict:
+    """seed -> final[key] of the runs that did not diverge."""
+    return {r["seed"]: r["final"][key] for r in ok_runs(variant) if not _na(r["final"].get(key))}
+
+
+def verdict(result: dict, key: str = "val_acc") -> dict | None:
+    """What validation can say about an experiment's variants. `top` has the highest mean; it is
+    the `winner` only when its seed-paired difference against the runner-up has a 95% interval
+    that excludes zero. `tied`: the top and every variant whose paired difference against it
+    includes zero. `diff`: the top's paired difference against the runner-up."""
+    scored = sorted((v for v in result["variants"] if not _na(v["summary"].get(key, {}).get("mean"))),
+                    key=lambda v: -v["summary"][key]["mean"])
+    if not scored:
+        return None
+    top, rest = scored[0], scored[1:]
+    against = [stats.paired_difference(by_seed(top, key), by_seed(v, key)) for v in rest]
+    tied = [top] + [v for v, d in zip(rest, against) if not stats.excludes_zero(d["ci95"])]
+    winner = top if not rest or stats.excludes_zero(against[0]["ci95"]) else None
+    return {"top": top, "winner": winner, "tied": tied, "runner_up": rest[0] if rest else None,
+            "diff": against[0] if rest else None, "n": top["summary"][key]["n"]}
+
+
+def comparison(result: dict, variant: str, key: str = "val_acc") -> dict | None:
+    """The result file's seed-paired comparison of `variant` against the control on `key`."""
+    return next((c for c in result.get("comparisons", []) if c["variant"] == variant and c["metric"] == key), None)
 
 
 def gap(variant: dict, a: str = "train_acc", b: str = "val_acc") -> dict:
@@ -360,7 +405,8 @@ def order(items: list[dict], key: str = "value", reverse: bool = False) -> list[
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
-           "order": order, "measure": measure, "weight_count": weight_count}
+           "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
+           "comparison": comparison, "binomial_se": stats.binomial_se}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,6 +712,17 @@ def make_env(doc: Document) -> jinja2.Environment:
     return env
 
 
+def base_accuracy(sections: list[Section]) -> dict | None:
+    """Mean validation and test accuracy of the base MLP (the depth experiment's control), the
+    accuracy at which the Method section states the binomial standard error of one evaluation."""
+    depth = next((s for s in sections if s.name == "depth" and s.result), None)
+    control = next((v for v in depth.result["variants"] if v["name"] == depth.result.get("control")), None) \
+        if depth else None
+    if not control or _na(control["summary"]["val_acc"]["mean"]):
+        return None
+    return {"val": control["summary"]["val_acc"]["mean"], "test": control["summary"]["test_acc"]["mean"]}
+
+
 def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Document]:
     doc = Document(sections, results_dir)
     data = source_constant(ENGINE / "data.py", "VAL_PER_CLASS"), source_constant(ENGINE / "data.py", "CLASSES")
@@ -680,6 +737,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "quick": [s for s in sections if s.result and s.result.get("quick")],
         "bench": load_bench(results_dir),
         "loaded": [s for s in sections if s.result],
+        "base_acc": base_accuracy(sections),
     }
     env = make_env(doc)
     text = ""

@@ -179,7 +179,8 @@ def test_a_batched_result_file_validates_and_renders(tmp_path):
     shutil.copytree(ROOT / "results", res)
     out = res / "dropout.json"
     result = runner.run_experiment(EXPERIMENTS["dropout"], out, ["run", "dropout", "--quick"], quick=True,
-                                   device_name="cpu", backend="batched", log=lambda *a: None)
+                                   device_name="cpu", backend="batched", log=lambda *a: None,
+                                   sets={"precision": "fp32"})   # batched bf16 is slow on a CPU
     loaded = results.load(out)
     assert loaded["provenance"]["backend"] == "batched"
     assert sorted(p["size"] for p in loaded["provenance"]["populations"]) == [3, 6]   # p=0 alone; 0.2 and 0.5

@@ -73,14 +73,14 @@ def fake_result(name: str, variants: dict[str, dict], seeds: int = 2, epochs: in
     for i, (vname, params) in enumerate(variants.items()):
         runs = [fake_run(s, 0.86 + 0.01 * i, epochs, rng) for s in range(seeds)]
         out.append({"name": vname, "params": params, "runs": runs, "summary": results.summarize(runs)})
-    return {"schema_version": results.SCHEMA_VERSION, "experiment": name, "description": f"fixture for {name}",
+    return results.restat({"schema_version": results.SCHEMA_VERSION, "experiment": name, "description": f"fixture for {name}",
             "fingerprint": "0" * 64, "quick": False, "seeds": list(range(seeds)),
             "provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": False,
                            "packages": {"torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2.4.6", "tqdm": "4"},
                            "python": "3.11.7", "platform": "Linux-test", "device": "cpu", "cpu_count": 2,
                            "started": "2025-01-02T03:04:05+00:00", "wall_seconds": 123.4,
                            "command": f"python -m experiments run {name}"},
-            "variants": out}
+            "variants": out}, out[0]["name"])
 
 
 def svg(label: str) -> str:
@@ -104,7 +104,7 @@ def write_fixture(folder: Path) -> dict:
             last = written[name]["variants"][-1]
             last["runs"][0]["final"].update({k: None for k in results.SUMMARY_KEYS if k not in ("epochs", "seconds")},
                                             diverged=True, diverged_epoch=2)
-            last["summary"] = results.summarize(last["runs"])
+            results.restat(written[name], written[name]["control"])
     best = catalog.RunSpec(width=1024, dropout=0.5, epochs=3).as_dict()
     written["best"] = fake_result("best", {"headline MLP": best}, seeds=5)
     for name, obj in written.items():
@@ -429,3 +429,46 @@ def test_last_epoch_summarises_the_single_view_numbers():
     assert got["n"] == 3 and got["mean"] == pytest.approx(sum(expected) / 3)
     variant["runs"][1]["final"]["diverged"] = True             # diverged runs are left out, as everywhere
     assert build.last_epoch(variant, "test_acc")["n"] == 2
+
+
+def depth_with_val_accs(val: dict[str, list[float]]) -> dict:
+    """A depth result whose variants have these per-seed validation accuracies."""
+    exp = catalog.EXPERIMENTS["depth"]
+    obj = fake_result("depth", {v: s.as_dict() for v, s in exp.specs().items()}, seeds=3)
+    for v in obj["variants"]:
+        for run, acc in zip(v["runs"], val[v["name"]]):
+            run["final"]["val_acc"] = acc
+    return results.restat(obj, exp.control_variant)
+
+
+@pytest.mark.parametrize("case", ["tie", "clear gap"])
+def test_words_follow_the_paired_statistics(tmp_path, case):
+    low = {"1 hidden": [0.850, 0.852, 0.851], "2 hidden": [0.860, 0.861, 0.862]}
+    if case == "tie":     # 3 and 4 hidden: seeds overlap, the paired interval includes zero
+        val = {**low, "3 hidden": [0.890, 0.880, 0.895], "4 hidden": [0.893, 0.885, 0.890]}
+    else:                 # 4 hidden is ahead of 3 hidden by 1.0-1.2 points on every seed
+        val = {**low, "3 hidden": [0.880, 0.881, 0.879], "4 hidden": [0.890, 0.893, 0.890]}
+    res = tmp_path / "results"
+    res.mkdir()
+    results.write_atomic(res / "depth.json", depth_with_val_accs(val))
+    assert render(res, tmp_path / "out") == 0
+    page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    depth = page[page.index("Does a deeper network"):]
+    if case == "tie":
+        assert "On validation accuracy 4 hidden and 3 hidden are indistinguishable at 3 seeds" in depth
+        assert "best variant is" not in depth and "Depth: no winner at 3 seeds" in page
+    else:
+        assert "On validation accuracy the best variant is 4 hidden" in depth
+        assert "indistinguishable" not in depth and "Depth: best 4 hidden" in page
+
+
+def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
+    res = tmp_path / "results"
+    shutil.copytree(rendered["results"], res)
+    old = json.loads((res / "depth.json").read_text())
+    del old["comparisons"]
+    for v in old["variants"]:
+        del v["summary"]["val_acc"]["ci95"]
+    (res / "depth.json").write_text(json.dumps(old))
+    assert render(res, tmp_path / "out", "--strict") != 0
+    assert "restat" in capsys.readouterr().err

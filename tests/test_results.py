@@ -24,7 +24,8 @@ def test_summary_is_mean_and_sample_std_over_converged_runs():
 
 def minimal(**over):
     obj = {"schema_version": results.SCHEMA_VERSION, "experiment": "x", "fingerprint": "f", "provenance": {},
-           "variants": [{"name": "v", "params": {}, "runs": [fake_run(0, 0.5)], "summary": {}}]}
+           "variants": [{"name": "v", "params": {}, "runs": [fake_run(0, 0.5)],
+                         "summary": results.summarize([fake_run(0, 0.5)])}], "comparisons": []}
     obj.update(over)
     return obj
 
@@ -34,6 +35,9 @@ def minimal(**over):
     ({"variants": "nope"}, "'variants' is missing"),
     ({"variants": [{"name": "v", "params": {}, "runs": [{"seed": 0, "history": [], "final": {}}], "summary": {}}]},
      "final lacks train_acc"),
+    ({"comparisons": None}, "'comparisons' is missing .* restat"),
+    ({"variants": [{"name": "v", "params": {}, "runs": [fake_run(0, 0.5)], "summary": {"val_acc": {"mean": 0.5}}}]},
+     "no 95% interval in summary.val_acc; .* restat"),
 ])
 def test_invalid_result_files_say_what_is_wrong(tmp_path, bad, message):
     path = tmp_path / "r.json"
@@ -75,3 +79,39 @@ def test_code_digest_ignores_comments_and_docstrings(tmp_path):
     b.write_text('def f(x):\n    """Other words."""\n\n    return x + 1\n')
     c.write_text('def f(x):\n    return x + 2\n')
     assert results._code_digest(a) == results._code_digest(b) != results._code_digest(c)
+
+
+def test_comparisons_pair_each_variant_with_the_control_seed_by_seed():
+    control = {"name": "c", "runs": [fake_run(0, 0.80), fake_run(1, 0.90), fake_run(2, 0.85)]}
+    better = {"name": "b", "runs": [fake_run(0, 0.81), fake_run(1, 0.911), fake_run(2, 0.862), fake_run(3, 0.99)]}
+    broken = {"name": "x", "runs": [fake_run(0, None, diverged=True), fake_run(1, 0.95), fake_run(2, 0.95)]}
+    rows = results.comparisons([control, better, broken], "c")
+    assert [(r["variant"], r["metric"]) for r in rows] == [("b", "val_acc"), ("b", "test_acc"),
+                                                          ("x", "val_acc"), ("x", "test_acc")]
+    b = rows[0]
+    assert b["control"] == "c" and b["n"] == 3             # seed 3 has no partner
+    assert b["diff_mean"] == pytest.approx(0.011)
+    assert b["ci95"][0] > 0                                # nearly the same gain on every seed: excludes zero
+    assert rows[2]["n"] == 2                               # the diverged seed is left out
+
+
+def test_restat_adds_intervals_and_comparisons_and_keeps_the_runs(tmp_path):
+    obj = minimal(comparisons=None)
+    obj["variants"] = [{"name": n, "params": {}, "runs": [fake_run(s, a + s / 100) for s in range(3)], "summary": {}}
+                       for n, a in (("ctl", 0.8), ("v", 0.9))]
+    runs_before = json.dumps([v["runs"] for v in obj["variants"]])
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(obj))
+    from experiments.__main__ import main
+    EXPERIMENTS_X = {"x": type("E", (), {"control_variant": "ctl"})()}
+    import experiments.__main__ as cli
+    old = cli.EXPERIMENTS
+    cli.EXPERIMENTS = EXPERIMENTS_X
+    try:
+        assert main(["restat", str(path)]) == 0
+    finally:
+        cli.EXPERIMENTS = old
+    out = results.load(path)
+    assert json.dumps([v["runs"] for v in out["variants"]]) == runs_before
+    assert out["control"] == "ctl" and out["comparisons"][0]["diff_mean"] == pytest.approx(0.1)
+    assert out["variants"][1]["summary"]["val_acc"]["ci95"][0] < 0.91 < out["variants"][1]["summary"]["val_acc"]["ci95"][1]

@@ -25,6 +25,9 @@ def test_every_spec_runs_quick_and_summaries_are_exact(name, tmp_path):
             assert v["summary"][key]["n"] == len(values)
             assert v["summary"][key]["mean"] == pytest.approx(statistics.mean(values))
             assert v["summary"][key]["std"] == pytest.approx(statistics.stdev(values))
+    control = EXPERIMENTS[name].control_variant
+    assert result["control"] == control
+    assert len(result["comparisons"]) == 2 * (len(result["variants"]) - 1)   # val and test per other variant
     drawn = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert f"{name}-curves.svg" in drawn and f"{name}-accuracy.svg" in drawn
     for p in (tmp_path / "figures").iterdir():
@@ -36,12 +39,14 @@ def run(history_accs, diverged=False):
     return {"history": [{"val_acc": a} for a in history_accs], "final": {"diverged": diverged}}
 
 
-def test_curve_band_is_mean_and_std_over_runs_that_reached_each_epoch():
+def test_curve_band_is_the_95_interval_over_runs_that_reached_each_epoch():
     runs = [run([0.5, 0.6, 0.7]), run([0.7, 0.8]), run([0.1], diverged=True)]
-    epochs, mean, std, n = figures._curve(runs, "val_acc")
+    epochs, mean, half, n = figures._curve(runs, "val_acc")
     assert n == 2 and epochs.tolist() == [1, 2, 3]
     assert np.allclose(mean, [0.6, 0.7, 0.7])
-    assert np.allclose(std, [statistics.stdev([0.5, 0.7]), statistics.stdev([0.6, 0.8]), 0.0])
+    t1 = 12.706204736174705          # Student's t, 97.5% quantile, 1 degree of freedom
+    assert np.allclose(half, [t1 * statistics.stdev([0.5, 0.7]) / 2 ** 0.5,
+                              t1 * statistics.stdev([0.6, 0.8]) / 2 ** 0.5, 0.0])
 
 
 def test_figures_are_byte_identical_when_redrawn(tmp_path):

@@ -1,0 +1,83 @@
+"""What `experiments run` would do, decided without torch: the resolved specs, seeds, backend and
+fingerprint of a request, and whether a result file already holds exactly that. The Makefile asks
+this for every experiment on every `make all`, so it must cost milliseconds, not a torch import.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import results
+from .catalog import Experiment, RunSpec
+
+QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS = 2048, 1000, 2   # --quick: 8 batches of 256, 2 epochs
+FIGURES_CODE = results.ENGINE_DIR / "figures.py"
+
+
+def batchable(spec: RunSpec) -> bool:
+    """The batched population backend stacks MLPs and CNNs; the transfer model trains run by run."""
+    return spec.model in ("mlp", "cnn")
+
+
+def effective_backend(specs: dict, backend: str, executor: str = "local") -> str:
+    """The backend the runs of `specs` actually use: `batched` only where it can stack a model
+    (and not on Ray, whose tasks are single runs); `auto` must be resolved first."""
+    if backend == "batched" and executor == "local" and any(batchable(s) for s in specs.values()):
+        return "batched"
+    return "loop"
+
+
+def plan(exp: Experiment, seeds: int | None, epochs: int | None, quick: bool, sets: dict | None = None,
+         backend: str = "loop", executor: str = "local"):
+    """Resolved specs, seed list, fingerprint and backend of what would run; `sets` (--set)
+    overrides RunSpec fields of every variant; `backend` is loop or batched (auto resolved)."""
+    overrides = dict(sets or {})
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    elif quick:
+        overrides.setdefault("epochs", QUICK_EPOCHS)
+    specs = exp.specs(**overrides)
+    seed_list = list(range(seeds if seeds is not None else exp.seeds))
+    backend = effective_backend(specs, backend, executor)
+    return specs, seed_list, results.fingerprint(specs, seed_list, quick, backend), backend
+
+
+def accepted_fingerprints(exp: Experiment, seeds, epochs, quick: bool, sets: dict | None, backend: str,
+                          executor: str = "local") -> set[str]:
+    """Fingerprints of results that satisfy this request. Under `--backend auto` a result of either
+    backend is current (the same specs, seeds and engine code; the device only decides how a missing
+    result is made); an explicit backend asks for a result of that backend."""
+    backends = ("loop", "batched") if backend == "auto" else (backend,)
+    return {plan(exp, seeds, epochs, quick, sets, b, executor)[2] for b in backends}
+
+
+def is_fresh(out: Path, fingerprints, since: str | None = None) -> bool:
+    """True when `out` is a valid result whose fingerprint is one of `fingerprints` (a string or a
+    set), started at or after `since` (an ISO time) when that is given."""
+    accepted = {fingerprints} if isinstance(fingerprints, str) else set(fingerprints)
+    try:
+        result = results.load(out)
+    except results.ResultError:
+        return False
+    return result["fingerprint"] in accepted and (since is None or result["provenance"]["started"] >= since)
+
+
+def figures_dir(out: Path) -> Path:
+    return out.parent / "figures"
+
+
+def figures_fresh(out: Path) -> bool:
+    """Figures exist and are newer than both the result and the plotting code."""
+    drawn = list(figures_dir(out).glob(f"{out.stem}-*.svg"))
+    newest_input = max(out.stat().st_mtime, FIGURES_CODE.stat().st_mtime)
+    return bool(drawn) and min(p.stat().st_mtime for p in drawn) >= newest_input
+
+
+def default_out(name: str, quick: bool) -> Path:
+    base = results.PROJECT_ROOT / ("build/quick/results" if quick else "results")
+    return base / f"{name}.json"
+
+
+def gpu_driver_loaded() -> bool:
+    """Whether a GPU driver that torch could use is loaded (NVIDIA's or AMD's ROCm). Where neither
+    is, torch.cuda.is_available() is False, and this answers without importing torch."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()

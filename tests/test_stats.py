@@ -1,0 +1,48 @@
+"""experiments/stats.py against values computed by hand (and Student's t tables)."""
+import math
+
+import pytest
+
+from experiments import stats
+
+
+@pytest.mark.parametrize("df, t", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452), (120, 1.9799)])
+def test_t_quantiles_match_the_tables(df, t):
+    assert stats.t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    assert stats.t_cdf(stats.t_quantile(0.975, df), df) == pytest.approx(0.975, abs=1e-9)
+
+
+def test_interval_of_four_values():
+    # mean 2.5, sample std sqrt(5/3); half-width t(0.975, 3) * s / 2 = 3.18245 * 1.29099 / 2
+    s = stats.interval([1.0, 2.0, 3.0, 4.0])
+    assert s["mean"] == 2.5 and s["n"] == 4 and s["std"] == pytest.approx(math.sqrt(5 / 3))
+    assert s["ci95"] == pytest.approx([2.5 - 2.05426, 2.5 + 2.05426], abs=1e-4)
+
+
+def test_one_value_has_no_interval_and_none_has_no_mean():
+    assert stats.interval([0.9]) == {"mean": 0.9, "std": 0.0, "n": 1, "ci95": None}
+    assert stats.interval([]) == {"mean": None, "std": None, "n": 0, "ci95": None}
+
+
+def test_paired_difference_uses_only_shared_seeds():
+    # differences on seeds 0-2: 0.01, 0.03, 0.02 -> mean 0.02, sd 0.01, half-width 4.30265 * 0.01 / sqrt(3)
+    d = stats.paired_difference({0: 0.81, 1: 0.93, 2: 0.87, 3: 0.5}, {0: 0.80, 1: 0.90, 2: 0.85})
+    assert d["n"] == 3 and d["diff_mean"] == pytest.approx(0.02)
+    assert d["ci95"] == pytest.approx([0.02 - 0.024841, 0.02 + 0.024841], abs=1e-6)
+    assert not stats.excludes_zero(d["ci95"])           # -0.0048 .. 0.0448 includes zero
+    assert stats.excludes_zero([0.001, 0.002]) and stats.excludes_zero([-0.3, -0.1])
+    assert not stats.excludes_zero(None)
+
+
+def test_pairing_removes_what_seeds_share():
+    # two variants whose seeds vary a lot together: independent intervals overlap, the paired one does not
+    a = {s: 0.85 + 0.02 * s for s in range(5)}
+    b = {s: 0.85 + 0.02 * s + 0.003 + 0.0005 * (s % 2) for s in range(5)}
+    ia, ib = stats.interval(list(a.values())), stats.interval(list(b.values()))
+    assert ia["ci95"][1] > ib["ci95"][0]                  # overlapping
+    assert stats.excludes_zero(stats.paired_difference(b, a)["ci95"])
+
+
+def test_binomial_standard_error():
+    assert stats.binomial_se(0.9, 6000) == pytest.approx(math.sqrt(0.09 / 6000))   # 0.387 pp
+    assert stats.binomial_se(0.9, 10000) == pytest.approx(0.003)
