@@ -197,9 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 print(f"note: skipped {exp.name}, nothing written:", *missing, sep="\n  ")
                 return 0
-        runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
-                              device_name=args.device, fresh=args.fresh, sets=dict(args.set), weights=args.weights,
-                              executor=args.executor, threads=args.threads, backend=args.backend)
+        from . import locks
+        with locks.exclusive(out, lambda line: print(line, file=sys.stderr)):   # one writer per result
+            if args.if_stale and runner.is_fresh(out, current, args.since):   # made while this one waited
+                print(f"{out} is up to date (same spec, seeds and engine code)")
+                return 0
+            runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
+                                  device_name=args.device, fresh=args.fresh, sets=dict(args.set),
+                                  weights=args.weights, executor=args.executor, threads=args.threads,
+                                  backend=args.backend)
         return 0
     except (data.DataError, results.ResultError, executors.RayError, runner.population.DeviceMemoryError,
             OSError) as err:

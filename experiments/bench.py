@@ -227,6 +227,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu: results/bench.json; cuda (the default where available): results/bench-cuda.json")
     parser.add_argument("--out", type=Path, help="default results/bench.json, or results/bench-cuda.json on CUDA")
+    parser.add_argument("--study-seconds", type=float, metavar="S",
+                        help="CUDA: the study's wall time measured already (make gpu-check), instead of running it again")
     args = parser.parse_args(argv)
     quick, device = args.quick, torch.device(args.device)
     args.out = args.out or results.PROJECT_ROOT / "results" / ("bench-cuda.json" if device.type == "cuda" else "bench.json")
@@ -236,7 +238,9 @@ def main(argv=None) -> None:
         data = data.subset(4096, 256)
     figures = measure(data, device, quick)
     if device.type == "cuda":
-        figures.update(population_figures(data, device, quick))
+        figures.update(population_figures(data, device, quick, study=args.study_seconds is None))
+        if args.study_seconds is not None:
+            figures["study_seconds"] = args.study_seconds
     per_device = {device.type: figures}
     # Top level: this device's figures; `devices` holds them by device type (one schema for both files).
     # The report is rendered only on the CPU bench: a GPU host need not have pandoc and Typst.

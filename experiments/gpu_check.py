@@ -57,7 +57,8 @@ def repeatability(first: dict, second: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "build" / "gpu-check")
+    parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "build" / "gpu-check",
+                        help="scratch folder: results/, rerun/, bench-cuda.json and gpu-check.json go there")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script")
     parser.add_argument("--quick", action="store_true", help="smoke mode: 2 epochs on 2,048 images")
     parser.add_argument("--backend", default="auto", choices=("auto", "loop", "batched"))
@@ -94,7 +95,8 @@ def main(argv=None) -> int:
         report["repeatability"] = repeatability(results.load(args.out / "results" / f"{REPEAT}.json"), second)
     if not args.skip_bench:
         bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
-                    "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json")])
+                    "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json"),
+                    "--study-seconds", str(report["study_seconds"])])
     results.write_atomic(args.out / "gpu-check.json", report)
     disagree = [(e, r["variant"]) for e, rows in report["agreement"].items() for r in rows if r["agrees"] is False]
     print(f"study: {report['study_seconds']:.1f} s on {args.device}; "

@@ -145,7 +145,7 @@ def validate(obj, path: Path) -> dict:
     _require(isinstance(obj, dict), path, "top level is not a JSON object")
     _require(obj.get("schema_version") == SCHEMA_VERSION, path,
              f"schema_version is {obj.get('schema_version')!r}, this code reads {SCHEMA_VERSION}; "
-             f"rerun the experiment to regenerate it")
+             f"remake it with `make {path}` (or `make reproduce` for the whole study)")
     for key, kind in (("experiment", str), ("fingerprint", str), ("provenance", dict), ("variants", list),
                       ("comparisons", list)):
         hint = f"; `python -m experiments restat {path}` adds it without retraining" if key == "comparisons" else ""
@@ -156,16 +156,21 @@ def validate(obj, path: Path) -> dict:
         for key, kind in (("params", dict), ("runs", list), ("summary", dict)):
             _require(isinstance(v.get(key), kind), path, f"{where} ({v['name']}) lacks {key!r}")
         for j, run in enumerate(v["runs"]):
-            _require(isinstance(run, dict) and isinstance(run.get("history"), list)
-                     and isinstance(run.get("final"), dict) and isinstance(run.get("seed"), int),
-                     path, f"{where}.runs[{j}] lacks seed/history/final")
-            missing = [k for k in FINAL_KEYS if k not in run["final"]]
-            _require(not missing, path, f"{where}.runs[{j}].final lacks {', '.join(missing)}")
+            validate_run(run, path, f"{where}.runs[{j}]")
         for key in ("val_acc", "test_acc"):
             _require("ci95" in v["summary"].get(key, {}), path,
                      f"{where} ({v['name']}) has no 95% interval in summary.{key}; "
                      f"`python -m experiments restat {path}` adds it without retraining")
     return obj
+
+
+def validate_run(run, path: Path, where: str) -> None:
+    """One run as fit writes it: seed, history and final metrics."""
+    _require(isinstance(run, dict) and isinstance(run.get("history"), list)
+             and isinstance(run.get("final"), dict) and isinstance(run.get("seed"), int),
+             path, f"{where} lacks seed/history/final")
+    missing = [k for k in FINAL_KEYS if k not in run["final"]]
+    _require(not missing, path, f"{where}.final lacks {', '.join(missing)}")
 
 
 def load(path) -> dict:

@@ -7,13 +7,14 @@ loses at most the run in flight and never damages the previous result.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from . import data as data_mod
-from . import population, results
+from . import locks, population, results
 from .planning import (QUICK_EPOCHS, QUICK_EVAL, QUICK_TRAIN, default_out, figures_dir,  # noqa: F401 (API)
                        figures_fresh, is_fresh, plan)
 from .catalog import Experiment
@@ -40,80 +41,103 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     specs, seed_list, fp, backend = plan(exp, seeds, epochs, quick, sets,
                                          population.resolve_backend(backend, device), executor)
     progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}-{fp[:16]}.json"
-    done = {}
-    if progress_path.exists() and not fresh:
-        try:
-            done = json.loads(progress_path.read_text())["runs"]
-            log(f"resuming {exp.name}: {sum(map(len, done.values()))} finished run(s) kept from {progress_path}")
-        except (ValueError, KeyError):
-            log(f"ignoring unreadable progress file {progress_path}")
-    started, t0 = results.now(), time.perf_counter()
-    data = data_mod.load(device)
-    log(f"{exp.name}: data from {data.source}; device {device}; "
-        f"{len(specs)} variant(s) x {len(seed_list)} seed(s); {backend} backend")
-    if quick:
-        data = data.subset(QUICK_TRAIN, QUICK_EVAL)
-    threads = threads or torch.get_num_threads()
-    torch.set_num_threads(threads)   # float sums depend on it: same threads, bit-identical runs
+    with locks.exclusive(progress_path, log):   # one writer per progress file, even across --out paths
+        done = {} if fresh else read_progress(progress_path, fp, specs, log)
+        started, t0 = results.now(), time.perf_counter()
+        data = data_mod.load(device)
+        log(f"{exp.name}: data from {data.source}; device {device}; "
+            f"{len(specs)} variant(s) x {len(seed_list)} seed(s); {backend} backend")
+        if quick:
+            data = data.subset(QUICK_TRAIN, QUICK_EVAL)
+        threads = threads or torch.get_num_threads()
+        torch.set_num_threads(threads)   # float sums depend on it: same threads, bit-identical runs
 
-    def record(name, seed, run):
-        """Log a finished run and save it to the progress file at once, so a killed run resumes."""
-        f = run["final"]
-        status = "DIVERGED" if f["diverged"] else \
-            f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"
-        log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
-        done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
-        results.write_atomic(progress_path, {"fingerprint": fp, "runs": done})
+        def record(name, seed, run):
+            """Log a finished run and save it to the progress file at once, so a killed run resumes."""
+            f = run["final"]
+            status = "DIVERGED" if f["diverged"] else \
+                f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"
+            log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
+            done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
+            results.write_atomic(progress_path, {"fingerprint": fp, "runs": done})
 
-    pops = []               # what trained together in this process, for the provenance
-    if executor == "ray":   # one Ray task per run; the loop below then only does what Ray left
-        from . import executors
-        todo = [(name, spec, seed) for name, spec in specs.items() for seed in seed_list
-                if str(seed) not in done.get(name, {}) and spec.model != "transfer"]  # transfer: prepared here
-        for name, seed, run in executors.run_on_ray(todo, device, threads, quick, (specs, seed_list, quick, fp), log):
-            pops.append({"size": 1, "members": [f"{name} / seed {seed}"]})
-            record(name, seed, run)
+        pops = []               # what trained together in this process, for the provenance
+        if executor == "ray":   # one Ray task per run; the loop below then only does what Ray left
+            from . import executors
+            todo = [(name, spec, seed) for name, spec in specs.items() for seed in seed_list
+                    if str(seed) not in done.get(name, {}) and spec.model != "transfer"]  # transfer: prepared here
+            for name, seed, run in executors.run_on_ray(todo, device, threads, quick, (specs, seed_list, quick, fp), log):
+                pops.append({"size": 1, "members": [f"{name} / seed {seed}"]})
+                record(name, seed, run)
 
-    if backend == "batched":   # populations of the members still to train; a model it cannot stack runs below
-        todo = [population.Member(name, spec, seed) for name, spec in specs.items() for seed in seed_list
-                if str(seed) not in done.get(name, {}) and population.batchable(spec)]
-        for members in population.populations(todo, backend):
-            log(f"  population of {len(members)}: {', '.join(sorted({m.name for m in members}))}")
-            sizes = []
-            population.fit_population(data, members, device, backend, log=log, trained_as=sizes,
-                                      on_finish=lambda m, run: record(m.name, m.seed, run))
-            pops.append({"size": len(members), "members": [f"{m.name} / seed {m.seed}" for m in members],
-                         **({"split_into": sizes} if sizes != [len(members)] else {})})
+        if backend == "batched":   # populations of the members still to train; a model it cannot stack runs below
+            todo = [population.Member(name, spec, seed) for name, spec in specs.items() for seed in seed_list
+                    if str(seed) not in done.get(name, {}) and population.batchable(spec)]
+            for members in population.populations(todo, backend):
+                log(f"  population of {len(members)}: {', '.join(sorted({m.name for m in members}))}")
+                sizes = []
+                population.fit_population(data, members, device, backend, log=log, trained_as=sizes,
+                                          on_finish=lambda m, run: record(m.name, m.seed, run))
+                pops.append({"size": len(members), "members": [f"{m.name} / seed {m.seed}" for m in members],
+                             **({"split_into": sizes} if sizes != [len(members)] else {})})
 
-    for name, spec in specs.items():
-        variant_data = data
-        for seed in seed_list:
-            if str(seed) in done.get(name, {}):
-                continue
-            if spec.model == "transfer" and variant_data is data:   # once per variant, only when it runs
-                from . import transfer
-                variant_data = transfer.prepare(spec, data, device, weights)
-            pops.append({"size": 1, "members": [f"{name} / seed {seed}"]})
-            record(name, seed, fit(variant_data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}"))
+        for name, spec in specs.items():
+            variant_data = data
+            for seed in seed_list:
+                if str(seed) in done.get(name, {}):
+                    continue
+                if spec.model == "transfer" and variant_data is data:   # once per variant, only when it runs
+                    from . import transfer
+                    variant_data = transfer.prepare(spec, data, device, weights)
+                pops.append({"size": 1, "members": [f"{name} / seed {seed}"]})
+                record(name, seed, fit(variant_data, spec, seed, device, desc=f"{exp.name} | {name} | seed {seed}"))
 
-    prov = results.provenance(str(device), argv, started)
-    prov["wall_seconds"] = time.perf_counter() - t0
-    prov["data_source"] = data.source
-    prov["executor"], prov["torch_threads"] = executor, threads
-    prov["backend"], prov["populations"] = backend, pops   # the runs trained by this process
-    variants = []
-    for name, spec in specs.items():
-        runs = [done[name][str(s)] for s in seed_list]
-        variants.append({"name": name, "params": spec.as_dict(), "runs": runs, "summary": results.summarize(runs)})
-    result = {"schema_version": results.SCHEMA_VERSION, "experiment": exp.name, "description": exp.description,
-              "fingerprint": fp, "quick": quick, "seeds": seed_list, "provenance": prov, "variants": variants,
-              "control": exp.control_variant, "comparisons": results.comparisons(variants, exp.control_variant)}
-    results.write_atomic(out, results.validate(result, out))
-    progress_path.unlink(missing_ok=True)
-    log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
-    if figures:
-        draw_figures(out, log)
-    return result
+        prov = results.provenance(str(device), argv, started)
+        prov["wall_seconds"] = time.perf_counter() - t0
+        prov["data_source"] = data.source
+        prov["executor"], prov["torch_threads"] = executor, threads
+        prov["backend"], prov["populations"] = backend, pops   # the runs trained by this process
+        variants = []
+        for name, spec in specs.items():
+            runs = [done[name][str(s)] for s in seed_list]
+            variants.append({"name": name, "params": spec.as_dict(), "runs": runs, "summary": results.summarize(runs)})
+        result = {"schema_version": results.SCHEMA_VERSION, "experiment": exp.name, "description": exp.description,
+                  "fingerprint": fp, "quick": quick, "seeds": seed_list, "provenance": prov, "variants": variants,
+                  "control": exp.control_variant, "comparisons": results.comparisons(variants, exp.control_variant)}
+        results.write_atomic(out, results.validate(result, out))
+        progress_path.unlink(missing_ok=True)
+        log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
+        if figures:
+            draw_figures(out, log)
+        return result
+
+
+def read_progress(path: Path, fingerprint: str, specs: dict, log=print) -> dict:
+    """The finished runs saved in a progress file, variant -> seed -> run. A file that cannot be
+    read, belongs to another plan or holds a damaged run is reported and set aside (renamed to
+    *.bad-<time>), and the runs it held train again: a bad partial run never reaches a result."""
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            raise results.ResultError("it belongs to other specs or engine code")
+        done = saved["runs"]
+        for name, runs in done.items():
+            if name not in specs:
+                raise results.ResultError(f"variant {name!r} is not part of this plan")
+            for seed, run in runs.items():
+                results.validate_run(run, path, f"{name} seed {seed}")
+                if str(run["seed"]) != seed:
+                    raise results.ResultError(f"run {name!r} seed {seed} says seed {run['seed']}")
+    except (ValueError, KeyError, TypeError, AttributeError, results.ResultError) as err:
+        aside = path.with_name(f"{path.name}.bad-{results.now().strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        log(f"warning: progress file {path} set aside as {aside.name} "
+            f"({str(err).splitlines()[0][:200]}); its runs train again")
+        return {}
+    log(f"resuming: {sum(map(len, done.values()))} finished run(s) kept from {path}")
+    return done
 
 
 def draw_figures(out: Path, log=print) -> None:

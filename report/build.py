@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:          # run as a script: make the `experiments`
 import jinja2  # noqa: E402
 from markupsafe import Markup  # noqa: E402
 
-from experiments import catalog, results, stats  # noqa: E402  (none imports torch)
+from experiments import catalog, planning, results, stats  # noqa: E402  (none imports torch)
 
 REPORT_DIR = ROOT / "report"
 TEMPLATES = ROOT / "templates"
@@ -506,6 +506,7 @@ class Section:
         self.title = title_of(name)
         exp = catalog.EXPERIMENTS.get(name)
         self.description = (result or {}).get("description") or (exp.description if exp else "")
+        self.stale = bool(result and exp and not current(result, exp))
 
     @property
     def skipped(self) -> bool:
@@ -516,6 +517,17 @@ class Section:
     @property
     def variants(self) -> list[dict]:
         return self.result["variants"] if self.result else []
+
+
+def current(result: dict, exp) -> bool:
+    """Whether a result is what this checkout's catalog and engine code would make for its seeds
+    (either backend): otherwise its section says it is stale and how to remake it."""
+    try:
+        accepted = planning.accepted_fingerprints(exp, len(result.get("seeds") or [0]), None,
+                                                  bool(result.get("quick")), None, "auto")
+    except ValueError:
+        return False
+    return result["fingerprint"] in accepted
 
 
 def section_names(results_dir: Path) -> list[str]:

@@ -67,6 +67,13 @@ def fake_run(seed: int, quality: float, epochs: int, rng: random.Random) -> dict
     return {"seed": seed, "history": history, "final": final}
 
 
+def current_fingerprint(name: str, seeds: int) -> str:
+    """The fingerprint this checkout gives the catalog's experiment `name` at `seeds` seeds, so the
+    fixture counts as current (a test makes one stale on purpose)."""
+    exp = catalog.EXPERIMENTS.get(name)
+    return results.fingerprint(exp.specs(), list(range(seeds)), False) if exp else "0" * 64
+
+
 def fake_result(name: str, variants: dict[str, dict], seeds: int = 2, epochs: int = 3) -> dict:
     rng = random.Random(name)
     out = []
@@ -74,7 +81,7 @@ def fake_result(name: str, variants: dict[str, dict], seeds: int = 2, epochs: in
         runs = [fake_run(s, 0.86 + 0.01 * i, epochs, rng) for s in range(seeds)]
         out.append({"name": vname, "params": params, "runs": runs, "summary": results.summarize(runs)})
     return results.restat({"schema_version": results.SCHEMA_VERSION, "experiment": name, "description": f"fixture for {name}",
-            "fingerprint": "0" * 64, "quick": False, "seeds": list(range(seeds)),
+            "fingerprint": current_fingerprint(name, seeds), "quick": False, "seeds": list(range(seeds)),
             "provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": False,
                            "packages": {"torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2.4.6", "tqdm": "4"},
                            "python": "3.11.7", "platform": "Linux-test", "device": "cpu", "cpu_count": 2,
@@ -472,3 +479,17 @@ def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, c
     (res / "depth.json").write_text(json.dumps(old))
     assert render(res, tmp_path / "out", "--strict") != 0
     assert "restat" in capsys.readouterr().err
+
+
+def test_a_stale_result_is_marked_with_the_command_that_remakes_it(rendered, tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(rendered["results"], res)
+    old = json.loads((res / "dropout.json").read_text())
+    old["fingerprint"] = "f" * 64                      # made by other engine code
+    (res / "dropout.json").write_text(json.dumps(old))
+    assert "Stale result" not in visible_text(rendered["html"])
+    assert render(res, tmp_path / "out") == 0
+    page = visible_text((tmp_path / "out" / "report.html").read_text())
+    assert page.count("Stale result") == 1
+    stale = page[page.index("Stale result"):]
+    assert stale.index("dropout.json") < stale.index("make results/dropout.json") < 400
