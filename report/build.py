@@ -276,6 +276,17 @@ def comparison(result: dict, variant: str, key: str = "val_acc") -> dict | None:
     return next((c for c in result.get("comparisons", []) if c["variant"] == variant and c["metric"] == key), None)
 
 
+def against_control(result: dict, key: str = "val_acc") -> dict | None:
+    """The result file's seed-paired comparisons on `key`, split into the variants whose 95%
+    interval excludes zero (`differ`) and those within seed noise of the control (`same`)."""
+    rows = [c for c in result.get("comparisons", []) if c["metric"] == key and c["n"]]
+    if not rows:
+        return None
+    return {"control": rows[0]["control"], "n": min(c["n"] for c in rows),
+            "differ": [c for c in rows if stats.excludes_zero(c["ci95"])],
+            "same": [c for c in rows if not stats.excludes_zero(c["ci95"])]}
+
+
 def gap(variant: dict, a: str = "train_acc", b: str = "val_acc") -> dict:
     """Per-seed a - b (generalization gap), summarized."""
     return summary(r["final"][a] - r["final"][b] for r in ok_runs(variant))
@@ -405,7 +416,7 @@ def order(items: list[dict], key: str = "value", reverse: bool = False) -> list[
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
-           "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
+           "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
            "comparison": comparison, "binomial_se": stats.binomial_se}
 
 

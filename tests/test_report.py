@@ -463,10 +463,26 @@ def test_words_follow_the_paired_statistics(tmp_path, case):
     depth = page[page.index("Does a deeper network"):]
     if case == "tie":
         assert "On validation accuracy 4 hidden and 3 hidden are indistinguishable at 3 seeds" in depth
-        assert "best variant is" not in depth and "Depth: no winner at 3 seeds" in page
+        assert "best variant is" not in depth
     else:
         assert "On validation accuracy the best variant is 4 hidden" in depth
-        assert "indistinguishable" not in depth and "Depth: best 4 hidden" in page
+        assert "indistinguishable" not in depth
+    # the answer (and the Summary's line) compares every variant with the control, 2 hidden
+    answer = "very variant differs from the control, 2 hidden, in validation accuracy beyond seed noise"
+    assert f"Answer. E{answer}" in depth and f"Depth: e{answer}" in page
+
+
+def test_the_answer_says_when_nothing_differs_from_the_control(tmp_path):
+    val = {"1 hidden": [0.860, 0.870, 0.865], "2 hidden": [0.865, 0.862, 0.868],
+           "3 hidden": [0.862, 0.869, 0.864], "4 hidden": [0.868, 0.861, 0.866]}
+    res = tmp_path / "results"
+    res.mkdir()
+    results.write_atomic(res / "depth.json", depth_with_val_accs(val))
+    assert render(res, tmp_path / "out") == 0
+    page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    assert ("Answer. No variant differs from the control, 2 hidden, in validation accuracy beyond seed noise "
+            "at 3 seeds") in page
+    assert "indistinguishable at 3 seeds" in page and "best variant is" not in page
 
 
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
