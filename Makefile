@@ -28,7 +28,7 @@ RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SE
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 
-.PHONY: help setup data test all experiments reproduce report bench gpu-check clean lock FORCE
+.PHONY: help setup data test test-fast all experiments reproduce report bench gpu-check clean lock FORCE
 
 help: ## print this list of targets
 	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched)"
@@ -109,6 +109,9 @@ gpu-check: ## on a CUDA machine (< 8 min): the study into build/gpu-check, compa
 
 test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke, CLI, report in a browser)
 	$(PY) -m pytest -q
+
+test-fast: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the tests not marked slow (no training runs of whole experiments)
+	$(PY) -m pytest -q -m "not slow"
 
 clean: ## delete caches and quick results (never results/ or the published report)
 	rm -rf build .pytest_cache

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .results import PROJECT_ROOT
 
-LOCK_DIR = PROJECT_ROOT / "build" / "locks"
+LOCK_DIR = Path(os.environ.get("FMREPORT_LOCK_DIR") or PROJECT_ROOT / "build" / "locks")   # tests: a temp folder
 
 
 def lock_path(target: Path) -> Path:

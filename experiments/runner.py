@@ -20,7 +20,8 @@ from .planning import (QUICK_EPOCHS, QUICK_EVAL, QUICK_TRAIN, default_out, figur
 from .catalog import Experiment
 from .train import fit  # importing train sets the denormal flush before torch starts its threads
 
-PROGRESS_DIR = results.PROJECT_ROOT / "build" / "progress"
+# $FMREPORT_PROGRESS_DIR moves it (the tests point it at a temporary folder)
+PROGRESS_DIR = Path(os.environ.get("FMREPORT_PROGRESS_DIR") or results.PROJECT_ROOT / "build" / "progress")
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,11 +1,22 @@
 """Shared fixtures: the real data set, loaded once per test session on the CPU."""
+import atexit
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Progress files and locks of the runs the tests start (in this process and in every subprocess,
+# which inherit the environment) go to a temporary folder, never the real build/progress.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="fmreport-tests-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ["FMREPORT_PROGRESS_DIR"] = str(_SCRATCH / "progress")
+os.environ["FMREPORT_LOCK_DIR"] = str(_SCRATCH / "locks")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,198 @@
+"""The numbers the discussions need, computed from result dicts: one rule for summaries (the
+engine's stats.interval) and one for choosing a variant (verdict)."""
+from __future__ import annotations
+
+import json
+
+from experiments import catalog, stats
+
+from .config import ENGINE
+from .sources import source_constant
+from .text import _na
+
+# Analysis helpers: numbers the discussions need, computed from result dicts (never printed raw).
+
+def summary(values) -> dict:
+    """{mean, std, n, ci95} of the non-missing values: the rule experiments.results.summarize uses."""
+    return stats.interval([v for v in values if not _na(v)])
+
+
+def ok_runs(variant: dict) -> list[dict]:
+    return [r for r in variant["runs"] if not r["final"]["diverged"]]
+
+
+def best_variant(result: dict, key: str = "val_acc") -> dict | None:
+    """The variant with the highest mean `key` (validation accuracy: the test set chooses nothing)."""
+    scored = [v for v in result["variants"] if not _na(v["summary"].get(key, {}).get("mean"))]
+    return max(scored, key=lambda v: v["summary"][key]["mean"]) if scored else None
+
+
+def by_seed(variant: dict, key: str) -> dict:
+    """seed -> final[key] of the runs that did not diverge."""
+    return {r["seed"]: r["final"][key] for r in ok_runs(variant) if not _na(r["final"].get(key))}
+
+
+def verdict(result: dict, key: str = "val_acc") -> dict | None:
+    """What validation can say about an experiment's variants. `top` has the highest mean; it is
+    the `winner` only when its seed-paired difference against the runner-up has a 95% interval
+    that excludes zero. `tied`: the top and every variant whose paired difference against it
+    includes zero. `diff`: the top's paired difference against the runner-up."""
+    scored = sorted((v for v in result["variants"] if not _na(v["summary"].get(key, {}).get("mean"))),
+                    key=lambda v: -v["summary"][key]["mean"])
+    if not scored:
+        return None
+    top, rest = scored[0], scored[1:]
+    against = [stats.paired_difference(by_seed(top, key), by_seed(v, key)) for v in rest]
+    tied = [top] + [v for v, d in zip(rest, against) if not stats.excludes_zero(d["ci95"])]
+    winner = top if not rest or stats.excludes_zero(against[0]["ci95"]) else None
+    return {"top": top, "winner": winner, "tied": tied, "runner_up": rest[0] if rest else None,
+            "diff": against[0] if rest else None, "n": top["summary"][key]["n"]}
+
+
+def comparison(result: dict, variant: str, key: str = "val_acc") -> dict | None:
+    """The result file's seed-paired comparison of `variant` against the control on `key`."""
+    return next((c for c in result.get("comparisons", []) if c["variant"] == variant and c["metric"] == key), None)
+
+
+def against_control(result: dict, key: str = "val_acc") -> dict | None:
+    """The result file's seed-paired comparisons on `key`, split into the variants whose 95%
+    interval excludes zero (`differ`) and those within seed noise of the control (`same`)."""
+    rows = [c for c in result.get("comparisons", []) if c["metric"] == key and c["n"]]
+    if not rows:
+        return None
+    return {"control": rows[0]["control"], "n": min(c["n"] for c in rows),
+            "differ": [c for c in rows if stats.excludes_zero(c["ci95"])],
+            "same": [c for c in rows if not stats.excludes_zero(c["ci95"])]}
+
+
+def gap(variant: dict, a: str = "train_acc", b: str = "val_acc") -> dict:
+    """Per-seed a - b (generalization gap), summarized."""
+    return summary(r["final"][a] - r["final"][b] for r in ok_runs(variant))
+
+
+def weight_count(variant: dict) -> int | None:
+    """Number of weights (matrices and conv kernels, biases and norms left out) of the first run."""
+    runs = ok_runs(variant)
+    return sum(layer["size"] for layer in runs[0]["final"]["weights"]["layers"]) if runs else None
+
+
+def diff(x: dict, y: dict) -> float | None:
+    """Difference of two summary means (x - y)."""
+    if not isinstance(x, dict) or not isinstance(y, dict) or _na(x.get("mean")) or _na(y.get("mean")):
+        return None
+    return x["mean"] - y["mean"]
+
+
+def reach(variant: dict, target: float, key: str = "val_acc") -> dict:
+    """First epoch with history[key] >= target, and the training seconds spent until then."""
+    epochs, seconds = [], []
+    for run in ok_runs(variant):
+        spent = 0.0
+        for h in run["history"]:
+            spent += h["seconds"] or 0.0
+            if not _na(h.get(key)) and h[key] >= target:
+                epochs.append(h["epoch"])
+                seconds.append(spent)
+                break
+    return {"reached": len(epochs), "runs": len(variant["runs"]), "epochs": summary(epochs),
+            "seconds": summary(seconds), "target": target}
+
+
+def last_epoch(variant: dict, key: str) -> dict:
+    """history[-1][key] over seeds: the plain single-view number of the last epoch's weights. It
+    differs from the final one only where that uses test-time shifts or restored early-stopping weights."""
+    return summary(r["history"][-1].get(key) for r in ok_runs(variant) if r["history"])
+
+
+def stopping(variant: dict) -> dict:
+    """Epochs trained and epoch of the lowest validation loss, over seeds."""
+    runs = ok_runs(variant)
+    return {"epochs": summary(r["final"]["epochs"] for r in runs),
+            "best_epoch": summary(r["final"].get("best_epoch") for r in runs),
+            "max_epochs": variant["params"].get("epochs"), "patience": variant["params"].get("patience")}
+
+
+def first_layer(variant: dict) -> dict:
+    """Fraction of first-layer weights with |w| < threshold (and exactly 0), over seeds."""
+    runs = [r for r in ok_runs(variant) if r["final"].get("weights", {}).get("layers")]
+    layers = [r["final"]["weights"]["layers"][0] for r in runs]
+    thresholds = {r["final"]["weights"]["zero_threshold"] for r in runs}
+    return {"threshold": thresholds.pop() if len(thresholds) == 1 else None,
+            "near_zero": summary(l["frac_near_zero"] for l in layers),
+            "exact_zero": summary(l["frac_exact_zero"] for l in layers),
+            "name": layers[0]["name"] if layers else None, "size": layers[0]["size"] if layers else None}
+
+
+def method_of(params: dict) -> tuple[str, float | None]:
+    """Which weight regularizer a variant uses, and its strength (from its params, not its name)."""
+    if params.get("l1"):
+        return ("L1 proximal step" if params.get("l1_proximal") else "L1 penalty in the loss"), params["l1"]
+    if params.get("l2"):
+        return "L2 penalty in the loss", params["l2"]
+    if params.get("weight_decay"):
+        return f"decoupled weight decay ({params.get('optimizer', '')})", params["weight_decay"]
+    return "none", None
+
+
+def methods(result: dict) -> list[dict]:
+    """Per regularization method (first-seen order): its variants and the best strength on validation."""
+    groups: dict[str, list] = {}
+    for v in result["variants"]:
+        groups.setdefault(method_of(v["params"])[0], []).append(v)
+    out = []
+    for name, variants in groups.items():
+        best = best_variant({"variants": variants})
+        out.append({"method": name, "variants": variants, "best": best,
+                    "strength": method_of(best["params"])[1] if best else None})
+    return out
+
+
+def per_class(variant: dict) -> list[dict]:
+    """Test accuracy per class over seeds, from the confusion matrices; classes from data.py."""
+    names = source_constant(ENGINE / "data.py", "CLASSES")
+    mats = [r["final"]["confusion"] for r in ok_runs(variant) if r["final"].get("confusion")]
+    return [{"name": name, "acc": summary(m[i][i] / sum(m[i]) for m in mats if sum(m[i]))}
+            for i, name in enumerate(names)]
+
+
+def param_changes(result: dict) -> list[tuple[str, str]]:
+    """(parameter, value) where a variant differs from the RunSpec defaults (shared by all variants)."""
+    default = catalog.RunSpec().as_dict()
+    params = [v["params"] for v in result["variants"]]
+    shared = {k: params[0][k] for k in params[0] if all(p.get(k) == params[0][k] for p in params)}
+    return [(k, v) for k, v in shared.items() if k in default and default[k] != v]
+
+
+def distinct(sections: list, *path: str) -> list:
+    """Sorted distinct values of result[path...] (e.g. provenance, packages, torch) over the loaded results."""
+    out = set()
+    for s in sections:
+        if s.result:
+            node = s.result
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                out.add(node if isinstance(node, (str, int, float, bool)) else json.dumps(node))
+    return sorted(out, key=str)
+
+
+def measure(variants: list[dict], fn) -> list[dict]:
+    """[{variant, value: fn(variant)}] for each variant, e.g. measure(sec.variants, gap)."""
+    return [{"variant": v, "value": fn(v)} for v in variants]
+
+
+def order(items: list[dict], key: str = "value", reverse: bool = False) -> list[dict]:
+    """Items sorted by the mean of the summary at the dotted path `key` (missing means last)."""
+    def mean(item):
+        for part in key.split("."):
+            item = item.get(part) if isinstance(item, dict) else None
+        return None if not isinstance(item, dict) or _na(item.get("mean")) else item["mean"]
+    have = [i for i in items if mean(i) is not None]
+    return sorted(have, key=mean, reverse=reverse) + [i for i in items if mean(i) is None]
+
+
+HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
+           "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
+           "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
+           "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
+           "comparison": comparison, "binomial_se": stats.binomial_se}

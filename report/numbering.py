@@ -1,0 +1,190 @@
+"""The Jinja step: figure, table and section numbering, cross-references, and the two passes that
+let forward references resolve."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+
+from experiments import catalog
+
+from .analysis import HELPERS, distinct
+from .config import (ESSAYS, FASHION_MNIST, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC,
+                     TEMPLATES, ENGINE, ReportError)
+from .sections import Section, display_path, load_bench, make_command, missing_message
+from .sources import quote_functions, quote_uses, source_constant
+from .text import FILTERS, _na, code, finalize, md, md_escape
+
+# The Jinja step: numbering registry, two passes.
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*(?:\{([^}]*)\})?\s*$")
+_FENCE = re.compile(r"^(`{3,}|~{3,})")
+
+
+def scan_headings(markdown: str) -> dict[str, str]:
+    """Heading id -> "Section 3.2" as pandoc's --number-sections will number it (unnumbered
+    headings keep their title). Skips fenced code."""
+    counters, out, fence = [0] * 6, {}, None
+    for line in markdown.splitlines():
+        m = _FENCE.match(line)
+        if m:
+            fence = None if fence and m.group(1).startswith(fence) else (fence or m.group(1))
+            continue
+        if fence:
+            continue
+        h = _HEADING.match(line)
+        if not h:
+            continue
+        level, title, attrs = len(h.group(1)), h.group(2), (h.group(3) or "").split()
+        ident = next((a[1:] for a in attrs if a.startswith("#")), None)
+        if ".unnumbered" in attrs or "-" in attrs:
+            label = title.replace("\\", "")
+        else:
+            counters[level - 1] += 1
+            counters[level:] = [0] * (6 - level)
+            label = "Section " + ".".join(str(c) for c in counters[:level])
+        if ident:
+            out[ident] = label
+    return out
+
+
+class Document:
+    """Figure/table/section registry and the template helpers that use it."""
+
+    KINDS = {"fig": "Figure", "tbl": "Table"}
+
+    def __init__(self, sections: list[Section], results_dir: Path):
+        self.sections, self.results_dir = sections, results_dir
+        self.known: dict[str, str] = {}     # id -> "Figure 3" / "Section 3.2", from the previous pass
+        self.start_pass()
+
+    def start_pass(self) -> None:
+        self.labels: dict[str, str] = {}
+        self.counts: Counter = Counter()
+        self.figures: dict[str, Path] = {}  # figure file name -> source path
+        self.problems: list[str] = []
+        self.unresolved: set[str] = set()
+
+    def _number(self, kind: str, name: str) -> tuple[str, str]:
+        ident = f"{kind}-{name}"
+        if ident in self.labels:
+            raise ReportError(f"{ident} is defined twice in the templates")
+        self.counts[kind] += 1
+        self.labels[ident] = f"{self.KINDS[kind]} {self.counts[kind]}"
+        return ident, self.labels[ident]
+
+    def figure(self, name: str, caption, width: str = "100%") -> Markup:
+        """An SVG from <results>/figures/<name>.svg as "Figure N: caption", id fig-<name>, `width`
+        of the text width."""
+        ident, label = self._number("fig", name)
+        src = self.results_dir / "figures" / f"{name}.svg"
+        if not src.is_file():
+            owner = next((x.path for x in sorted(self.sections, key=lambda x: -len(x.name))
+                          if name.startswith(x.name + "-")), self.results_dir / "NAME.json")
+            command = f"python -m experiments.figures {display_path(owner)}"
+            self.problems.append(f"Figure missing: {src} — run `{command}`")
+            return Markup(f"\n::: {{.missing #{ident}}}\n**{label}:** figure missing: {md_escape(str(src))} — "
+                          f"run {code(command)}\n:::\n")
+        self.figures[f"{name}.svg"] = src
+        return Markup(f"\n![{label}: {md(caption)}](figures/{name}.svg){{#{ident} width={width}}}\n")
+
+    def table(self, name: str, caption) -> Markup:
+        """The caption line of a pipe table as "Table N: caption", id tbl-<name>."""
+        ident, label = self._number("tbl", name)
+        return Markup(f": {label}: {md(caption)} {{#{ident}}}")
+
+    def ref(self, ident: str, text=None) -> Markup:
+        """A link "Figure N" / "Table N" / "Section N" to an id defined anywhere in the document."""
+        label = self.known.get(ident)
+        if label is None:
+            self.unresolved.add(ident)
+            label = "??"
+        return Markup(f"[{md(text) if text is not None else label}](#{ident})")
+
+    def heading(self, level: int, title, ident: str, *classes: str) -> Markup:
+        attrs = " ".join([f"#{ident}", *(f".{c}" for c in classes)])
+        return Markup(f"{'#' * level} {md(title)} {{{attrs}}}")
+
+    def missing(self, section: Section) -> Markup:
+        message = missing_message(section, self.results_dir)
+        if message not in self.problems:
+            self.problems.append(message)
+        head, _, cmd = message.rpartition(" — run ")
+        return Markup(f"\n::: {{.missing}}\n{md_escape(head)} — run {code(cmd.strip('`'))}\n:::\n")
+
+    def essay(self, filename: str) -> Markup:
+        """An essay from report/, one heading level up (it is written with ## as its top), its
+        table captions numbered like ours, and @sec-/@fig-/@tbl- references made into links."""
+        text = (REPORT_DIR / filename).read_text()
+        out, fence = [], None
+        for line in text.splitlines():
+            m = _FENCE.match(line)
+            if m:
+                fence = None if fence and m.group(1).startswith(fence) else (fence or m.group(1))
+            elif not fence:
+                if re.match(r"^#{2,6}\s", line):
+                    line = line[1:]
+                cap = re.match(r"^:\s+(.*?)\s*\{#tbl-([\w-]+)\}\s*$", line)
+                if cap:
+                    line = str(self.table(cap.group(2), Markup(cap.group(1))))
+                line = re.sub(r"\[@((?:sec|fig|tbl)-[\w-]+)\]|(?<![\w@])@((?:sec|fig|tbl)-[\w-]*\w)",
+                              lambda m: str(self.ref(m.group(1) or m.group(2))), line)
+            out.append(line)
+        return Markup("\n".join(out) + "\n")
+
+
+def make_env(doc: Document) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             autoescape=True, finalize=finalize, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters.update(FILTERS)
+    env.globals.update(HELPERS)
+    env.globals.update(figure=doc.figure, table=doc.table, ref=doc.ref, heading=doc.heading,
+                       missing=doc.missing, essay=doc.essay, quote_functions=quote_functions,
+                       quote_uses=quote_uses, make_command=lambda name: make_command(doc.results_dir, name),
+                       base=catalog.RunSpec().as_dict(),   # the settings every experiment starts from
+                       distinct=lambda *path: distinct(doc.sections, *path))
+    return env
+
+
+def base_accuracy(sections: list[Section]) -> dict | None:
+    """Mean validation and test accuracy of the base MLP (the depth experiment's control), the
+    accuracy at which the Method section states the binomial standard error of one evaluation."""
+    depth = next((s for s in sections if s.name == "depth" and s.result), None)
+    control = next((v for v in depth.result["variants"] if v["name"] == depth.result.get("control")), None) \
+        if depth else None
+    if not control or _na(control["summary"]["val_acc"]["mean"]):
+        return None
+    return {"val": control["summary"]["val_acc"]["mean"], "test": control["summary"]["test_acc"]["mean"]}
+
+
+def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Document]:
+    doc = Document(sections, results_dir)
+    data = source_constant(ENGINE / "data.py", "VAL_PER_CLASS"), source_constant(ENGINE / "data.py", "CLASSES")
+    context = {
+        "sections": sections, "by_name": {s.name: s for s in sections},
+        "experiments": [s for s in sections if s.name != "best"],
+        "best": next((s for s in sections if s.name == "best"), None),
+        "essays": ESSAYS, "original_test_acc": ORIGINAL_STUDY_TEST_ACC, "target_val_acc": TARGET_VAL_ACC,
+        "dataset": {**FASHION_MNIST, "classes": len(data[1]), "val": data[0] * len(data[1]),
+                    "fit": FASHION_MNIST["train"] - data[0] * len(data[1]),
+                    "split_seed": source_constant(ENGINE / "data.py", "SPLIT_SEED")},
+        "quick": [s for s in sections if s.result and s.result.get("quick")],
+        "bench": load_bench(results_dir),
+        "loaded": [s for s in sections if s.result],
+        "base_acc": base_accuracy(sections),
+    }
+    env = make_env(doc)
+    text = ""
+    for _ in range(4):          # labels settle after two passes; more means numbering depends on itself
+        doc.start_pass()
+        text = env.get_template("report.md.j2").render(context)
+        labels = {**doc.labels, **scan_headings(text)}
+        if labels == doc.known and not doc.unresolved:
+            return re.sub(r"\n{3,}", "\n\n", text), doc
+        doc.known = labels
+    missing = ", ".join(sorted(doc.unresolved)) or "labels keep changing between passes"
+    raise ReportError(f"unresolved cross-references in the templates: {missing}")

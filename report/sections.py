@@ -1,0 +1,110 @@
+"""Loading the results: one Section per experiment, with its result or the error that replaces it,
+and whether the result is current for this checkout."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from experiments import catalog, planning, results
+
+from .config import OPTIONAL, ORDER, ROOT, TITLES
+
+# Results
+
+def title_of(name: str) -> str:
+    """The heading of an experiment's section."""
+    return TITLES.get(name, name.replace("_", " ").capitalize())
+
+
+class Section:
+    """One experiment section: its loaded result, or the error that replaces it."""
+
+    def __init__(self, name: str, path: Path, result: dict | None, error: str | None):
+        self.name, self.path, self.result, self.error = name, path, result, error
+        self.title = title_of(name)
+        exp = catalog.EXPERIMENTS.get(name)
+        self.description = (result or {}).get("description") or (exp.description if exp else "")
+        self.stale = bool(result and exp and not current(result, exp))
+
+    @property
+    def skipped(self) -> bool:
+        """An optional experiment never run here (transfer without ImageNet weights or a GPU): a
+        note in its section, not a problem, so --strict accepts it. A broken file is still an error."""
+        return self.name in OPTIONAL and self.result is None and not self.path.exists()
+
+    @property
+    def variants(self) -> list[dict]:
+        return self.result["variants"] if self.result else []
+
+
+def current(result: dict, exp) -> bool:
+    """Whether a result is what this checkout's catalog and engine code would make for its seeds
+    (either backend): otherwise its section says it is stale and how to remake it."""
+    try:
+        accepted = planning.accepted_fingerprints(exp, len(result.get("seeds") or [0]), None,
+                                                  bool(result.get("quick")), None, "auto")
+    except ValueError:
+        return False
+    return result["fingerprint"] in accepted
+
+
+def section_names(results_dir: Path) -> list[str]:
+    names = [n for n in ORDER if n in catalog.EXPERIMENTS or n == "best"]
+    names += [n for n in catalog.EXPERIMENTS if n not in names and n not in OPTIONAL]
+    names += [n for n in OPTIONAL if n in catalog.EXPERIMENTS]
+    return names
+
+
+def load_sections(results_dir: Path) -> list[Section]:
+    sections = []
+    for name in section_names(results_dir):
+        path = results_dir / f"{name}.json"
+        try:
+            result = results.load(path)
+            if result["experiment"] != name:
+                raise results.ResultError(f"{path}: holds experiment {result['experiment']!r}, not {name!r}")
+            sections.append(Section(name, path, result, None))
+        except results.ResultError as err:
+            sections.append(Section(name, path, None, str(err)))
+    return sections
+
+
+BENCH_KEYS = ("engine_plain_epoch_s", "engine_augmented_epoch_s", "tutorial_plain_epoch_s",
+              "tutorial_augmented_epoch_s", "speedup_plain", "speedup_augmented", "matmul_flops",
+              "train_step_flops", "peak_fraction", "time_to_89", "time_to_89_seconds", "threads", "provenance",
+              "devices", "report_seconds")
+
+
+def load_bench(results_dir: Path) -> dict | None:
+    """results/bench.json (from `make bench`), or None when it is absent, a quick run or incomplete."""
+    try:
+        bench = json.loads((results_dir / "bench.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(bench, dict) and all(k in bench for k in BENCH_KEYS) and not bench.get("quick")
+    return bench if ok else None
+
+
+def make_command(results_dir: Path, name: str) -> str:
+    """The command that (re)makes one result file."""
+    try:
+        rel = results_dir.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        rel = "results"
+    quick = "QUICK=1 " if rel == "build/quick/results" else ""
+    return f"make {quick}{rel if rel in ('results', 'build/quick/results') else 'results'}/{name}.json"
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the project when it is inside it (as a command run there would name it)."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def missing_message(section: Section, results_dir: Path) -> str:
+    # load() ends a missing file's message with its own "; run `make PATH`": say it once, below
+    error = re.sub(r"; run `make [^`]*`$", "", section.error)
+    return f"Result missing or invalid: {error} — run `{make_command(results_dir, section.name)}`"
