@@ -161,6 +161,33 @@ def base_accuracy(sections: list[Section]) -> dict | None:
     return {"val": control["summary"]["val_acc"]["mean"], "test": control["summary"]["test_acc"]["mean"]}
 
 
+def front_matter(sections: list[Section]) -> dict | None:
+    """Title-block facts from the result files: the newest result's date and commit, whether any
+    was made from a modified tree, the study's training time (the sum of the results' wall times)
+    and the machines they ran on; the data's digests from data.py."""
+    loaded = [s.result for s in sections if s.result and not s.result.get("quick")]
+    if not loaded:
+        return None
+    newest = max(loaded, key=lambda r: r["provenance"].get("started") or "")
+    return {"date": (newest["provenance"].get("started") or "")[:10],
+            "commit": (newest["provenance"].get("git_commit") or "unknown")[:12],
+            "dirty": any(r["provenance"].get("git_dirty") for r in loaded),
+            "study_seconds": sum(r["provenance"].get("wall_seconds") or 0 for r in loaded),
+            "devices": sorted({r["provenance"].get("device") or "?" for r in loaded}),
+            "cpu_counts": sorted({r["provenance"].get("cpu_count") or 0 for r in loaded}),
+            "digests": source_constant(ENGINE / "data.py", "SHA256")}
+
+
+def bibtex(front: dict) -> Markup:
+    """A BibTeX entry for this report, as a fenced code block (its text is shown verbatim)."""
+    year = front["date"][:4]
+    entry = (f"@misc{{fmreport{year},\n"
+             f"  title  = {{Regularization in neural networks on Fashion-MNIST: a reproducible study}},\n"
+             f"  author = {{{{fmreport contributors}}}},\n  year   = {{{year}}},\n"
+             f"  note   = {{commit {front['commit']}, results of {front['date']}}}\n}}")
+    return Markup(f"```bibtex\n{entry}\n```\n")
+
+
 def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Document]:
     doc = Document(sections, results_dir)
     data = source_constant(ENGINE / "data.py", "VAL_PER_CLASS"), source_constant(ENGINE / "data.py", "CLASSES")
@@ -176,6 +203,8 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "bench": load_bench(results_dir),
         "loaded": [s for s in sections if s.result],
         "base_acc": base_accuracy(sections),
+        "front": front_matter(sections), "bibtex": bibtex,
+        "headline_trials": getattr(catalog.EXPERIMENTS.get("best"), "trials", 0),
     }
     env = make_env(doc)
     text = ""

@@ -509,3 +509,16 @@ def test_a_stale_result_is_marked_with_the_command_that_remakes_it(rendered, tmp
     assert page.count("Stale result") == 1
     stale = page[page.index("Stale result"):]
     assert stale.index("dropout.json") < stale.index("make results/dropout.json") < 400
+
+
+def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered):
+    page = visible_text(rendered["html"])
+    head = rendered["data"]["best"]["variants"][0]["summary"]["test_acc"]
+    started = rendered["data"]["best"]["provenance"]["started"]
+    assert f"Results of {started[:10]}, commit 0123456789ab" in page
+    abstract = page[page.index("Abstract."):page.index("Reproduce.")]
+    assert " ".join(str(build.ci(head)).split()) in " ".join(abstract.split())    # the headline from best.json
+    assert len(abstract.split()) <= 150
+    assert "Cite as." in page and "@misc{fmreport" in page and "make reproduce" in page
+    from experiments import data
+    assert all(digest in page for digest in data.SHA256.values())
