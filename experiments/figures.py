@@ -1,4 +1,5 @@
-"""Figures from result files only: `python -m experiments.figures results/NAME.json [OUT_DIR]`.
+"""Figures from a result file (and, for the misclassified-example grid, the test images it names):
+`python -m experiments.figures results/NAME.json [OUT_DIR]`.
 
 Every curve is a mean over seeds with a band of its 95% Student's t interval; every accuracy has
 95% interval error bars; n is in the legend or caption.  SVGs are deterministic (fixed hash salt, no date) so re-rendering from the
@@ -118,10 +119,11 @@ def weights(result: dict, out_dir: Path) -> list[Path]:
         ax.axis("off")
     for ax, v in zip(axes.flat, variants):
         mass = np.array(v["runs"][0]["final"]["weights"]["first_layer"]["pixel_l1"]).reshape(28, 28)
-        ax.imshow(mass / mass.max(), cmap="magma", vmin=0, vmax=1)
+        image = ax.imshow(mass / mass.max(), cmap="magma", vmin=0, vmax=1)
         ax.set_title(v["name"], fontsize=8)
         ax.axis("off")
     fig.tight_layout()
+    fig.colorbar(image, ax=axes, shrink=0.6, label="weight mass / the variant's largest")
     paths.append(_save(fig, out_dir, f"{result['experiment']}-pixels.svg"))
     return paths
 

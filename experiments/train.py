@@ -50,7 +50,7 @@ def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
     # plain Adam: its weight_decay would be an L2 gradient term, so decoupled decay needs AdamW
     if spec.weight_decay:
         raise ValueError("weight_decay with optimizer=adam is ambiguous: use adamw, or l2 for a loss term")
-    return torch.optim.Adam(groups, lr=spec.lr, fused=True)   # fused: one kernel, ~25% faster steps
+    return torch.optim.Adam(groups, lr=spec.lr, fused=True)   # fused: one kernel for all parameters
 
 
 def autocast(spec: RunSpec, device: torch.device) -> bool:

@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:   # a full disk or no permission: the message names the file
+        print(f"error: {err.strerror or err}: {err.filename or ''} (the previous report is unchanged)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from markupsafe import Markup
 from experiments import catalog
 
 from .analysis import HELPERS, distinct
-from .config import (ESSAYS, FASHION_MNIST, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC,
+from .config import (BASELINES, ESSAYS, FASHION_MNIST, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC,
                      TEMPLATES, ENGINE, ReportError)
 from .sections import Section, display_path, load_bench, make_command, missing_message
 from .sources import quote_functions, quote_uses, source_constant
@@ -195,7 +195,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "sections": sections, "by_name": {s.name: s for s in sections},
         "experiments": [s for s in sections if s.name != "best"],
         "best": next((s for s in sections if s.name == "best"), None),
-        "essays": ESSAYS, "original_test_acc": ORIGINAL_STUDY_TEST_ACC, "target_val_acc": TARGET_VAL_ACC,
+        "essays": ESSAYS, "original_test_acc": ORIGINAL_STUDY_TEST_ACC, "baselines": BASELINES, "target_val_acc": TARGET_VAL_ACC,
         "dataset": {**FASHION_MNIST, "classes": len(data[1]), "val": data[0] * len(data[1]),
                     "fit": FASHION_MNIST["train"] - data[0] * len(data[1]),
                     "split_seed": source_constant(ENGINE / "data.py", "SPLIT_SEED")},

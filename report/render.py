@@ -70,22 +70,24 @@ def render_pandoc(work: Path, out: Path, sections: list[Section], digest: str) -
     pandoc = pandoc_path()
     meta = work / "fingerprint.html"
     meta.write_text(f'<meta name="fmreport-fingerprint" content="{digest}" />\n')
-    html_tmp = out / ".report.html.tmp"
-    run_tool([pandoc, "report.md", *PANDOC_COMMON, "--to", "html5", "--embed-resources", "--mathml",
-              "--css", str(STYLE), "--include-in-header", str(meta), "--resource-path", str(work),
-              "--output", str(html_tmp)], work)
-    (work / "typst-page.json").write_text(json.dumps(TYPST_PAGE))
-    run_tool([pandoc, "report.md", *PANDOC_COMMON, "--to", "typst", "--metadata-file", "typst-page.json",
-              "--include-in-header", str(TYPST_HEADER), "--output", "report.typ"], work)
-    pdf_tmp = out / ".report.pdf.tmp"
-    try:
-        typst.compile(str(work / "report.typ"), output=str(pdf_tmp), root=str(work), format="pdf",
-                      timestamp=pdf_timestamp(sections), ignore_system_fonts=True, font_paths=[])
-    except Exception as err:      # typst raises its own error type with the compiler's message
+    html_tmp, pdf_tmp = out / ".report.html.tmp", out / ".report.pdf.tmp"
+    try:   # both are written beside the published files and renamed over them only when both exist
+        run_tool([pandoc, "report.md", *PANDOC_COMMON, "--to", "html5", "--embed-resources", "--mathml",
+                  "--css", str(STYLE), "--include-in-header", str(meta), "--resource-path", str(work),
+                  "--output", str(html_tmp)], work)
+        (work / "typst-page.json").write_text(json.dumps(TYPST_PAGE))
+        run_tool([pandoc, "report.md", *PANDOC_COMMON, "--to", "typst", "--metadata-file", "typst-page.json",
+                  "--include-in-header", str(TYPST_HEADER), "--output", "report.typ"], work)
+        try:
+            typst.compile(str(work / "report.typ"), output=str(pdf_tmp), root=str(work), format="pdf",
+                          timestamp=pdf_timestamp(sections), ignore_system_fonts=True, font_paths=[])
+        except Exception as err:      # typst raises its own error type with the compiler's message
+            raise ReportError(f"typst could not compile {work / 'report.typ'}: {err}") from None
+        os.replace(pdf_tmp, out / "report.pdf")
+        os.replace(html_tmp, out / "report.html")     # last: its fingerprint says both are current
+    finally:
         html_tmp.unlink(missing_ok=True)
-        raise ReportError(f"typst could not compile {work / 'report.typ'}: {err}") from None
-    os.replace(pdf_tmp, out / "report.pdf")
-    os.replace(html_tmp, out / "report.html")     # last: its fingerprint says both are current
+        pdf_tmp.unlink(missing_ok=True)
 
 
 def render_quarto(work: Path, out: Path, markdown: str) -> None:

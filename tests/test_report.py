@@ -370,6 +370,16 @@ def test_html_in_headless_chromium(rendered, tmp_path):
             session=session)["result"]["value"]
         width = tools.send("Runtime.evaluate", {"returnByValue": True, "expression":
                            "[document.documentElement.scrollWidth, window.innerWidth]"}, session=session)
+        # display math and every element around it: nothing that scrolls (a scroll bar on an equation)
+        math_scrolls = tools.send("Runtime.evaluate", {"returnByValue": True, "expression": """
+            Array.from(document.querySelectorAll('math[display="block"]')).flatMap(m => [m, m.parentElement])
+              .filter(e => { const s = getComputedStyle(e);
+                return (e.scrollHeight > e.clientHeight + 1 && /auto|scroll/.test(s.overflowY)) ||
+                       (e.scrollWidth > e.clientWidth + 1 && /auto|scroll/.test(s.overflowX)); })
+              .map(e => e.outerHTML.slice(0, 80))"""}, session=session)["result"]["value"]
+        math_count = tools.send("Runtime.evaluate", {"returnByValue": True, "expression":
+                                """document.querySelectorAll('math[display="block"]').length"""},
+                                session=session)["result"]["value"]
     finally:
         tools.close()
 
@@ -386,6 +396,7 @@ def test_html_in_headless_chromium(rendered, tmp_path):
     assert not broken, f"figures not drawn: {broken}"
     scroll_width, inner_width = width["result"]["value"]
     assert scroll_width <= inner_width, "the page scrolls sideways"
+    assert math_count > 0 and not math_scrolls, f"display math with a scroll bar: {math_scrolls}"
 
 
 def test_if_stale_skips_an_up_to_date_report(rendered, capsys):
@@ -522,3 +533,35 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     assert "Cite as." in page and "@misc{fmreport" in page and "make reproduce" in page
     from experiments import data
     assert all(digest in page for digest in data.SHA256.values())
+
+
+def test_the_baseline_table_cites_entries_of_the_bibliography(rendered):
+    bib = (ROOT / "report" / "references.bib").read_text()
+    keys = {key for _, _, key in build.BASELINES} | {"assignment"}
+    assert all(re.search(rf"@\w+{{{key},", bib) for key in keys)
+    html = rendered["html"]
+    table = html[html.index('id="tbl-baselines"'):]
+    table = table[:table.index("</table>")]
+    for key in keys:                       # citeproc turned each citation into a link to its entry
+        assert f'href="#ref-{key}"' in table and f'id="ref-{key}"' in html
+    page = visible_text(html)
+    assert "Table 1 puts both of this study" in page   # cited in the text
+
+
+def test_a_full_disk_while_rendering_keeps_the_previous_report(rendered, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(rendered["out"], out)
+    before = {n: (out / n).read_bytes() for n in ("report.html", "report.pdf")}
+    from report import render as render_mod
+    real = render_mod.run_tool
+
+    def full_disk(cmd, cwd):
+        if "typst" in cmd:                # the HTML was written (to its temp file); the disk is full now
+            raise OSError(28, "No space left on device", str(cwd / "report.typ"))
+        return real(cmd, cwd)
+    monkeypatch.setattr(render_mod, "run_tool", full_disk)
+    assert render(rendered["results"], out) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "report.typ" in err
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []    # no temp files left
