@@ -200,7 +200,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
                     "fit": FASHION_MNIST["train"] - data[0] * len(data[1]),
                     "split_seed": source_constant(ENGINE / "data.py", "SPLIT_SEED")},
         "quick": [s for s in sections if s.result and s.result.get("quick")],
-        "bench": load_bench(results_dir),
+        "bench": load_bench(results_dir), "gpu_bench": load_bench(results_dir, "bench-cuda.json"),
         "loaded": [s for s in sections if s.result],
         "base_acc": base_accuracy(sections),
         "front": front_matter(sections), "bibtex": bibtex,

@@ -76,13 +76,19 @@ BENCH_KEYS = ("engine_plain_epoch_s", "engine_augmented_epoch_s", "tutorial_plai
               "devices", "report_seconds")
 
 
-def load_bench(results_dir: Path) -> dict | None:
-    """results/bench.json (from `make bench`), or None when it is absent, a quick run or incomplete."""
+GPU_BENCH_KEYS = ("study_seconds", "member_epoch_ms", "time_to_89", "time_to_89_population",
+                  "bf16_peak_fraction", "population_members")
+
+
+def load_bench(results_dir: Path, name: str = "bench.json") -> dict | None:
+    """results/bench.json (from `make bench` on the CPU) or bench-cuda.json (on CUDA), or None when
+    it is absent, a quick run or incomplete."""
     try:
-        bench = json.loads((results_dir / "bench.json").read_text())
+        bench = json.loads((results_dir / name).read_text())
     except (OSError, ValueError):
         return None
-    ok = isinstance(bench, dict) and all(k in bench for k in BENCH_KEYS) and not bench.get("quick")
+    keys = BENCH_KEYS + (GPU_BENCH_KEYS if name == "bench-cuda.json" else ())
+    ok = isinstance(bench, dict) and all(k in bench for k in keys) and not bench.get("quick")
     return bench if ok else None
 
 

@@ -565,3 +565,21 @@ def test_a_full_disk_while_rendering_keeps_the_previous_report(rendered, tmp_pat
     assert "No space left on device" in err and "report.typ" in err
     assert {n: (out / n).read_bytes() for n in before} == before
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []    # no temp files left
+
+
+def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(rendered["results"], res)
+    cpu = json.loads((ROOT / "results" / "bench.json").read_text())
+    shutil.copyfile(ROOT / "results" / "bench.json", res / "bench.json")
+    assert render(res, tmp_path / "before") == 0
+    assert "Its figures are not measured yet" in visible_text((tmp_path / "before" / "report.html").read_text())
+    gpu = {**cpu, "device_name": "NVIDIA H200", "population_members": 32, "member_epoch_ms": 3.7,
+           "bf16_peak_fraction": 0.21, "study_seconds": 42.0,
+           "time_to_89": {**cpu["time_to_89"], "mean_seconds": 0.8},
+           "time_to_89_population": {"seeds": 5, "test_acc": [0.89] * 5, "mean_test_acc": 0.8912, "wall_seconds": 1.4}}
+    (res / "bench-cuda.json").write_text(json.dumps(gpu))
+    assert render(res, tmp_path / "out") == 0
+    page = visible_text((tmp_path / "out" / "report.html").read_text())
+    assert "a member-epoch of the base MLP in a population of 32 costs 3.7 ms" in page
+    assert "reaches 21% of the card" in page and "42.0 s in one process" in page
