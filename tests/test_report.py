@@ -583,3 +583,16 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     page = visible_text((tmp_path / "out" / "report.html").read_text())
     assert "a member-epoch of the base MLP in a population of 32 costs 3.7 ms" in page
     assert "reaches 21% of the card" in page and "42.0 s in one process" in page
+
+
+def test_every_figure_and_table_is_cited_in_the_text_and_captions_differ(rendered):
+    md = (rendered["out"] / "build" / "report.md").read_text()
+    ids = set(re.findall(r"\{#((?:fig|tbl)-[\w-]+)", md))
+    figure_captions = re.findall(r"^!\[(.*)\]\(figures/[^)]*\)\{#fig-", md, flags=re.M)
+    table_captions = re.findall(r"^: (.*) \{#tbl-[\w-]+\}\s*$", md, flags=re.M)
+    body = "\n".join(line for line in md.splitlines()
+                     if not line.startswith("![") and not re.match(r"^: .*\{#tbl-", line))
+    assert ids and len(figure_captions) + len(table_captions) == len(ids)
+    assert sorted(i for i in ids if f"](#{i})" not in body) == []          # each cited outside its caption
+    texts = [re.sub(r"^(Figure|Table) \d+: ", "", c) for c in figure_captions + table_captions]
+    assert len(texts) == len(set(texts)), "two captions say the same"
