@@ -34,7 +34,7 @@ def train_one(spec, seed: int, device: str, threads: int, quick: bool, plan: tup
     float sums and hence the histories are bit-identical to it)."""
     from .train import fit   # first: train sets the denormal flush before torch starts its threads
     import torch
-    from . import data as data_mod, results, runner
+    from . import data as data_mod, planning, results
     *args, fp = plan
     if results.fingerprint(*args) != fp:   # a node with other engine code would mislabel its result
         raise RayError(f"node {platform.node()} has different engine code than the driver; "
@@ -45,7 +45,7 @@ def train_one(spec, seed: int, device: str, threads: int, quick: bool, plan: tup
     torch.set_flush_denormal(True)
     if (device, quick) not in _DATA:
         data = data_mod.load(device)
-        _DATA[device, quick] = data.subset(runner.QUICK_TRAIN, runner.QUICK_EVAL) if quick else data
+        _DATA[device, quick] = data.subset(planning.QUICK_TRAIN, planning.QUICK_EVAL) if quick else data
     return fit(_DATA[device, quick], spec, seed, torch.device(device))
 
 
