@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_unavailable and args.device == "auto" and not args.quick and not planning.gpu_driver_loaded() \
                 and any(s.model == "transfer" for s in exp.specs().values()):
             # the same note as below, without importing torch to find out (a `make all` on a CPU)
-            print(f"note: skipped {exp.name}, nothing written:\n  {exp.name} on the CPU takes hours: run it where "
-                  "CUDA is available, or pass --device cpu to run it on the CPU anyway")
+            print(f"note: skipped {exp.name}, nothing written:", planning.cpu_transfer_note(exp.name), sep="\n  ")
             return 0
 
     from . import data, executors, results, runner   # torch from here on
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if args.if_stale and runner.is_fresh(out, current, args.since):   # only its figures were stale
+        if args.if_stale and planning.is_fresh(out, current, args.since):   # only its figures were stale
             runner.draw_figures(out)
             print(f"{out} is up to date (same spec, seeds and engine code)")
             return 0
@@ -185,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import transfer
             missing = []   # checked before any work: nothing is written when the weights or the GPU are missing
             if device.type == "cpu" and not args.quick and args.device != "cpu":
-                missing.append(f"{exp.name} on the CPU takes hours: run it where CUDA is available, "
-                               "or pass --device cpu to run it on the CPU anyway")
+                missing.append(planning.cpu_transfer_note(exp.name))
             for backbone in sorted({s.backbone for s in specs.values() if s.model == "transfer"}):
                 try:
                     transfer.weights_file(backbone, args.weights)
@@ -199,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         from . import locks
         with locks.exclusive(out, lambda line: print(line, file=sys.stderr)):   # one writer per result
-            if args.if_stale and runner.is_fresh(out, current, args.since):   # made while this one waited
+            if args.if_stale and planning.is_fresh(out, current, args.since):   # made while this one waited
                 print(f"{out} is up to date (same spec, seeds and engine code)")
                 return 0
             runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,

@@ -77,6 +77,12 @@ def default_out(name: str, quick: bool) -> Path:
     return base / f"{name}.json"
 
 
+def cpu_transfer_note(name: str) -> str:
+    """Why `make all` skips the transfer experiment on a machine without CUDA."""
+    return (f"{name} on the CPU takes hours: run it where CUDA is available, "
+            "or pass --device cpu to run it on the CPU anyway")
+
+
 def gpu_driver_loaded() -> bool:
     """Whether a GPU driver that torch could use is loaded (NVIDIA's or AMD's ROCm). Where neither
     is, torch.cuda.is_available() is False, and this answers without importing torch."""

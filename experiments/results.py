@@ -98,12 +98,15 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def by_seed(variant: dict, metric: str) -> dict:
+    """seed -> final[metric] of a variant's runs that did not diverge (what seed-pairing pairs)."""
+    return {r["seed"]: r["final"][metric] for r in variant["runs"]
+            if not r["final"]["diverged"] and r["final"].get(metric) is not None}
+
+
 def comparisons(variants: list[dict], control: str) -> list[dict]:
     """Every variant against the control, seed-paired, on validation and test accuracy:
     {variant, control, metric, diff_mean, ci95, n} (diverged runs leave their seed out)."""
-    def by_seed(variant, metric):
-        return {r["seed"]: r["final"][metric] for r in variant["runs"]
-                if not r["final"]["diverged"] and r["final"].get(metric) is not None}
     ctl = next((v for v in variants if v["name"] == control), None)
     if ctl is None:
         return []

@@ -15,8 +15,7 @@ import torch
 
 from . import data as data_mod
 from . import locks, population, results
-from .planning import (QUICK_EPOCHS, QUICK_EVAL, QUICK_TRAIN, default_out, figures_dir,  # noqa: F401 (API)
-                       figures_fresh, is_fresh, plan)
+from .planning import QUICK_EVAL, QUICK_TRAIN, figures_dir, plan
 from .catalog import Experiment
 from .train import fit  # importing train sets the denormal flush before torch starts its threads
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from experiments import catalog, stats
+from experiments.results import by_seed
 
 from .config import ENGINE
 from .sources import source_constant
@@ -25,11 +26,6 @@ def best_variant(result: dict, key: str = "val_acc") -> dict | None:
     """The variant with the highest mean `key` (validation accuracy: the test set chooses nothing)."""
     scored = [v for v in result["variants"] if not _na(v["summary"].get(key, {}).get("mean"))]
     return max(scored, key=lambda v: v["summary"][key]["mean"]) if scored else None
-
-
-def by_seed(variant: dict, key: str) -> dict:
-    """seed -> final[key] of the runs that did not diverge."""
-    return {r["seed"]: r["final"][key] for r in ok_runs(variant) if not _na(r["final"].get(key))}
 
 
 def verdict(result: dict, key: str = "val_acc") -> dict | None:

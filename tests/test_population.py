@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import models, penalties, population, results, runner
+from experiments import models, penalties, planning, population, results, runner
 from experiments.catalog import EXPERIMENTS, RunSpec
 from experiments.population import Member, StackedRun, fit_population
 from experiments.train import fit, inputs, seed_everything
@@ -168,7 +168,7 @@ def test_the_batched_backend_has_its_own_fingerprint_and_the_loop_backend_keeps_
     _, _, loop_fp, loop = runner.plan(exp, None, None, False, backend="loop")
     _, _, batched_fp, batched = runner.plan(exp, None, None, False, backend="batched")
     assert (loop, batched) == ("loop", "batched") and loop_fp != batched_fp
-    assert runner.is_fresh(ROOT / "results" / "depth.json", loop_fp)
+    assert planning.is_fresh(ROOT / "results" / "depth.json", loop_fp)
     transfer = EXPERIMENTS["transfer"]   # nothing to stack: the loop backend, and its fingerprint
     assert runner.plan(transfer, None, None, False, backend="batched")[2:] == runner.plan(transfer, None, None, False)[2:]
 
