@@ -1,8 +1,8 @@
 # fmreport: the whole study as a file dependency graph. `make` (or `make help`) lists the verbs.
 #
 #   Fashion-MNIST IDX files ──► data/FashionMNIST/raw (verified copy)
-#        ──► results/<experiment>.json   (one pattern rule, one generic engine)
-#        ──► report/report.html + report/report.pdf   (never trains)
+#        ──► results/<experiment>.json   (one pattern rule, one generic engine; JSON only)
+#        ──► results/figures/*.svg + report/report.html + report/report.pdf   (the report stage; never trains)
 #
 # Staleness is decided by fingerprints, not file times: every result records a hash of its
 # resolved specs, seeds and the engine's code, and `experiments run --if-stale` does nothing
@@ -79,9 +79,11 @@ reproduce: | $(SETUP) $(DATA) ## rerun the whole study from scratch (resumes if 
 	rm -f build/reproduce.since
 	$(PY) report/build.py --strict
 
-# The report is phony too: report/build.py compares a fingerprint of all its inputs (results,
-# figures, templates, prose, quoted code) with the one stored in report/report.html and does
-# nothing when they match. It never trains. STRICT=1 turns a missing result into an error.
+# The report is phony too: report/build.py first redraws the figures of every result whose figure
+# fingerprint changed (results/figures/NAME.fingerprint), then compares a fingerprint of all its
+# inputs (results, figures, templates, prose, quoted code) with the one stored in
+# report/report.html and does nothing when they match. It never trains. STRICT=1 turns a missing
+# result into an error.
 RENDER := $(PY) report/build.py --if-stale $(if $(QUICK),--results build/quick/results --out build/quick/report) \
 	$(if $(STRICT),--strict) $(if $(RENDERER),--renderer $(RENDERER))
 

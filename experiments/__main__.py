@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 a data or result problem the message explains, 2 bad argum
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -72,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("list", help="print every experiment: name, then what it asks")
     sub.add_parser("data", help="find, verify and copy Fashion-MNIST into data/ (see experiments/data.py)")
-    restat = sub.add_parser("restat", help="recompute the summaries (95%% intervals) and seed-paired comparisons "
-                                           "of result files from their runs, in place; nothing is retrained")
+    restat = sub.add_parser("restat", help="recompute the summaries (95%% intervals), seed-paired comparisons and "
+                                           "self-description (base spec, data constants, example pixels) of result "
+                                           "files of this engine, in place; nothing is retrained")
     restat.add_argument("paths", type=Path, nargs="+", help="result files, e.g. results/*.json")
     run = sub.add_parser("run", help="train every variant and seed of one experiment, write its result JSON")
     run.add_argument("name", type=experiment_name, help="experiment name (see `list`)")
@@ -123,16 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "restat":   # plain Python: no torch
-        from . import results
+        from . import describe, planning, results
         try:
             for path in args.paths:
                 result = results.read(path)   # not load: a file without statistics fails validation
                 exp = EXPERIMENTS.get(result.get("experiment"))
                 if exp is None:
                     raise results.ResultError(f"{path}: experiment {result.get('experiment')!r} is not in the catalog")
-                results.write_atomic(path, results.validate(results.restat(result, exp.control_variant), path))
-                print(f"{path}: summaries and {len(result['comparisons'])} comparison(s) against "
-                      f"{exp.control_variant!r} written")
+                if not planning.made_by_this_engine(result):   # its self-description would be this code's
+                    raise results.ResultError(f"{path} was made by other engine code or specs than this checkout's; "
+                                              f"remake it with `make {path}` (nothing was changed)")
+                result = describe.describe(results.restat(result, exp.control_variant), exp)
+                results.write_atomic(path, results.validate(result, path))
+                print(f"{path}: summaries, {len(result['comparisons'])} comparison(s) against "
+                      f"{exp.control_variant!r} and its description (base spec, data) written")
         except results.ResultError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -152,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:   # a bad spec is exit 2, before any work
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if args.if_stale and planning.is_fresh(out, current, args.since) and planning.figures_fresh(out):
+        if args.if_stale and planning.is_fresh(out, current, args.since):
             print(f"{out} is up to date (same spec, seeds and engine code)")
             return 0
-        if args.skip_unavailable and args.device == "auto" and not args.quick and not planning.gpu_driver_loaded() \
-                and any(s.model == "transfer" for s in exp.specs().values()):
+        if args.skip_unavailable and args.device == "auto" and not args.quick and exp.needs_cuda \
+                and not planning.gpu_driver_loaded():
             # the same note as below, without importing torch to find out (a `make all` on a CPU)
-            print(f"note: skipped {exp.name}, nothing written:", planning.cpu_transfer_note(exp.name), sep="\n  ")
+            print(f"note: skipped {exp.name}, nothing written:", planning.needs_cuda_note(exp.name), sep="\n  ")
             return 0
 
     from . import data, executors, results, runner   # torch from here on
@@ -176,25 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if args.if_stale and planning.is_fresh(out, current, args.since):   # only its figures were stale
-            runner.draw_figures(out)
-            print(f"{out} is up to date (same spec, seeds and engine code)")
+        missing = []   # checked before any work: nothing is written when a GPU or a needed file is missing
+        if exp.needs_cuda and device.type == "cpu" and not args.quick and args.device != "cpu":
+            missing.append(planning.needs_cuda_note(exp.name))
+        if exp.check:   # the experiment's own hook (transfer: its ImageNet weights)
+            missing += importlib.import_module(f".{exp.check}", __package__).unavailable(specs, args.weights)
+        if missing and not args.skip_unavailable:
+            raise data.DataError("\n".join(missing))
+        if missing:
+            print(f"note: skipped {exp.name}, nothing written:", *missing, sep="\n  ")
             return 0
-        if any(spec.model == "transfer" for spec in specs.values()):
-            from . import transfer
-            missing = []   # checked before any work: nothing is written when the weights or the GPU are missing
-            if device.type == "cpu" and not args.quick and args.device != "cpu":
-                missing.append(planning.cpu_transfer_note(exp.name))
-            for backbone in sorted({s.backbone for s in specs.values() if s.model == "transfer"}):
-                try:
-                    transfer.weights_file(backbone, args.weights)
-                except transfer.Unavailable as err:
-                    missing.append(str(err))
-            if missing and not args.skip_unavailable:
-                raise transfer.Unavailable("\n".join(missing))
-            if missing:
-                print(f"note: skipped {exp.name}, nothing written:", *missing, sep="\n  ")
-                return 0
         from . import locks
         with locks.exclusive(out, lambda line: print(line, file=sys.stderr)):   # one writer per result
             if args.if_stale and planning.is_fresh(out, current, args.since):   # made while this one waited

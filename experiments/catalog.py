@@ -76,6 +76,9 @@ class RunSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+FIGURE_KINDS = {"curves", "accuracy", "weights", "confusion"}
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str                     # also the file name: results/<name>.json
@@ -85,10 +88,34 @@ class Experiment:
     seeds: int = 3                # runs per variant, seeds 0 .. seeds-1
     control: str | None = None    # the variant every other is compared with (seed-paired); default the first
     trials: int = 0               # configurations tried on the validation split before this one was chosen
+    title: str = ""               # the report's section heading (default: the name, capitalized)
+    # what the report draws from the result (report/figures.py): curves and accuracy for every experiment;
+    # "weights" (first-layer histograms and pixel mass) and "confusion" (confusion matrix, per-class
+    # accuracy, misclassified test images: their pixels are stored in the result) where asked for
+    figures: tuple = ("curves", "accuracy")
+    # Needs beyond the data. needs_cuda: the full run wants a GPU (`make all` skips it on a CPU with a
+    # note; --device cpu runs it anyway). check: a module of experiments/ whose `unavailable(specs,
+    # weights)` lists what else this machine lacks (transfer: the ImageNet weight files). An
+    # experiment with either is optional: the report says "not run here" when its result is absent.
+    needs_cuda: bool = False
+    check: str = ""
 
     def __post_init__(self):
         if self.control is not None and self.control not in self.variants:
             raise ValueError(f"experiment {self.name}: control {self.control!r} is not one of its variants")
+        unknown = sorted(set(self.figures) - FIGURE_KINDS)
+        if unknown:
+            raise ValueError(f"experiment {self.name}: unknown figure kind(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(FIGURE_KINDS))}")
+
+    @property
+    def heading(self) -> str:
+        return self.title or self.name.replace("_", " ").capitalize()
+
+    @property
+    def optional(self) -> bool:
+        """Needs what a machine may lack (a GPU, downloaded weights): its absent result is no error."""
+        return self.needs_cuda or bool(self.check)
 
     @property
     def control_variant(self) -> str:
@@ -103,12 +130,14 @@ class Experiment:
 EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="depth",
+        title="Depth",
         control="2 hidden",
         description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 10 epochs, no regularisation)",
         variants={f"{d} hidden": {"depth": d} for d in (1, 2, 3, 4)},
     ),
     Experiment(
         name="dropout",
+        title="Dropout",
         control="p=0.0",
         description="dropout rates 0-0.5 on 2x256 hidden units trained 20 epochs at a constant lr",
         base={"epochs": 20, "schedule": "constant"},
@@ -118,6 +147,7 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="early_stopping",
+        title="Early stopping",
         control="no early stopping",
         description="3x256 MLP trained 25 epochs at a constant lr, with and without early stopping (patience 4)",
         # 25 epochs: the reference run's lowest validation loss came at epoch 7-10 and the stops at 11-14
@@ -126,6 +156,7 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="batchnorm",
+        title="Batch normalization",
         control="no BN, lr=0.01",
         description="3x256 MLP, SGD+momentum at two learning rates, with and without batch normalization",
         base={"depth": 3, "optimizer": "sgd", "schedule": "constant"},
@@ -134,6 +165,7 @@ EXPERIMENTS = {e.name: e for e in [
     ),
     Experiment(
         name="regularization",
+        title="L1, L2 and weight decay", figures=("curves", "accuracy", "weights"),
         control="none",
         description="none vs L1 / L2 penalties in the loss vs AdamW's decoupled weight decay, 3 strengths each",
         base={"schedule": "constant"},
@@ -142,26 +174,28 @@ EXPERIMENTS = {e.name: e for e in [
                   **{f"L2 {v:g}": {"l2": v} for v in (1e-4, 1e-3, 1e-2)},
                   **{f"AdamW {v:g}": {"optimizer": "adamw", "weight_decay": v} for v in (0.05, 0.2, 0.5)}},
     ),
-    Experiment(
-        name="augmentation",
-        control="none",
-        description="no augmentation vs flips vs RandomResizedCrop+flip at the original (0.08-1) and a mild (0.6-1) scale",
-        variants={"none": {}, "flip": {"augment": "flip"},
-                  "crop 0.08-1 + flip": {"augment": "crop+flip", "crop_scale": (0.08, 1.0)},
-                  "crop 0.6-1 + flip": {"augment": "crop+flip", "crop_scale": (0.6, 1.0)}},
-    ),
     # Exact zeros measured, not asserted: the L1 penalty in the loss against the proximal (soft-
     # threshold) L1 step, which shrinks each weight by lr * l1 a step. fp32, unlike the rest of the
     # study (bf16): the session that added it ran on a CPU without bf16 units, where a bf16 epoch
     # took ~11 s instead of ~0.6 s; precision does not enter the question asked here.
     Experiment(
         name="l1_proximal",
+        title="Exact zeros: the proximal L1 step",
         control="L1 penalty 1e-4",
         description="the L1 penalty in the loss (strength 1e-4) against the proximal L1 step (1e-3, 1e-2, 1e-1) on "
                     "2x256, 10 epochs at a constant lr, fp32: which leaves weights exactly at zero",
         base={"schedule": "constant", "precision": "fp32"},
         variants={"L1 penalty 1e-4": {"l1": 1e-4},
                   **{f"L1 prox {v:g}": {"l1": v, "l1_proximal": True} for v in (1e-3, 1e-2, 1e-1)}},
+    ),
+    Experiment(
+        name="augmentation",
+        title="Data augmentation",
+        control="none",
+        description="no augmentation vs flips vs RandomResizedCrop+flip at the original (0.08-1) and a mild (0.6-1) scale",
+        variants={"none": {}, "flip": {"augment": "flip"},
+                  "crop 0.08-1 + flip": {"augment": "crop+flip", "crop_scale": (0.08, 1.0)},
+                  "crop 0.6-1 + flip": {"augment": "crop+flip", "crop_scale": (0.6, 1.0)}},
     ),
     # The headline MLP. Chosen on VALIDATION accuracy only, from single-seed (seed 0) exploratory
     # runs of 2 hidden layers x 1024 units (val accuracy; fp32 unless said): dropout 0.5, 30 epochs
@@ -196,6 +230,7 @@ EXPERIMENTS = {e.name: e for e in [
     # 91.78): no shifts and no test-time shifts 90.85 (train accuracy 100%); 20 epochs 91.18.
     Experiment(
         name="best",
+        title="The headline model", figures=("curves", "accuracy", "confusion"),
         description="the headline MLP: 2x768 hidden, batch norm, random 1-pixel shifts, Adam, cosine lr, "
                     "40 epochs, predictions averaged over 1-pixel shifts",
         base={"width": 768, "batchnorm": True, "augment": "shift", "max_shift": 1, "epochs": 40,
@@ -212,6 +247,7 @@ EXPERIMENTS = {e.name: e for e in [
     # fit the 15-minute budget for 3 seeds again: 93.32 (chosen).
     Experiment(
         name="cnn",
+        title="A convolutional network",
         description="a small convnet trained from scratch: 2 conv stages (32, 64 channels) with batch norm, "
                     "a 256-unit dropout head, flips, 15 epochs",
         base={"model": "cnn", "channels": (32, 64), "width": 256, "batchnorm": True, "dropout": 0.3,
@@ -223,6 +259,7 @@ EXPERIMENTS = {e.name: e for e in [
     # on cached features of the unaugmented images, so augmentation cannot apply to it.
     Experiment(
         name="transfer",
+        title="Transfer learning", needs_cuda=True, check="transfer",
         description="ImageNet ResNet-101 + a 512-unit BN/dropout head: frozen backbone (cached features, "
                     "no augmentation) vs fine-tuning layer4",
         base={"model": "transfer", "backbone": "resnet101", "image_size": 224, "depth": 1, "width": 512,

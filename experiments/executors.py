@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 
 INSTALL_HINT = "--executor ray needs Ray, which is not installed: pip install -e '.[cluster]'"
+# A task whose worker dies (kill -9, the OOM killer, a lost node) reruns from its seed, which gives
+# the same run; set here rather than relying on Ray's default.
+RETRIES = 3
 
 
 class RayError(Exception):
@@ -18,12 +22,27 @@ class RayError(Exception):
 
 
 def require_ray():
-    """Import ray, or raise ValueError with the one-line install hint (the CLI's exit 2)."""
+    """Import ray, or raise ValueError with the one-line install hint (the CLI's exit 2); then
+    check $RAY_ADDRESS, so that the CLI's check before any work also catches a dead cluster."""
     try:
         import ray
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
+    check_reachable(os.environ.get("RAY_ADDRESS"))
     return ray
+
+
+def check_reachable(address: str | None, timeout: float = 3.0) -> None:
+    """Raise RayError at once when nothing listens at a host:port or ray://host:port address
+    (ray.init would retry it for minutes); other forms (auto, local) are Ray's to resolve."""
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or "://" in host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise RayError(f"no Ray cluster answers at RAY_ADDRESS={address} ({err}); start the cluster with "
+                       "`ray start --head` or unset RAY_ADDRESS for a local Ray instance") from None
 
 
 _DATA = {}   # per worker process: (device, quick) -> data, so a reused worker loads once
@@ -61,7 +80,8 @@ def run_on_ray(todo: list, device, threads: int, quick: bool, plan: tuple, log=p
     if biggest < threads:   # Ray would wait forever for a node that big
         raise RayError(f"each run asks for {threads} CPUs but the largest Ray node has {biggest:g}; "
                        f"pass --threads {int(biggest) or 1} (results are bit-identical only at equal thread counts)")
-    task = ray.remote(train_one).options(num_cpus=threads, num_gpus=1 if device.type == "cuda" else 0)
+    task = ray.remote(train_one).options(num_cpus=threads, num_gpus=1 if device.type == "cuda" else 0,
+                                         max_retries=RETRIES)
     pending = {task.remote(spec, seed, str(device), threads, quick, plan): (name, seed) for name, spec, seed in todo}
     log(f"ray: {len(pending)} task(s) of {threads} CPU(s) each on {len(nodes)} node(s) "
         f"with {ray.cluster_resources().get('CPU', 0):g} CPUs")

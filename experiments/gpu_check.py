@@ -69,13 +69,13 @@ def main(argv=None) -> int:
     failed = False
     t_study = time.perf_counter()
     for exp in EXPERIMENTS.values():
-        if any(s.model == "transfer" for s in exp.specs().values()):
+        if exp.optional:
             continue
         out = args.out / "results" / f"{exp.name}.json"
         t0 = time.perf_counter()
         try:
             result = runner.run_experiment(exp, out, ["gpu_check"], quick=args.quick, device_name=args.device,
-                                           fresh=True, backend=args.backend, figures=False)
+                                           fresh=True, backend=args.backend)
         except Exception as err:   # a check reports every failure and goes on
             failed = True
             report["experiments"][exp.name] = {"error": f"{type(err).__name__}: {err}"}
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT]:
         again = args.out / "rerun" / f"{REPEAT}.json"
         second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], quick=args.quick,
-                                       device_name=args.device, fresh=True, backend=args.backend, figures=False)
+                                       device_name=args.device, fresh=True, backend=args.backend)
         report["repeatability"] = repeatability(results.load(args.out / "results" / f"{REPEAT}.json"), second)
     if not args.skip_bench:
         bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],

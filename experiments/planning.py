@@ -8,9 +8,7 @@ from pathlib import Path
 
 from . import results
 from .catalog import Experiment, RunSpec
-
-QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS = 2048, 1000, 2   # --quick: 8 batches of 256, 2 epochs
-FIGURES_CODE = results.ENGINE_DIR / "figures.py"
+from .results import QUICK_EPOCHS, QUICK_EVAL, QUICK_TRAIN  # noqa: F401 (the runner and executors use them)
 
 
 def batchable(spec: RunSpec) -> bool:
@@ -61,15 +59,16 @@ def is_fresh(out: Path, fingerprints, since: str | None = None) -> bool:
     return result["fingerprint"] in accepted and (since is None or result["provenance"]["started"] >= since)
 
 
-def figures_dir(out: Path) -> Path:
-    return out.parent / "figures"
-
-
-def figures_fresh(out: Path) -> bool:
-    """Figures exist and are newer than both the result and the plotting code."""
-    drawn = list(figures_dir(out).glob(f"{out.stem}-*.svg"))
-    newest_input = max(out.stat().st_mtime, FIGURES_CODE.stat().st_mtime)
-    return bool(drawn) and min(p.stat().st_mtime for p in drawn) >= newest_input
+def made_by_this_engine(result: dict) -> bool:
+    """Whether a result's fingerprint is what this checkout's engine code gives the specs, seeds and
+    backend the result itself records (a --quick, --epochs or --set result included)."""
+    try:
+        specs = {v["name"]: RunSpec(**{k: tuple(x) if isinstance(x, list) else x for k, x in v["params"].items()})
+                 for v in result["variants"]}
+        backend = result["provenance"].get("backend") or "loop"
+        return results.fingerprint(specs, result["seeds"], bool(result.get("quick")), backend) == result["fingerprint"]
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def default_out(name: str, quick: bool) -> Path:
@@ -77,9 +76,9 @@ def default_out(name: str, quick: bool) -> Path:
     return base / f"{name}.json"
 
 
-def cpu_transfer_note(name: str) -> str:
-    """Why `make all` skips the transfer experiment on a machine without CUDA."""
-    return (f"{name} on the CPU takes hours: run it where CUDA is available, "
+def needs_cuda_note(name: str) -> str:
+    """Why `make all` skips an experiment that needs CUDA (the catalog's needs_cuda) on a machine without it."""
+    return (f"{name} is meant for a GPU (its catalog entry says needs_cuda): run it where CUDA is available, "
             "or pass --device cpu to run it on the CPU anyway")
 
 

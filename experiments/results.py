@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import subprocess
-import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +29,9 @@ MODEL_SOURCES = {"transfer": ("transfer.py",)}   # extra code only the results o
 # The batched population backend (population.py) trains with other kernels than train.fit: its
 # results are other results, so its code and name join the fingerprint; the loop backend's don't.
 BACKEND_SOURCES = {"loop": (), "batched": ("population.py",)}
+# --quick: 8 batches of 256 training images, 1000 validation and test images, 2 epochs. They shape a
+# quick result, so a quick result's fingerprint includes them.
+QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS = 2048, 1000, 2
 FINAL_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
               "epochs", "seconds", "diverged")
 SUMMARY_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "epochs", "seconds")
@@ -58,6 +61,8 @@ def fingerprint(specs: dict, seeds: list[int], quick: bool, backend: str = "loop
                "engine": {name: _code_digest(ENGINE_DIR / name) for name in sources}}
     if backend != "loop":   # keeps the loop backend's fingerprints, and the committed results, as they were
         payload["backend"] = backend
+    if quick:               # (quick results are never committed)
+        payload["quick_sizes"] = [QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -124,20 +129,30 @@ def restat(result: dict, control: str) -> dict:
     return result
 
 
-def write_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temp file beside `path`, fsync, then rename: readers see old or new, never half."""
+@contextmanager
+def replacing(path):
+    """A temporary path beside `path` that is renamed over it when the block ends without error, and
+    removed otherwise: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, obj) -> None:
+    """Write `obj` as JSON (or `str` as text), fsynced, through `replacing`."""
+    with replacing(path) as tmp, open(tmp, "w") as f:
+        if isinstance(obj, str):
+            f.write(obj)
+        else:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _require(cond: bool, path: Path, what: str) -> None:
@@ -151,8 +166,9 @@ def validate(obj, path: Path) -> dict:
              f"schema_version is {obj.get('schema_version')!r}, this code reads {SCHEMA_VERSION}; "
              f"remake it with `make {path}` (or `make reproduce` for the whole study)")
     for key, kind in (("experiment", str), ("fingerprint", str), ("provenance", dict), ("variants", list),
-                      ("comparisons", list)):
-        hint = f"; `python -m experiments restat {path}` adds it without retraining" if key == "comparisons" else ""
+                      ("comparisons", list), ("base", dict), ("data", dict)):
+        hint = f"; `python -m experiments restat {path}` adds it without retraining" \
+            if key in ("comparisons", "base", "data") else ""
         _require(isinstance(obj.get(key), kind), path, f"field {key!r} is missing or not a {kind.__name__}{hint}")
     for i, v in enumerate(obj["variants"]):
         where = f"variants[{i}]"

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import locks, population, results
-from .planning import QUICK_EVAL, QUICK_TRAIN, figures_dir, plan
+from . import describe, locks, population, results
+from .planning import QUICK_EVAL, QUICK_TRAIN, plan
 from .catalog import Experiment
 from .train import fit  # importing train sets the denormal flush before torch starts its threads
 
@@ -35,8 +35,7 @@ def pick_device(name: str) -> torch.device:
 def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | None = None,
                    epochs: int | None = None, quick: bool = False, device_name: str = "auto",
                    fresh: bool = False, log=print, sets: dict | None = None, weights: Path | None = None,
-                   executor: str = "local", threads: int | None = None, backend: str = "auto",
-                   figures: bool = True) -> dict:
+                   executor: str = "local", threads: int | None = None, backend: str = "auto") -> dict:
     device = pick_device(device_name)
     specs, seed_list, fp, backend = plan(exp, seeds, epochs, quick, sets,
                                          population.resolve_backend(backend, device), executor)
@@ -104,11 +103,9 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         result = {"schema_version": results.SCHEMA_VERSION, "experiment": exp.name, "description": exp.description,
                   "fingerprint": fp, "quick": quick, "seeds": seed_list, "provenance": prov, "variants": variants,
                   "control": exp.control_variant, "comparisons": results.comparisons(variants, exp.control_variant)}
-        results.write_atomic(out, results.validate(result, out))
+        results.write_atomic(out, results.validate(describe.describe(result, exp), out))
         progress_path.unlink(missing_ok=True)
         log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
-        if figures:
-            draw_figures(out, log)
         return result
 
 
@@ -138,9 +135,3 @@ def read_progress(path: Path, fingerprint: str, specs: dict, log=print) -> dict:
         return {}
     log(f"resuming: {sum(map(len, done.values()))} finished run(s) kept from {path}")
     return done
-
-
-def draw_figures(out: Path, log=print) -> None:
-    from . import figures
-    for path in figures.make_all(out, figures_dir(out)):
-        log(f"wrote {path}")

@@ -14,7 +14,6 @@ Weights are torchvision's official IMAGENET1K_V1 files, taken from torch.hub's c
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
 import tempfile
@@ -26,6 +25,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from . import results
 from .data import DataError, FashionMNIST, Split
 from .models import MLP
 
@@ -170,6 +170,18 @@ def head(spec, in_features: int) -> MLP:
     return MLP(spec.depth, spec.width, spec.dropout, spec.batchnorm, spec.input_dropout, in_features)
 
 
+def unavailable(specs: dict, weights: Path | None = None) -> list[str]:
+    """The catalog's check hook: what this machine lacks to run `specs` (the ImageNet weight file of
+    each backbone), one line each, checked before any work so nothing is written without them."""
+    missing = []
+    for backbone in sorted({s.backbone for s in specs.values() if s.model == "transfer"}):
+        try:
+            weights_file(backbone, weights)
+        except Unavailable as err:
+            missing.append(str(err))
+    return missing
+
+
 def build(spec, in_features: int) -> nn.Module:
     """The model fit() trains: the head alone on cached features, or the fine-tuned network."""
     return head(spec, in_features) if spec.train_backbone == "none" else FineTune(spec)
@@ -191,13 +203,8 @@ def features(spec, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     net = nn.Sequential(Preprocess(spec.image_size), backbone(spec)[0]).to(device).eval()
     out = torch.cat([net(images[i:i + FEATURE_BATCH].to(device).unsqueeze(1).float().div(255)).float()
                      for i in range(0, len(images), FEATURE_BATCH)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with results.replacing(path) as tmp:
         torch.save(out.cpu(), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

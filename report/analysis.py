@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 
-from experiments import catalog, stats
+from experiments import stats
 from experiments.results import by_seed
 
-from .config import ENGINE
-from .sources import source_constant
 from .text import _na
 
 # Analysis helpers: numbers the discussions need, computed from result dicts (never printed raw).
@@ -143,17 +141,17 @@ def methods(result: dict) -> list[dict]:
     return out
 
 
-def per_class(variant: dict) -> list[dict]:
-    """Test accuracy per class over seeds, from the confusion matrices; classes from data.py."""
-    names = source_constant(ENGINE / "data.py", "CLASSES")
+def per_class(result: dict, variant: dict) -> list[dict]:
+    """Test accuracy per class over seeds, from the confusion matrices; class names from the result."""
+    names = result["data"]["classes"]
     mats = [r["final"]["confusion"] for r in ok_runs(variant) if r["final"].get("confusion")]
     return [{"name": name, "acc": summary(m[i][i] / sum(m[i]) for m in mats if sum(m[i]))}
             for i, name in enumerate(names)]
 
 
 def param_changes(result: dict) -> list[tuple[str, str]]:
-    """(parameter, value) where a variant differs from the RunSpec defaults (shared by all variants)."""
-    default = catalog.RunSpec().as_dict()
+    """(parameter, value) where every variant differs from the base RunSpec the result records."""
+    default = result["base"]
     params = [v["params"] for v in result["variants"]]
     shared = {k: params[0][k] for k in params[0] if all(p.get(k) == params[0][k] for p in params)}
     return [(k, v) for k, v in shared.items() if k in default and default[k] != v]

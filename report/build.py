@@ -5,7 +5,8 @@
 
 Stages (each writes a file the next one reads; the intermediates live in build/report/):
   1. load every result through experiments.results.load; a missing or invalid one becomes a
-     visible box in its section (--strict: exit 1 instead);
+     visible box in its section (--strict: exit 1 instead); redraw the figures (report/figures.py,
+     into <results>/figures/) of each result whose figure fingerprint changed;
   2. render templates/report.md.j2 into build/report/report.md. The Jinja step numbers figures,
      tables and sections itself and renders twice so that forward references resolve; HTML and
      PDF then show the same numbers. Every string from a result file is escaped for Markdown;

@@ -1,5 +1,5 @@
-"""Where the report's inputs live, its section order and titles, and the few numbers that do not
-come from a result file (each with its source)."""
+"""Where the report's inputs live, its top-level sections, and the few numbers that do not come from
+a result file (each with its source). Experiment sections, their order and titles are the catalog's."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,16 +15,6 @@ BOXES_FILTER = REPORT_DIR / "boxes.lua"          # coloured boxes (missing resul
 BIBLIOGRAPHY = REPORT_DIR / "references.bib"
 ESSAYS = ("essay-l1-l2.md", "essay-architectures.md")
 
-# Sections, in report order. `best` is the headline configuration; an optional experiment without
-# a result file gets a note saying how to run it. Catalog experiments not listed here come before it.
-ORDER = ("depth", "dropout", "early_stopping", "batchnorm", "regularization", "l1_proximal", "augmentation", "best",
-         "cnn")
-OPTIONAL = ("transfer",)
-TITLES = {"depth": "Depth", "dropout": "Dropout", "early_stopping": "Early stopping",
-          "batchnorm": "Batch normalization", "regularization": "L1, L2 and weight decay",
-          "l1_proximal": "Exact zeros: the proximal L1 step",
-          "augmentation": "Data augmentation", "best": "The headline model",
-          "transfer": "Transfer learning", "cnn": "A convolutional network"}
 TOP_SECTIONS = ("Summary", "Data and method", "Experiments", "Speed", "The regularization code",
                 "References", "Appendix: provenance of the results")
 
@@ -45,7 +35,6 @@ BASELINES = (
     ("Human performance (crowd)", 0.835, "xiao2017repo"),
 )
 TARGET_VAL_ACC = 0.88              # batchnorm: epochs and seconds until validation accuracy >= this
-FASHION_MNIST = {"train": 60_000, "test": 10_000, "height": 28, "width": 28}  # Xiao et al. 2017
 
 # Page settings of the PDF: variables of pandoc's (and Quarto's) Typst template.
 TYPST_PAGE = {"papersize": "a4", "margin": {"x": "2.2cm", "y": "2.3cm"}, "fontsize": "10.5pt",

@@ -12,10 +12,10 @@ from markupsafe import Markup
 from experiments import catalog
 
 from .analysis import HELPERS, distinct
-from .config import (BASELINES, ESSAYS, FASHION_MNIST, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC,
-                     TEMPLATES, ENGINE, ReportError)
+from .config import (BASELINES, ESSAYS, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC, TEMPLATES,
+                     ReportError)
 from .sections import Section, display_path, load_bench, make_command, missing_message
-from .sources import quote_functions, quote_uses, source_constant
+from .sources import quote_functions, quote_uses
 from .text import FILTERS, _na, code, finalize, md, md_escape
 
 # The Jinja step: numbering registry, two passes.
@@ -81,13 +81,11 @@ class Document:
         of the text width."""
         ident, label = self._number("fig", name)
         src = self.results_dir / "figures" / f"{name}.svg"
-        if not src.is_file():
-            owner = next((x.path for x in sorted(self.sections, key=lambda x: -len(x.name))
-                          if name.startswith(x.name + "-")), self.results_dir / "NAME.json")
-            command = f"python -m experiments.figures {display_path(owner)}"
-            self.problems.append(f"Figure missing: {src} — run `{command}`")
-            return Markup(f"\n::: {{.missing #{ident}}}\n**{label}:** figure missing: {md_escape(str(src))} — "
-                          f"run {code(command)}\n:::\n")
+        if not src.is_file():   # report/figures.py draws what the catalog entry asks for, when the result has it
+            why = (f"figure missing: {display_path(src)} (drawn from the result file by report/figures.py "
+                   f"when its catalog entry lists the figure)")
+            self.problems.append(why[0].upper() + why[1:])
+            return Markup(f"\n::: {{.missing #{ident}}}\n**{label}:** {md_escape(why)}\n:::\n")
         self.figures[f"{name}.svg"] = src
         return Markup(f"\n![{label}: {md(caption)}](figures/{name}.svg){{#{ident} width={width}}}\n")
 
@@ -145,7 +143,6 @@ def make_env(doc: Document) -> jinja2.Environment:
     env.globals.update(figure=doc.figure, table=doc.table, ref=doc.ref, heading=doc.heading,
                        missing=doc.missing, essay=doc.essay, quote_functions=quote_functions,
                        quote_uses=quote_uses, make_command=lambda name: make_command(doc.results_dir, name),
-                       base=catalog.RunSpec().as_dict(),   # the settings every experiment starts from
                        distinct=lambda *path: distinct(doc.sections, *path))
     return env
 
@@ -161,10 +158,17 @@ def base_accuracy(sections: list[Section]) -> dict | None:
     return {"val": control["summary"]["val_acc"]["mean"], "test": control["summary"]["test_acc"]["mean"]}
 
 
+def described(sections: list[Section]) -> dict | None:
+    """The base RunSpec and the data set's constants as the results record them (every current
+    result holds the same; the first in report order is taken)."""
+    return next((s.result for s in sections if s.result and not s.result.get("quick")),
+                next((s.result for s in sections if s.result), None))
+
+
 def front_matter(sections: list[Section]) -> dict | None:
     """Title-block facts from the result files: the newest result's date and commit, whether any
-    was made from a modified tree, the study's training time (the sum of the results' wall times)
-    and the machines they ran on; the data's digests from data.py."""
+    was made from a modified tree, the study's training time (the sum of the results' wall times),
+    the machines they ran on, and the data's digests."""
     loaded = [s.result for s in sections if s.result and not s.result.get("quick")]
     if not loaded:
         return None
@@ -175,7 +179,18 @@ def front_matter(sections: list[Section]) -> dict | None:
             "study_seconds": sum(r["provenance"].get("wall_seconds") or 0 for r in loaded),
             "devices": sorted({r["provenance"].get("device") or "?" for r in loaded}),
             "cpu_counts": sorted({r["provenance"].get("cpu_count") or 0 for r in loaded}),
-            "digests": source_constant(ENGINE / "data.py", "SHA256")}
+            "digests": loaded[0]["data"]["sha256"]}
+
+
+def dataset(result: dict | None) -> dict | None:
+    """The data set's sizes and split as a result records them."""
+    if result is None:
+        return None
+    d = result["data"]
+    val = d["val_per_class"] * len(d["classes"])
+    return {"train": d["train_images"], "test": d["test_images"], "height": d["image_size"][0],
+            "width": d["image_size"][1], "classes": len(d["classes"]), "val": val,
+            "fit": d["train_images"] - val, "split_seed": d["split_seed"]}
 
 
 def bibtex(front: dict) -> Markup:
@@ -190,15 +205,13 @@ def bibtex(front: dict) -> Markup:
 
 def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Document]:
     doc = Document(sections, results_dir)
-    data = source_constant(ENGINE / "data.py", "VAL_PER_CLASS"), source_constant(ENGINE / "data.py", "CLASSES")
+    first = described(sections)
     context = {
         "sections": sections, "by_name": {s.name: s for s in sections},
         "experiments": [s for s in sections if s.name != "best"],
         "best": next((s for s in sections if s.name == "best"), None),
         "essays": ESSAYS, "original_test_acc": ORIGINAL_STUDY_TEST_ACC, "baselines": BASELINES, "target_val_acc": TARGET_VAL_ACC,
-        "dataset": {**FASHION_MNIST, "classes": len(data[1]), "val": data[0] * len(data[1]),
-                    "fit": FASHION_MNIST["train"] - data[0] * len(data[1]),
-                    "split_seed": source_constant(ENGINE / "data.py", "SPLIT_SEED")},
+        "dataset": dataset(first), "base": first["base"] if first else None,
         "quick": [s for s in sections if s.result and s.result.get("quick")],
         "bench": load_bench(results_dir), "gpu_bench": load_bench(results_dir, "bench-cuda.json"),
         "loaded": [s for s in sections if s.result],

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import (BIBLIOGRAPHY, BOXES_FILTER, PANDOC_COMMON, STYLE, TYPST_HEADER, TYPST_PAGE,
                      ReportError)
+from .figures import draw_stale
 from .numbering import render_markdown
 from .sections import Section, load_sections
 
@@ -117,6 +118,7 @@ def build(results_dir: Path, out: Path, work: Path, strict: bool = False, render
           if_stale: bool = False, log=print) -> int:
     started = time.perf_counter()
     sections = load_sections(results_dir)
+    draw_stale(sections, results_dir / "figures", log)   # only the figures whose result or code changed
     markdown, doc = render_markdown(sections, results_dir)
     if strict and doc.problems:
         for problem in doc.problems:

@@ -8,13 +8,7 @@ from pathlib import Path
 
 from experiments import catalog, planning, results
 
-from .config import OPTIONAL, ORDER, ROOT, TITLES
-
-# Results
-
-def title_of(name: str) -> str:
-    """The heading of an experiment's section."""
-    return TITLES.get(name, name.replace("_", " ").capitalize())
+from .config import ROOT
 
 
 class Section:
@@ -22,16 +16,17 @@ class Section:
 
     def __init__(self, name: str, path: Path, result: dict | None, error: str | None):
         self.name, self.path, self.result, self.error = name, path, result, error
-        self.title = title_of(name)
         exp = catalog.EXPERIMENTS.get(name)
+        self.title = exp.heading if exp else name.replace("_", " ").capitalize()
+        self.optional = bool(exp and exp.optional)
         self.description = (result or {}).get("description") or (exp.description if exp else "")
         self.stale = bool(result and exp and not current(result, exp))
 
     @property
     def skipped(self) -> bool:
-        """An optional experiment never run here (transfer without ImageNet weights or a GPU): a
-        note in its section, not a problem, so --strict accepts it. A broken file is still an error."""
-        return self.name in OPTIONAL and self.result is None and not self.path.exists()
+        """An optional experiment (catalog: needs a GPU or a file) never run here: a note in its
+        section, not a problem, so --strict accepts it. A broken file is still an error."""
+        return self.optional and self.result is None and not self.path.exists()
 
     @property
     def variants(self) -> list[dict]:
@@ -49,16 +44,14 @@ def current(result: dict, exp) -> bool:
     return result["fingerprint"] in accepted
 
 
-def section_names(results_dir: Path) -> list[str]:
-    names = [n for n in ORDER if n in catalog.EXPERIMENTS or n == "best"]
-    names += [n for n in catalog.EXPERIMENTS if n not in names and n not in OPTIONAL]
-    names += [n for n in OPTIONAL if n in catalog.EXPERIMENTS]
-    return names
+def section_names() -> list[str]:
+    """The catalog's experiments in its order, the optional ones (which may be absent) last."""
+    return sorted(catalog.EXPERIMENTS, key=lambda n: catalog.EXPERIMENTS[n].optional)
 
 
 def load_sections(results_dir: Path) -> list[Section]:
     sections = []
-    for name in section_names(results_dir):
+    for name in section_names():
         path = results_dir / f"{name}.json"
         try:
             result = results.load(path)

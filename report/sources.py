@@ -11,17 +11,6 @@ from markupsafe import Markup
 from .config import ENGINE, ROOT, ReportError
 from .text import code
 
-# Source code: quoted by name from the real modules at render time, never copied.
-
-def source_constant(path: Path, name: str):
-    """The literal value of a module-level `NAME = ...` in a source file (no import, no torch)."""
-    for node in ast.parse(path.read_text()).body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            return ast.literal_eval(node.value)
-    raise ReportError(f"{path.relative_to(ROOT)} has no constant {name}; the report reads it from there")
-
 
 def _code_block(lines: list[str]) -> str:
     text = textwrap.dedent("\n".join(lines)).rstrip()

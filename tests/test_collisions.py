@@ -68,7 +68,7 @@ def progress_dir(tmp_path, monkeypatch):
 
 def quick_depth(out, log):
     return runner.run_experiment(EXPERIMENTS["depth"], out, ["run", "depth", "--quick"], seeds=1, epochs=1,
-                                 quick=True, device_name="cpu", log=log, figures=False)
+                                 quick=True, device_name="cpu", log=log)
 
 
 def progress_file(progress_dir):

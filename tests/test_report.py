@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import catalog, results
+from experiments import catalog, describe, results
 
 ROOT = Path(__file__).resolve().parent.parent
 EVIL = "<script>alert(1)</script>*x*"
@@ -63,7 +63,7 @@ def fake_run(seed: int, quality: float, epochs: int, rng: random.Random) -> dict
              "diverged": False, "confusion": confusion,
              "weights": {"zero_threshold": 1e-3, "layers": layers,
                          "first_layer": {"edges": [-0.2, 0.0, 0.2], "counts": [5, 7], "pixel_l1": [1.0] * 784}},
-             "misclassified": []}
+             "misclassified": [{"index": i, "true": 6, "pred": 0} for i in range(seed, seed + 24)]}
     return {"seed": seed, "history": history, "final": final}
 
 
@@ -80,7 +80,7 @@ def fake_result(name: str, variants: dict[str, dict], seeds: int = 2, epochs: in
     for i, (vname, params) in enumerate(variants.items()):
         runs = [fake_run(s, 0.86 + 0.01 * i, epochs, rng) for s in range(seeds)]
         out.append({"name": vname, "params": params, "runs": runs, "summary": results.summarize(runs)})
-    return results.restat({"schema_version": results.SCHEMA_VERSION, "experiment": name, "description": f"fixture for {name}",
+    result = results.restat({"schema_version": results.SCHEMA_VERSION, "experiment": name, "description": f"fixture for {name}",
             "fingerprint": current_fingerprint(name, seeds), "quick": False, "seeds": list(range(seeds)),
             "provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": False,
                            "packages": {"torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2.4.6", "tqdm": "4"},
@@ -88,19 +88,12 @@ def fake_result(name: str, variants: dict[str, dict], seeds: int = 2, epochs: in
                            "started": "2025-01-02T03:04:05+00:00", "wall_seconds": 123.4,
                            "command": f"python -m experiments run {name}"},
             "variants": out}, out[0]["name"])
-
-
-def svg(label: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="480" height="180" viewBox="0 0 480 180">'
-            f'<rect width="480" height="180" fill="#e8eef6"/><circle cx="90" cy="90" r="60" fill="#2e6da4"/>'
-            f'<text x="170" y="98" font-size="22" font-family="sans-serif">{label}</text></svg>\n')
-
-
-FIGURES = ("curves", "accuracy", "histograms", "pixels", "confusion", "per-class", "misclassified")
+    exp = catalog.EXPERIMENTS.get(name)
+    return describe.describe(result, exp) if exp else result
 
 
 def write_fixture(folder: Path) -> dict:
-    """Every catalog experiment plus best.json, and a placeholder SVG for every figure name."""
+    """A result file for every catalog experiment (the report draws their figures from them)."""
     written = {}
     for name, exp in catalog.EXPERIMENTS.items():
         variants = {v: spec.as_dict() for v, spec in exp.specs().items()}
@@ -116,9 +109,6 @@ def write_fixture(folder: Path) -> dict:
     written["best"] = fake_result("best", {"headline MLP": best}, seeds=5)
     for name, obj in written.items():
         results.write_atomic(folder / f"{name}.json", obj)
-        for fig in FIGURES:
-            (folder / "figures").mkdir(exist_ok=True)
-            (folder / "figures" / f"{name}-{fig}.svg").write_text(svg(f"{name} {fig}"))
     return written
 
 
@@ -176,8 +166,7 @@ def visible_text(page: str) -> str:
 
 def section_titles() -> list[str]:
     essays = [re.search(r"^## (.*?) \{#", (ROOT / "report" / e).read_text(), re.M).group(1) for e in build.ESSAYS]
-    names = build.section_names(ROOT / "nonexistent")
-    return [*build.TOP_SECTIONS, *essays, *(build.title_of(n) for n in names)]
+    return [*build.TOP_SECTIONS, *essays, *(catalog.EXPERIMENTS[n].heading for n in build.section_names())]
 
 
 def pdf_text(pdf: Path) -> str:

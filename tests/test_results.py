@@ -25,7 +25,8 @@ def test_summary_is_mean_and_sample_std_over_converged_runs():
 def minimal(**over):
     obj = {"schema_version": results.SCHEMA_VERSION, "experiment": "x", "fingerprint": "f", "provenance": {},
            "variants": [{"name": "v", "params": {}, "runs": [fake_run(0, 0.5)],
-                         "summary": results.summarize([fake_run(0, 0.5)])}], "comparisons": []}
+                         "summary": results.summarize([fake_run(0, 0.5)])}], "comparisons": [],
+           "base": {}, "data": {}}
     obj.update(over)
     return obj
 
@@ -36,6 +37,7 @@ def minimal(**over):
     ({"variants": [{"name": "v", "params": {}, "runs": [{"seed": 0, "history": [], "final": {}}], "summary": {}}]},
      "final lacks train_acc"),
     ({"comparisons": None}, "'comparisons' is missing .* restat"),
+    ({"base": None}, "'base' is missing .* restat"),
     ({"variants": [{"name": "v", "params": {}, "runs": [fake_run(0, 0.5)], "summary": {"val_acc": {"mean": 0.5}}}]},
      "no 95% interval in summary.val_acc; .* restat"),
 ])
@@ -95,23 +97,40 @@ def test_comparisons_pair_each_variant_with_the_control_seed_by_seed():
     assert rows[2]["n"] == 2                               # the diverged seed is left out
 
 
-def test_restat_adds_intervals_and_comparisons_and_keeps_the_runs(tmp_path):
-    obj = minimal(comparisons=None)
-    obj["variants"] = [{"name": n, "params": {}, "runs": [fake_run(s, a + s / 100) for s in range(3)], "summary": {}}
-                       for n, a in (("ctl", 0.8), ("v", 0.9))]
+def depth_result_without_statistics() -> dict:
+    """A current depth result (this checkout's fingerprint) as an older engine wrote it: no
+    intervals, comparisons or self-description."""
+    exp = EXPERIMENTS["depth"]
+    specs = exp.specs()
+    obj = minimal(experiment="depth", comparisons=None, seeds=[0, 1, 2],
+                  fingerprint=results.fingerprint(specs, [0, 1, 2], False))
+    del obj["base"], obj["data"]
+    obj["variants"] = [{"name": n, "params": spec.as_dict(), "summary": {},
+                        "runs": [fake_run(s, 0.8 + i / 10 + s / 100) for s in range(3)]}
+                       for i, (n, spec) in enumerate(specs.items())]
+    return obj
+
+
+def test_restat_adds_intervals_comparisons_and_description_and_keeps_the_runs(tmp_path):
+    from experiments import describe
+    from experiments.__main__ import main
+    obj = depth_result_without_statistics()
     runs_before = json.dumps([v["runs"] for v in obj["variants"]])
     path = tmp_path / "r.json"
     path.write_text(json.dumps(obj))
-    from experiments.__main__ import main
-    EXPERIMENTS_X = {"x": type("E", (), {"control_variant": "ctl"})()}
-    import experiments.__main__ as cli
-    old = cli.EXPERIMENTS
-    cli.EXPERIMENTS = EXPERIMENTS_X
-    try:
-        assert main(["restat", str(path)]) == 0
-    finally:
-        cli.EXPERIMENTS = old
+    assert main(["restat", str(path)]) == 0
     out = results.load(path)
     assert json.dumps([v["runs"] for v in out["variants"]]) == runs_before
-    assert out["control"] == "ctl" and out["comparisons"][0]["diff_mean"] == pytest.approx(0.1)
+    assert out["control"] == "2 hidden" and out["comparisons"][0]["variant"] == "1 hidden"
+    assert out["comparisons"][0]["diff_mean"] == pytest.approx(-0.1)
     assert out["variants"][1]["summary"]["val_acc"]["ci95"][0] < 0.91 < out["variants"][1]["summary"]["val_acc"]["ci95"][1]
+    assert out["base"]["width"] == 256 and out["data"] == describe.data_constants()
+
+
+def test_restat_refuses_a_result_of_other_engine_code(tmp_path, capsys):
+    from experiments.__main__ import main
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**depth_result_without_statistics(), "fingerprint": "f" * 64}))
+    before = path.read_bytes()
+    assert main(["restat", str(path)]) == 1
+    assert "other engine code" in capsys.readouterr().err and path.read_bytes() == before

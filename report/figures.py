@@ -1,5 +1,7 @@
-"""Figures from a result file (and, for the misclassified-example grid, the test images it names):
-`python -m experiments.figures results/NAME.json [OUT_DIR]`.
+"""The report's figures, drawn from result files alone, as the catalog entry of each experiment asks
+(Experiment.figures): `draw_stale` redraws an experiment's figures only when their fingerprint (the
+result file's bytes, this module's code, matplotlib's version) changed, recorded beside them in
+<figures>/<name>.fingerprint. Fresh figures cost no matplotlib import.
 
 Every curve is a mean over seeds with a band of its 95% Student's t interval; every accuracy has
 95% interval error bars; n is in the legend or caption.  SVGs are deterministic (fixed hash salt, no date) so re-rendering from the
@@ -7,21 +9,28 @@ same results changes no byte.
 """
 from __future__ import annotations
 
-import sys
+import base64
+import hashlib
+from importlib import metadata
 from pathlib import Path
 
-import matplotlib
+from experiments import results as results_mod
+from experiments.catalog import EXPERIMENTS
+from experiments.stats import t_quantile
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+plt = np = None   # matplotlib and numpy, imported by _plotting() only when a figure is drawn
 
-from .data import CLASSES  # noqa: E402
-from .results import load  # noqa: E402
-from .stats import t_quantile  # noqa: E402
 
-plt.rcParams.update({"svg.hashsalt": "fmreport", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
-                     "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100})
+def _plotting():
+    global plt, np
+    if plt is None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+        import numpy
+        plt, np = matplotlib.pyplot, numpy
+        plt.rcParams.update({"svg.hashsalt": "fmreport", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
+                             "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100})
 
 
 def _save(fig, out_dir: Path, name: str) -> Path:
@@ -141,8 +150,9 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
             if total[i, j]:
                 ax.text(j, i, f"{100 * norm[i, j]:.0f}" if norm[i, j] >= 0.005 else "·", ha="center",
                         va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(10), CLASSES, rotation=45, ha="right")
-    ax.set_yticks(range(10), CLASSES)
+    classes = result["data"]["classes"]
+    ax.set_xticks(range(10), classes, rotation=45, ha="right")
+    ax.set_yticks(range(10), classes)
     ax.set(xlabel="predicted class", ylabel="true class",
            title=f"{v['name']}: % of each true class (test, {len(mats)} seeds pooled)")
     fig.tight_layout()
@@ -152,7 +162,7 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     ax.bar(range(10), per_class.mean(0), yerr=[_half_width(c) for c in per_class.T] if len(mats) > 1 else None,
            capsize=3, color="C0")
-    ax.set_xticks(range(10), CLASSES, rotation=30, ha="right")
+    ax.set_xticks(range(10), classes, rotation=30, ha="right")
     ax.set(ylabel="test accuracy (%)", ylim=(max(0, per_class.min() - 10), 100),
            title=f"per-class test accuracy, mean and 95% interval over {len(mats)} seeds")
     ax.grid(axis="y", alpha=0.3)
@@ -161,12 +171,13 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
 
     wrong = v["runs"][0]["final"].get("misclassified")
     if wrong:
-        from .data import test_images        # the pixels come from the verified data set
-        images = test_images()
+        pixels = result.get("examples", {}).get("images", {})
+        rows, cols = result["data"]["image_size"]
         fig, axes = plt.subplots(3, 8, figsize=(7.5, 3.4))
         for ax, item in zip(axes.flat, wrong):
-            ax.imshow(images[item["index"]].numpy(), cmap="gray_r")
-            ax.set_title(f"{CLASSES[item['true']]}\n→ {CLASSES[item['pred']]}", fontsize=6)
+            image = np.frombuffer(base64.b64decode(pixels[str(item["index"])]), dtype=np.uint8).reshape(rows, cols)
+            ax.imshow(image, cmap="gray_r")
+            ax.set_title(f"{classes[item['true']]}\n→ {classes[item['pred']]}", fontsize=6)
             ax.axis("off")
         for ax in axes.flat[len(wrong):]:
             ax.axis("off")
@@ -175,18 +186,44 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def make_all(result_path: Path, out_dir: Path) -> list[Path]:
-    result = load(result_path)
+KINDS = {"curves": lambda r, d: [curves(r, d)], "accuracy": lambda r, d: [accuracy(r, d)],
+         "weights": weights, "confusion": confusion}
+
+
+def fingerprint(result_path: Path, kinds) -> str:
+    """What an experiment's figures depend on: its result file, the figures it asks for, this code
+    and matplotlib's version (SVG bytes change with it)."""
+    try:
+        mpl = metadata.version("matplotlib")
+    except metadata.PackageNotFoundError:
+        mpl = None
+    h = hashlib.sha256(Path(result_path).read_bytes())
+    h.update(repr((sorted(kinds), results_mod._code_digest(Path(__file__)), mpl)).encode())
+    return h.hexdigest()
+
+
+def draw(result: dict, out_dir: Path, kinds) -> list[Path]:
+    """Every figure of `kinds` (catalog figure kinds) for one result, as SVGs in `out_dir`."""
+    _plotting()
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [curves(result, out_dir), accuracy(result, out_dir)]
-    if result["experiment"] == "regularization":
-        paths += weights(result, out_dir)
-    if result["experiment"] == "best":
-        paths += confusion(result, out_dir)
-    return paths
+    return [p for kind in kinds for p in KINDS[kind](result, out_dir)]
 
 
-if __name__ == "__main__":
-    src = Path(sys.argv[1])
-    for p in make_all(src, Path(sys.argv[2]) if len(sys.argv) > 2 else src.parent / "figures"):
-        print(f"wrote {p}")
+def draw_stale(sections, out_dir: Path, log=print) -> list[Path]:
+    """Redraw the figures of every loaded section whose figure fingerprint changed; return the SVGs
+    drawn. The fingerprint file is written last, so an interrupted drawing is redone next time."""
+    drawn = []
+    for sec in sections:
+        if sec.result is None:
+            continue
+        exp = EXPERIMENTS.get(sec.name)
+        kinds = exp.figures if exp else ("curves", "accuracy")
+        stamp = out_dir / f"{sec.name}.fingerprint"
+        key = fingerprint(sec.path, kinds)
+        if stamp.is_file() and stamp.read_text().strip() == key:
+            continue
+        paths = draw(sec.result, out_dir, kinds)
+        results_mod.write_atomic(stamp, key + "\n")
+        log(f"drew {len(paths)} figure(s) of {sec.path.name} into {out_dir}")
+        drawn += paths
+    return drawn
