@@ -585,3 +585,32 @@ def test_every_figure_and_table_is_cited_in_the_text_and_captions_differ(rendere
     assert sorted(i for i in ids if f"](#{i})" not in body) == []          # each cited outside its caption
     texts = [re.sub(r"^(Figure|Table) \d+: ", "", c) for c in figure_captions + table_captions]
     assert len(texts) == len(set(texts)), "two captions say the same"
+
+
+def test_a_new_catalog_entry_gets_its_section_without_other_edits(tmp_path):
+    """Issue 16: an experiment is one catalog entry. A scratch copy of the code gains a toy
+    experiment in catalog.py alone; its result renders as a generic section (table, figures drawn
+    from the result, comparison with its control) in the place the catalog gives it."""
+    copy = tmp_path / "project"
+    for folder in ("experiments", "report", "templates"):
+        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__", "report.html", "report.pdf"))
+    entry = ('\nEXPERIMENTS["toy"] = Experiment(name="toy", title="A toy width sweep", control="narrow",\n'
+             '    description="a toy experiment added by a test", variants={"narrow": {"width": 64}, "wide": {"width": 512}})\n')
+    with open(copy / "experiments" / "catalog.py", "a") as f:
+        f.write(entry)
+    toy = catalog.Experiment(name="toy", title="A toy width sweep", control="narrow", description="x",
+                             variants={"narrow": {"width": 64}, "wide": {"width": 512}})
+    obj = fake_result("toy", {n: s.as_dict() for n, s in toy.specs().items()})
+    obj["fingerprint"] = results.fingerprint(toy.specs(), obj["seeds"], False)   # what the copy computes
+    res = tmp_path / "results"
+    results.write_atomic(res / "toy.json", describe.describe(obj, toy))
+    proc = subprocess.run([sys.executable, "report/build.py", "--results", str(res), "--out", str(tmp_path / "out")],
+                          cwd=copy, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    heading = re.search(r"\d+\.\d+ A toy width sweep Fixture for toy\.", page)   # its question
+    assert heading, "no section for the new catalog entry"
+    section = page[heading.start():]
+    assert "Stale result" not in section[:2000] and "figure missing" not in section[:4000].lower()
+    assert "narrow" in section[:3000] and "wide" in section[:3000] and "Answer." in section[:6000]
+    assert sorted(p.name for p in (res / "figures").glob("toy-*.svg")) == ["toy-accuracy.svg", "toy-curves.svg"]
