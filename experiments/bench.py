@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -211,16 +210,6 @@ def study_seconds(device: torch.device, quick: bool) -> float:
     return time.perf_counter() - start
 
 
-def report_seconds(repeats: int) -> float:
-    """Median wall time of rendering the report (HTML + PDF) from the committed results, into a
-    scratch folder so the published report is not touched."""
-    def render():
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, str(results.PROJECT_ROOT / "report" / "build.py"), "--out", tmp],
-                           check=True, capture_output=True, timeout=600)
-    return _median_seconds(render, repeats)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the output, not the speed")
@@ -243,9 +232,7 @@ def main(argv=None) -> None:
             figures["study_seconds"] = args.study_seconds
     per_device = {device.type: figures}
     # Top level: this device's figures; `devices` holds them by device type (one schema for both files).
-    # The report is rendered only on the CPU bench: a GPU host need not have pandoc and Typst.
     out = {"schema_version": 2, "quick": quick, **figures, "devices": per_device,
-           "report_seconds": report_seconds(1 if quick else 3) if device.type == "cpu" else None,
            "threads": torch.get_num_threads(),
            "provenance": results.provenance(", ".join(d["device_name"] for d in per_device.values()),
                                             ["bench", *(["--quick"] if quick else [])], started)}

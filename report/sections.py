@@ -66,7 +66,7 @@ def load_sections(results_dir: Path) -> list[Section]:
 BENCH_KEYS = ("engine_plain_epoch_s", "engine_augmented_epoch_s", "tutorial_plain_epoch_s",
               "tutorial_augmented_epoch_s", "speedup_plain", "speedup_augmented", "matmul_flops",
               "train_step_flops", "peak_fraction", "time_to_89", "time_to_89_seconds", "threads", "provenance",
-              "devices", "report_seconds")
+              "devices")
 
 
 GPU_BENCH_KEYS = ("study_seconds", "member_epoch_ms", "time_to_89", "time_to_89_population",

@@ -43,6 +43,7 @@ def test_quick_refuses_to_write_into_results():
     assert proc.returncode == 2 and "never writes into results/" in proc.stderr
 
 
+@pytest.mark.slow
 def test_corrupted_data_exits_1_naming_file_and_digests(tmp_path):
     from experiments import data
     for name in data.SHA256:

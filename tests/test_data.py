@@ -55,6 +55,7 @@ def test_project_folder_before_debian(isolated, monkeypatch):
     assert data.ensure_data() == "project data folder project/FashionMNIST/raw"
 
 
+@pytest.mark.slow
 def test_debian_folder_used_when_project_folder_empty(isolated):
     raw, debian = isolated
     fill(debian, gz=True)
@@ -83,6 +84,7 @@ def test_env_folder_missing_file_is_named_and_no_fallback(isolated, tmp_path, mo
     assert not raw.exists()
 
 
+@pytest.mark.slow
 def test_corrupted_file_names_file_and_both_digests(isolated, tmp_path, monkeypatch):
     mine = tmp_path / "mine"
     fill(mine, gz=True, corrupt="t10k-labels-idx1-ubyte")

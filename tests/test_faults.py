@@ -92,6 +92,7 @@ def test_interrupt_exits_fast_with_one_line_and_keeps_work(tmp_path, previous_re
         p.unlink()
 
 
+@pytest.mark.slow
 def test_divergence_is_kept_and_excluded_from_summaries(tmp_path, fmnist, monkeypatch):
     from experiments.catalog import Experiment
     exp = Experiment(name="diverge", description="one sane and one exploding learning rate",
@@ -164,6 +165,7 @@ def test_unreadable_idx_file_is_named(tmp_path, monkeypatch):
         data.ensure_data()
 
 
+@pytest.mark.slow
 def test_empty_fashion_mnist_dir_names_every_missing_file(tmp_path, monkeypatch):
     from experiments import data
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path))

@@ -1,10 +1,12 @@
 """make semantics on a copy of the project: a second run does nothing, an edited spec reruns only
 its experiment, `make -j2` gives the same results as a serial run, `make report` never trains."""
 import json
+import os
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,7 @@ def project(tmp_path_factory):
     for name in ("Makefile", "pyproject.toml", "requirements.lock"):
         shutil.copy2(ROOT / name, dest / name)
     for name in ("experiments", "templates", "report", "tests"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "report.*"))
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "report.html", "report.pdf"))
     (dest / ".venv").symlink_to(ROOT / ".venv")
     (dest / "data").symlink_to(ROOT / "data")
     return dest
@@ -74,9 +76,20 @@ def test_parallel_make_equals_serial(project):
 
 
 def test_report_never_trains(project):
+    """With one quick result deleted, `make report` renders (exit 0) a report that says it is
+    missing, and neither remakes it nor saves any training progress."""
+    quick = project / "build" / "quick" / "results"
+    make(project, "build/quick/results/depth.json")
+    (quick / "depth.json").unlink()
+    progress_dir = Path(os.environ["FMREPORT_PROGRESS_DIR"])   # conftest's scratch folder, inherited by make
+    progress = {p.name for p in progress_dir.glob("*")}
     out = subprocess.run(["make", "-o", ".venv/.installed", "QUICK=1", "report"], cwd=project,
                          capture_output=True, text=True, timeout=300)
-    assert "experiments run" not in out.stdout and "epoch" not in out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (quick / "depth.json").exists() and "experiments run" not in out.stdout
+    assert {p.name for p in progress_dir.glob("*")} == progress
+    html = (project / "build" / "quick" / "report" / "report.html").read_text()
+    assert "make QUICK=1 build/quick/results/depth.json" in html   # its box names the command that makes it
 
 
 def test_interrupted_make_leaves_no_half_target(project):
@@ -88,7 +101,6 @@ def test_interrupted_make_leaves_no_half_target(project):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     time.sleep(6)                      # inside the training (startup takes a few seconds)
     assert proc.poll() is None, proc.communicate()
-    import os
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     proc.communicate(timeout=30)
     assert proc.returncode != 0

@@ -35,6 +35,7 @@ def without_times(run: dict) -> dict:
             "final": {k: v for k, v in run["final"].items() if k != "seconds"}}
 
 
+@pytest.mark.slow
 def test_population_of_one_on_the_loop_backend_is_fit_bit_for_bit(tiny):
     spec = RunSpec(epochs=2, width=64, dropout=0.2, augment="crop+flip")
     [pop] = fit_population(tiny, [Member("a", spec, 3)], CPU, backend="loop")
@@ -101,6 +102,7 @@ def test_batched_cnn_first_step_gradients_match_serial_runs(tiny):
     assert max(first_step_errors(tiny, with_bn)) <= 0.05
 
 
+@pytest.mark.slow
 def test_batched_population_matches_serial_runs(tiny):
     specs = [RunSpec(precision="fp32", epochs=2, width=64, dropout=0.2),
              RunSpec(precision="fp32", epochs=2, width=64, dropout=0.5, optimizer="adamw", weight_decay=0.1,
@@ -137,6 +139,7 @@ def test_a_diverging_member_leaves_the_others_unchanged(tiny):
         assert without_times(a) == without_times(b)      # bit for bit, histories and final metrics
 
 
+@pytest.mark.slow
 def test_a_member_with_patience_stops_like_its_serial_run_and_keeps_its_best_weights(fmnist):
     # as in test_train: 512 images, a wide net and a high lr overfit fast and the val loss rises
     data = fmnist.subset(512, 1000)

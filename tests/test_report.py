@@ -212,6 +212,7 @@ def test_numbering_agrees_and_references_resolve(rendered):
     assert "#set figure(numbering: none)" in typ
 
 
+@pytest.mark.slow
 def test_missing_result_shows_a_box_and_strict_fails(rendered, tmp_path):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
@@ -228,6 +229,7 @@ def test_missing_result_shows_a_box_and_strict_fails(rendered, tmp_path):
     assert not (tmp_path / "strict" / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_transfer_not_run_is_a_note_and_strict_accepts_it(rendered, tmp_path):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
@@ -243,6 +245,7 @@ def test_transfer_not_run_is_a_note_and_strict_accepts_it(rendered, tmp_path):
     assert render(res, tmp_path / "strict", "--strict") == 1
 
 
+@pytest.mark.slow
 @needs_poppler
 def test_rendering_twice_gives_the_same_html_and_pdf_text(rendered, tmp_path):
     assert render(rendered["results"], tmp_path / "again") == 0
@@ -396,6 +399,7 @@ def test_if_stale_skips_an_up_to_date_report(rendered, capsys):
     assert html.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_quarto_renderer_without_quarto_is_a_clear_error(rendered, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))          # no quarto (and nothing else) on PATH
     assert render(rendered["results"], tmp_path / "q", "--renderer", "quarto") == 1
@@ -448,6 +452,7 @@ def depth_with_val_accs(val: dict[str, list[float]]) -> dict:
     return results.restat(obj, exp.control_variant)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["tie", "clear gap"])
 def test_words_follow_the_paired_statistics(tmp_path, case):
     low = {"1 hidden": [0.850, 0.852, 0.851], "2 hidden": [0.860, 0.861, 0.862]}
@@ -472,6 +477,7 @@ def test_words_follow_the_paired_statistics(tmp_path, case):
     assert f"Answer. E{answer}" in depth and f"Depth: e{answer}" in page
 
 
+@pytest.mark.slow
 def test_the_answer_says_when_nothing_differs_from_the_control(tmp_path):
     val = {"1 hidden": [0.860, 0.870, 0.865], "2 hidden": [0.865, 0.862, 0.868],
            "3 hidden": [0.862, 0.869, 0.864], "4 hidden": [0.868, 0.861, 0.866]}
@@ -497,6 +503,7 @@ def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, c
     assert "restat" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_stale_result_is_marked_with_the_command_that_remakes_it(rendered, tmp_path):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
@@ -537,6 +544,7 @@ def test_the_baseline_table_cites_entries_of_the_bibliography(rendered):
     assert "Table 1 puts both of this study" in page   # cited in the text
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_rendering_keeps_the_previous_report(rendered, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     shutil.copytree(rendered["out"], out)
@@ -556,6 +564,7 @@ def test_a_full_disk_while_rendering_keeps_the_previous_report(rendered, tmp_pat
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []    # no temp files left
 
 
+@pytest.mark.slow
 def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
@@ -587,6 +596,7 @@ def test_every_figure_and_table_is_cited_in_the_text_and_captions_differ(rendere
     assert len(texts) == len(set(texts)), "two captions say the same"
 
 
+@pytest.mark.slow
 def test_a_new_catalog_entry_gets_its_section_without_other_edits(tmp_path):
     """Issue 16: an experiment is one catalog entry. A scratch copy of the code gains a toy
     experiment in catalog.py alone; its result renders as a generic section (table, figures drawn

@@ -57,6 +57,7 @@ def test_curve_band_is_the_95_interval_over_runs_that_reached_each_epoch():
                               t1 * statistics.stdev([0.6, 0.8]) / 2 ** 0.5, 0.0])
 
 
+@pytest.mark.slow
 def test_figures_are_redrawn_only_when_their_result_changes_and_then_byte_identical(tmp_path):
     out = tmp_path / "depth.json"
     runner.run_experiment(EXPERIMENTS["depth"], out, ["run", "depth", "--quick"], seeds=1, epochs=1, quick=True,

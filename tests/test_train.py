@@ -23,6 +23,7 @@ def test_history_and_final_shape(tiny):
     assert sum(map(sum, final["confusion"])) == 1000
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_best_weights(tiny):
     # 512 images, a wide net and a high lr overfit fast: the val loss rises and training stops
     spec = RunSpec(epochs=40, width=512, lr=3e-3, schedule="constant", patience=2, batch_size=64)
@@ -35,6 +36,7 @@ def test_early_stopping_restores_best_weights(tiny):
     assert hist[-1]["val_loss"] > best["val_loss"]
 
 
+@pytest.mark.slow
 def test_cpu_rerun_is_bit_identical(tiny):
     spec = RunSpec(epochs=2, width=64, dropout=0.2, augment="crop+flip")
     a, b = (fit(tiny, spec, seed=3, device=CPU) for _ in range(2))
@@ -49,6 +51,7 @@ def test_divergence_is_marked_not_raised(tiny):
     assert run["final"]["diverged_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_penalties_shrink_weights(tiny):
     # Adam moves each weight ~lr per step, so the proximal threshold lr * l1 needs l1 of order 1
     base = fit(tiny, RunSpec(epochs=2, width=64), 0, CPU)["final"]["weights"]["layers"]
@@ -65,6 +68,7 @@ def test_unknown_override_is_an_error():
         RunSpec(optimizer="lbfgs")
 
 
+@pytest.mark.slow
 def test_test_time_shifts_average_the_softmax_of_five_views(tiny):
     from experiments.data import shift
     from experiments.train import SHIFTED_VIEWS, evaluate, inputs

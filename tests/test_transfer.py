@@ -43,6 +43,7 @@ def test_matching_digest_is_accepted_and_a_wrong_one_refused(weights, monkeypatc
         transfer.weights_file("resnet18", weights)
 
 
+@pytest.mark.slow
 def test_feature_cache_hits_and_invalidates(weights, tmp_path, monkeypatch):
     transfer.weights_file("resnet18", weights)
     images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
@@ -78,6 +79,7 @@ def test_fine_tuning_trains_only_layer4_and_the_head(weights):
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_missing_weights_exit_1_naming_the_file_and_writing_nothing(tmp_path):
     home = tmp_path / "torch"
     env = {**os.environ, "TORCH_HOME": str(home), "https_proxy": "http://127.0.0.1:9",
@@ -94,6 +96,7 @@ def test_missing_weights_exit_1_naming_the_file_and_writing_nothing(tmp_path):
     assert skip.returncode == 0 and "skipped transfer" in skip.stdout and not out.exists()
 
 
+@pytest.mark.slow
 def test_full_run_on_cpu_needs_device_cpu_said_explicitly(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
