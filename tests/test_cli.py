@@ -1,4 +1,5 @@
 """The command line as a user meets it: exit codes, one-line errors, a real --quick run."""
+import hashlib
 import os
 
 import pytest
@@ -54,7 +55,8 @@ def test_corrupted_data_exits_1_naming_file_and_digests(tmp_path):
     env = {**os.environ, data.ENV_VAR: str(tmp_path)}
     proc = run_cli("run", "depth", "--quick", "--out", str(tmp_path / "r.json"), env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert str(bad) in proc.stderr and data.SHA256["t10k-labels-idx1-ubyte"] in proc.stderr
+    actual = hashlib.sha256(bad.read_bytes()).hexdigest()
+    assert str(bad) in proc.stderr and data.SHA256["t10k-labels-idx1-ubyte"] in proc.stderr and actual in proc.stderr
     assert not (tmp_path / "r.json").exists()
 
 

@@ -84,20 +84,6 @@ def test_env_folder_missing_file_is_named_and_no_fallback(isolated, tmp_path, mo
     assert not raw.exists()
 
 
-@pytest.mark.slow
-def test_corrupted_file_names_file_and_both_digests(isolated, tmp_path, monkeypatch):
-    mine = tmp_path / "mine"
-    fill(mine, gz=True, corrupt="t10k-labels-idx1-ubyte")
-    monkeypatch.setenv(data.ENV_VAR, str(mine))
-    with pytest.raises(data.DataError) as err:
-        data.ensure_data()
-    message = str(err.value)
-    assert "t10k-labels-idx1-ubyte.gz" in message
-    assert data.SHA256["t10k-labels-idx1-ubyte"] in message
-    actual = message.split("bytes is ")[1].split(",")[0]
-    assert len(actual) == 64 and actual != data.SHA256["t10k-labels-idx1-ubyte"]
-
-
 def test_split_sizes_disjoint_and_stratified(fmnist):
     assert (len(fmnist.train), len(fmnist.val), len(fmnist.test)) == (54000, 6000, 10000)
     assert torch.bincount(fmnist.val.labels).tolist() == [600] * 10
