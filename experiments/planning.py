@@ -1,6 +1,7 @@
 """What `experiments run` would do, decided without torch: the resolved specs, seeds, backend and
 fingerprint of a request, and whether a result file already holds exactly that. The Makefile asks
-this for every experiment on every `make all`, so it must cost milliseconds, not a torch import.
+this for every experiment on every `make all`, so it must not import torch: about 70 ms an
+experiment here (mostly reading its result file), against seconds for a torch import.
 """
 from __future__ import annotations
 

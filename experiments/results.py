@@ -1,7 +1,7 @@
 """The result file: schema, fingerprint, provenance, summaries, atomic write, validating load.
 
-A result file is the only thing an experiment leaves behind; besides it the report reads only the
-catalog (titles, controls), the data set's constants and the code it quotes.
+A result file is the only thing an experiment leaves behind, and it describes itself (describe.py);
+besides it the report reads only the catalog (titles, order, controls, figures) and the code it quotes.
 This module imports no torch (the Makefile's staleness check and the report use it).
 """
 from __future__ import annotations
