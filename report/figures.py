@@ -210,20 +210,22 @@ def draw(result: dict, out_dir: Path, kinds) -> list[Path]:
 
 
 def draw_stale(sections, out_dir: Path, log=print) -> list[Path]:
-    """Redraw the figures of every loaded section whose figure fingerprint changed; return the SVGs
-    drawn. The fingerprint file is written last, so an interrupted drawing is redone next time."""
+    """Redraw the figures of every loaded section whose figure fingerprint changed or one of whose
+    figures is gone; return the SVGs drawn. The fingerprint file is written last, so an interrupted
+    drawing is redone next time."""
     drawn = []
     for sec in sections:
         if sec.result is None:
             continue
         exp = EXPERIMENTS.get(sec.name)
         kinds = exp.figures if exp else ("curves", "accuracy")
-        stamp = out_dir / f"{sec.name}.fingerprint"
+        stamp = out_dir / f"{sec.name}.fingerprint"   # the key, then the names of the files drawn
         key = fingerprint(sec.path, kinds)
-        if stamp.is_file() and stamp.read_text().strip() == key:
+        recorded = stamp.read_text().split() if stamp.is_file() else []
+        if recorded[:1] == [key] and all((out_dir / name).is_file() for name in recorded[1:]):
             continue
         paths = draw(sec.result, out_dir, kinds)
-        results_mod.write_atomic(stamp, key + "\n")
+        results_mod.write_atomic(stamp, "\n".join([key, *(p.name for p in paths)]) + "\n")
         log(f"drew {len(paths)} figure(s) of {sec.path.name} into {out_dir}")
         drawn += paths
     return drawn

@@ -70,6 +70,8 @@ def test_figures_are_redrawn_only_when_their_result_changes_and_then_byte_identi
     assert len(figures.draw_stale([Section], folder, log=lambda *a: None)) == 2
     first = (folder / "depth-curves.svg").read_bytes()
     assert figures.draw_stale([Section], folder, log=lambda *a: None) == []       # fresh: nothing drawn
+    (folder / "depth-accuracy.svg").unlink()                                      # a figure file lost
+    assert len(figures.draw_stale([Section], folder, log=lambda *a: None)) == 2
     results.write_atomic(out, {**Section.result, "description": "changed"})      # any byte of the result
     assert len(figures.draw_stale([Section], folder, log=lambda *a: None)) == 2
     assert (folder / "depth-curves.svg").read_bytes() == first                   # same curves, same bytes
