@@ -166,15 +166,23 @@ def described(sections: list[Section]) -> dict | None:
 
 
 def front_matter(sections: list[Section]) -> dict | None:
-    """Title-block facts from the result files: the newest result's date and commit, whether any
-    was made from a modified tree, the study's training time (the sum of the results' wall times),
+    """Title-block facts from the result files: their dates, the commits they were made at (files
+    per commit, whether made from a modified tree), the newest result's date and commit, the study's training time (the sum of the results' wall times),
     the machines they ran on, and the data's digests."""
     loaded = [s.result for s in sections if s.result and not s.result.get("quick")]
     if not loaded:
         return None
     newest = max(loaded, key=lambda r: r["provenance"].get("started") or "")
-    return {"date": (newest["provenance"].get("started") or "")[:10],
+    commits: dict[str, list] = {}   # commit -> [files, any made from a modified tree]
+    for r in loaded:
+        entry = commits.setdefault((r["provenance"].get("git_commit") or "unknown")[:12], [0, False])
+        entry[0] += 1
+        entry[1] = entry[1] or bool(r["provenance"].get("git_dirty"))
+    starts = sorted((r["provenance"].get("started") or "")[:10] for r in loaded)
+    return {"date": (newest["provenance"].get("started") or "")[:10], "first_date": starts[0],
             "commit": (newest["provenance"].get("git_commit") or "unknown")[:12],
+            "commits": [{"commit": c, "files": n, "dirty": d}
+                        for c, (n, d) in sorted(commits.items(), key=lambda kv: -kv[1][0])],
             "dirty": any(r["provenance"].get("git_dirty") for r in loaded),
             "study_seconds": sum(r["provenance"].get("wall_seconds") or 0 for r in loaded),
             "devices": sorted({r["provenance"].get("device") or "?" for r in loaded}),

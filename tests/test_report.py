@@ -467,11 +467,12 @@ def test_words_follow_the_paired_statistics(tmp_path, case):
     page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
     depth = page[page.index("Does a deeper network"):]
     if case == "tie":
-        assert "On validation accuracy 4 hidden and 3 hidden are indistinguishable at 3 seeds" in depth
+        assert "On validation accuracy no variant is best at 3 seeds" in depth
+        assert "3 hidden cannot be told apart from 4 hidden" in depth
         assert "best variant is" not in depth
     else:
         assert "On validation accuracy the best variant is 4 hidden" in depth
-        assert "indistinguishable" not in depth
+        assert "no variant is best" not in depth and "cannot be told apart" not in depth
     # the answer (and the Summary's line) compares every variant with the control, 2 hidden
     answer = "very variant differs from the control, 2 hidden, in validation accuracy beyond seed noise"
     assert f"Answer. E{answer}" in depth and f"Depth: e{answer}" in page
@@ -488,7 +489,7 @@ def test_the_answer_says_when_nothing_differs_from_the_control(tmp_path):
     page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
     assert ("Answer. No variant differs from the control, 2 hidden, in validation accuracy beyond seed noise "
             "at 3 seeds") in page
-    assert "indistinguishable at 3 seeds" in page and "best variant is" not in page
+    assert "no variant is best at 3 seeds" in page and "best variant is" not in page
 
 
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
@@ -522,7 +523,7 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     page = visible_text(rendered["html"])
     head = rendered["data"]["best"]["variants"][0]["summary"]["test_acc"]
     started = rendered["data"]["best"]["provenance"]["started"]
-    assert f"Results of {started[:10]}, commit 0123456789ab" in page
+    assert f"Results of {started[:10]}, made at commit 0123456789ab ({len(rendered['data'])} result files)" in page
     abstract = page[page.index("Abstract."):page.index("Reproduce.")]
     assert " ".join(str(build.ci(head)).split()) in " ".join(abstract.split())    # the headline from best.json
     assert len(abstract.split()) <= 150
