@@ -188,7 +188,7 @@ def test_headline_number_is_the_fixture_value_through_the_same_filter(rendered):
     expected = str(build.pm(summary))
     assert "\u00a0±\u00a0" in expected                           # kept on one line
     assert " ".join(expected.split()) in visible_text(rendered["html"])
-    assert str(build.pct(build.ORIGINAL_STUDY_TEST_ACC)) in rendered["html"]
+    assert str(build.pct(build.ORIGINAL_STUDY_TEST_ACC, 0)) in rendered["html"]
 
 
 def test_strings_from_results_are_escaped(rendered):
