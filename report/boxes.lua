@@ -1,6 +1,7 @@
--- Coloured boxes and ragged-right command lines for the PDF, and a link back to the contents in
--- the HTML. A Div with class `missing` (a result that could not be loaded) or `note` is drawn by
--- the HTML style sheet; pandoc's Typst writer has no styles, so wrap it in a Typst #block here.
+-- Coloured boxes and ragged-right command lines for the PDF; tables in a scrolling box and a link
+-- back to the contents in the HTML. A Div with class `missing` (a result that could not be loaded)
+-- or `note` is drawn by the HTML style sheet; pandoc's Typst writer has no styles, so wrap it in a
+-- Typst #block here.
 -- Used by report/build.py (and by Quarto through the .qmd's `filters`).
 local styles = {
   missing = 'fill: rgb("#fdecea"), stroke: 0.8pt + rgb("#b03a2e")',
@@ -64,6 +65,63 @@ end
 
 BulletList = list_items
 OrderedList = list_items
+
+-- Table headings, in both outputs: a bracketed group ("[95% CI]") is not split across lines.
+local function glue_brackets(cell)
+  local depth = 0
+  cell.contents = cell.contents:walk({Inlines = function(inlines)
+    for i, el in ipairs(inlines) do
+      if el.t == "Str" then
+        local _, opened = el.text:gsub("%[", "")
+        local _, closed = el.text:gsub("%]", "")
+        depth = math.max(0, depth + opened - closed)
+      elseif el.t == "Space" and depth > 0 then
+        inlines[i] = pandoc.Str("\u{a0}")
+      end
+    end
+    return inlines
+  end})
+end
+
+-- Tables in the HTML. Each goes into a box that scrolls sideways when the table is wider than
+-- the window allows (style.css: the caption stays in view above it, and a wide window lets the box
+-- reach into the free space right of the text); the box can take the keyboard focus, so that it
+-- scrolls without a mouse. The browser sizes the columns to their content: the relative widths
+-- that pandoc takes from a pipe table's separator line are meant for the PDF (fixed columns on a
+-- page) and are dropped here. A short cell (a number with its interval, a variant's name, a file
+-- name) is kept on one line (class nowrap); a longer one, prose, may wrap at its spaces.
+local SHORT_CELL = 32           -- characters
+
+local function each_row(el, fn)
+  for _, row in ipairs(el.head.rows) do fn(row, true) end
+  for _, body in ipairs(el.bodies) do
+    for _, row in ipairs(body.head) do fn(row, true) end
+    for _, row in ipairs(body.body) do fn(row, false) end
+  end
+  for _, row in ipairs(el.foot.rows) do fn(row, false) end
+end
+
+function Table(el)
+  each_row(el, function(row, heading)
+    for _, cell in ipairs(row.cells) do
+      if heading then
+        glue_brackets(cell)
+      elseif FORMAT:match("html") and utf8.len(pandoc.utils.stringify(cell.contents)) <= SHORT_CELL then
+        cell.attr.classes:insert("nowrap")
+      end
+    end
+  end)
+  if not FORMAT:match("html") then
+    return el
+  end
+  for i, spec in ipairs(el.colspecs) do
+    el.colspecs[i] = {spec[1], pandoc.ColWidthDefault}
+  end
+  local label = pandoc.utils.stringify(el.caption.long):match("^(Table %d+):") or "Table"
+  -- a list of pairs, not a Lua table: a table's order varies from run to run, the HTML must not
+  local attributes = {{"role", "region"}, {"tabindex", "0"}, {"aria-label", label}}
+  return pandoc.Div({el}, pandoc.Attr("", {"table-scroll"}, attributes))
+end
 
 -- The HTML: a "Contents" link back to the table of contents, which the style sheet keeps in view
 -- (on a wide window the table of contents itself stays in view and the link is hidden).

@@ -1,8 +1,10 @@
 """Typography of the rendered report (issue 15), measured on the output: in the PDF, code keeps its
 indentation when a line wraps and is never stretched by the justified text around it, and cross-
 references, citations and URLs are links; in the HTML, the table of contents stays in reach while
-reading and display math is set in a math font. One render of test_report's fixture results, whose
-commands are made as long as real ones (they wrap)."""
+reading and display math is set in a math font; tables keep their captions in view, scroll only when
+the window is too narrow for them and do not split a number, an interval or a name across lines, in
+the HTML and in the PDF. One render of test_report's fixture results, whose commands are made as
+long as real ones (they wrap), and for the tables also one of the repository's own results/."""
 from __future__ import annotations
 
 import base64
@@ -17,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+import report.sources
 from experiments import results
-from test_report import DevTools, needs_chromium, needs_poppler, render, write_fixture
+from test_report import ROOT, DevTools, needs_chromium, needs_poppler, render, write_fixture
 
 pytestmark = pytest.mark.slow   # its own render of the fixture (about 25 s)
 
@@ -35,7 +38,20 @@ def typeset(tmp_path_factory):
         if obj.get("provenance", {}).get("command"):
             obj["provenance"]["command"] = LONG_COMMAND.format(name=name)
             results.write_atomic(res / f"{name}.json", obj)
-    assert render(res, base / "out") == 0
+    # The quoted code is the engine's, whose lines fit a code block; a copy of it with one long
+    # comment line inside a quoted function gives the wrapping tests a line that must wrap.
+    engine = base / "project" / "experiments"
+    shutil.copytree(ROOT / "experiments", engine, ignore=shutil.ignore_patterns("__pycache__"))
+    penalties = engine / "penalties.py"
+    text = penalties.read_text()
+    assert "    for w in weights:\n" in text
+    penalties.write_text(text.replace("    for w in weights:\n", "    # " + "a comment long enough to wrap in "
+                                      "the PDF's code block, so that the typography tests see a wrapped line "
+                                      "and its hanging indent\n    for w in weights:\n", 1))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report.sources, "ENGINE", engine)
+        mp.setattr(report.sources, "ROOT", engine.parent)
+        assert render(res, base / "out") == 0
     out = base / "out"
     return {"out": out, "pdf": out / "report.pdf", "html": out / "report.html",
             "markdown": (out / "build" / "report.md").read_text(encoding="utf-8")}
@@ -533,3 +549,143 @@ def test_html_display_math_is_set_in_a_math_font(typeset, tmp_path):
     if "Math" in installed:
         assert used and all("Math" in f["familyName"] for f in used), \
             f"display math is drawn with {[f['familyName'] for f in used]}, not a math font ({family})"
+
+
+# --- 5: tables, in the PDF and in the HTML -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory):
+    """The report of the repository's own results/ (a copy: a stale figure is redrawn there, not in
+    results/figures), whose tables hold the real variant names and numbers."""
+    if not any((ROOT / "results").glob("*.json")):
+        pytest.skip("no results/*.json in this checkout")
+    base = tmp_path_factory.mktemp("real")
+    shutil.copytree(ROOT / "results", base / "results", ignore=shutil.ignore_patterns("*.tmp*", ".*"))
+    assert render(base / "results", base / "out") == 0
+    out = base / "out"
+    return {"out": out, "pdf": out / "report.pdf", "html": out / "report.html",
+            "markdown": (out / "build" / "report.md").read_text(encoding="utf-8")}
+
+
+REPORTS = ["typeset", "real_report"]      # the fixture's report and the real one
+# a mean or a difference with its 95% interval, as the report's filters write them in table cells:
+# "89.61% [89.50, 89.71]", "−0.22 pp [−0.27, −0.17]" (a no-break space before the bracket)
+INTERVAL = re.compile(r"[−+]?\d[\d.,]*(?:%|\s?pp)?\s\[[−+]?\d[\d.]*%?, [−+]?\d[\d.]*%?\]")
+
+
+@needs_poppler
+@pytest.mark.parametrize("which", REPORTS)
+def test_pdf_table_intervals_and_headings_stay_on_one_line(request, which):
+    """In the PDF's tables (8 pt, see typst-header.typ; the columns' widths come from the dashes of
+    each pipe table's separator line) every interval of a cell is set on one line, never broken after
+    its comma, and a heading's "[95% CI]" is not split either."""
+    report = request.getfixturevalue(which)
+    rows = [line.replace("**", "") for line in report["markdown"].splitlines() if line.startswith("|")]
+    cells = sorted({m.group(0) for line in rows for m in INTERVAL.finditer(line)})
+    assert len(cells) >= 20, f"the {which} report has few intervals in its tables: {cells}"
+    text = words_of(report)
+    size = statistics.median(w.y1 - w.y0 for words in text.pages for w in words)     # the body text's
+    unplaced, split, placed = [], [], 0
+    for cell in cells:
+        in_tables = [words for words, _, _ in text.find(cell) if words[0].y1 - words[0].y0 < 0.85 * size]
+        if not in_tables:
+            unplaced.append(cell)
+        for words in in_tables:
+            placed += 1
+            if len(lines_of(words)) > 1:
+                split.append(" / ".join(" ".join(w.text for w in line) for line in lines_of(words)) +
+                             f" (page {words[0].page + 1})")
+    headings = [(a, b) for words in text.pages for a, b in zip(words, words[1:])
+                if a.text.endswith("[95%") and b.text.startswith("CI]")]
+    split += [f"{a.text} / {b.text} (page {a.page + 1})" for a, b in headings if not a.same_line(b)]
+    assert not unplaced, f"intervals of the tables not found in the PDF's table type: {unplaced[:5]}"
+    assert placed >= len(cells) and headings, "nothing to check: no interval or heading found in the PDF's tables"
+    assert not split, f"{len(split)} table cells of the {which} PDF are broken across lines:\n" + "\n".join(split[:12])
+
+
+# Every table of the page, measured: the scrolling box around it (boxes.lua), its caption where it is
+# drawn (before and after the box is scrolled to its right end), and the cells set on more than one
+# line (the tops of their text's line boxes).
+TABLES = """(async () => {
+  const settle = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const rect = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right}; };
+  const lines = cell => {
+    const tops = [];
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const range = document.createRange();
+      range.selectNodeContents(n);
+      for (const r of range.getClientRects()) if (r.width > 0) tops.push(r.top);
+    }
+    tops.sort((a, b) => a - b);
+    return tops.reduce((count, top, i) => count + (i > 0 && top - tops[i - 1] > 6), tops.length ? 1 : 0);
+  };
+  const tables = Array.from(document.querySelectorAll('table')).map(t => {
+    const box = t.parentElement, caption = t.querySelector('caption');
+    return {id: t.id, caption: caption ? caption.textContent.slice(0, 50) : null,
+            box: box.matches('div.table-scroll') ? box : t, el: caption, t,
+            cells: Array.from(t.querySelectorAll('tbody td')).map(td => ({
+              text: td.textContent.trim(), first: td.cellIndex === 0, lines: lines(td)}))};
+  });
+  const where = () => tables.map(x => x.el && {caption: rect(x.el), sw: x.el.scrollWidth, cw: x.el.clientWidth,
+      box: {left: x.box.getBoundingClientRect().left + x.box.clientLeft,
+            right: x.box.getBoundingClientRect().left + x.box.clientLeft + x.box.clientWidth}});
+  const before = where();
+  tables.forEach(x => { x.scroll = [x.box.scrollWidth, x.box.clientWidth]; x.box.scrollLeft = x.box.scrollWidth; });
+  await settle();
+  const after = where();
+  return {innerWidth, pageWidth: document.documentElement.scrollWidth,
+          tables: tables.map((x, i) => ({id: x.id, caption: x.caption, scroll: x.scroll, cells: x.cells,
+                                         before: before[i], after: after[i]}))};
+})()"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("which", REPORTS)
+def test_html_tables_keep_captions_in_view_and_cells_whole(request, tmp_path, which):
+    """At 1400 px (the sidebar layout) and at 700 px: no table's caption is clipped, before or after
+    its table is scrolled sideways to the end (the caption stays in the window and in the table's
+    box); at 1400 px no table that fits the window scrolls sideways (none of the real report's), the
+    free space right of the text being used instead;
+    no interval, name or other token of a cell (a file name, a commit hash) is split across lines, nor
+    a short first-column label ("1 hidden"). The page itself never scrolls sideways."""
+    report = request.getfixturevalue(which)
+    tools = DevTools(tmp_path / "profile")
+    measured = {}
+    try:
+        for width in (1400, 700):
+            session = open_page(tools, report["html"].as_uri(), width, 900)
+            evaluate(tools, session, SETTLE)
+            measured[width] = evaluate(tools, session, TABLES)
+            shot = tools.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False},
+                              session=session)["data"]
+            (tmp_path / f"tables-{width}.png").write_bytes(base64.b64decode(shot))
+    finally:
+        tools.close()
+    bad = []
+    for width, page in measured.items():
+        assert len(page["tables"]) >= 10, f"the {which} report has few tables: {len(page['tables'])}"
+        if page["pageWidth"] > page["innerWidth"]:
+            bad.append(f"{width} px: the page scrolls sideways ({page['pageWidth']} > {page['innerWidth']})")
+        for t in page["tables"]:
+            name = f"{width} px, {t['id'] or t['caption']!r}"
+            for when in ("before", "after"):
+                c = t[when]
+                if c is None:
+                    continue
+                cap, box = c["caption"], c["box"]
+                if c["sw"] > c["cw"] + 1 or cap["left"] < max(box["left"], 0) - 1 or \
+                        cap["right"] > min(box["right"], page["innerWidth"]) + 1:
+                    bad.append(f"{name}: caption clipped {when} scrolling the table: caption {cap['left']:.0f}-"
+                               f"{cap['right']:.0f} px, its box {box['left']:.0f}-{box['right']:.0f} px, "
+                               f"text {c['sw']} px wide in {c['cw']} px")
+            # a table that fits between its left edge and the window's (less a scroll bar and a margin)
+            fits = t["before"] is None or t["scroll"][0] <= page["innerWidth"] - t["before"]["box"]["left"] - 40
+            if width == 1400 and (fits or which == "real_report") and t["scroll"][0] > t["scroll"][1] + 1:
+                bad.append(f"{name}: the table scrolls sideways ({t['scroll'][0]} px in {t['scroll'][1]} px)")
+            for cell in t["cells"]:
+                token = cell["text"] and not re.search(r"\s", cell["text"])
+                short_label = cell["first"] and len(cell["text"]) <= 24
+                if cell["lines"] > 1 and (token or short_label or INTERVAL.search(cell["text"])):
+                    bad.append(f"{name}: the cell {cell['text']!r} is set on {cell['lines']} lines")
+    assert not bad, f"tables of the {which} HTML (screenshots in {tmp_path}):\n" + "\n".join(bad[:15])
