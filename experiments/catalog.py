@@ -174,6 +174,24 @@ EXPERIMENTS = {e.name: e for e in [
                   **{f"L2 {v:g}": {"l2": v} for v in (1e-4, 1e-3, 1e-2)},
                   **{f"AdamW {v:g}": {"optimizer": "adamw", "weight_decay": v} for v in (0.05, 0.2, 0.5)}},
     ),
+    # The penalties again, where there is overfitting for them to fix. At 10 epochs (`regularization`)
+    # the unregularized network barely overfits, so the weakest setting of every penalty won. Here
+    # training runs 40 epochs at a constant lr: four times past the epoch of lowest validation loss
+    # in `early_stopping` (epochs 7-10), so the unregularized network's validation loss rises for
+    # most of the run. Two strengths each: the best on validation at 10 epochs and a stronger one.
+    # fp32, like `l1_proximal`: the session that added it ran on a CPU without bf16 units.
+    Experiment(
+        name="regularization_long",
+        title="Penalties where the network overfits",
+        control="none",
+        description="none vs L1 and L2 penalties and AdamW's decay, two strengths each, on 2x256 trained 40 epochs "
+                    "at a constant lr (fp32), where the unregularized network overfits",
+        base={"schedule": "constant", "epochs": 40, "precision": "fp32"},
+        variants={"none": {},
+                  **{f"L1 {v:g}": {"l1": v} for v in (1e-5, 3e-5)},
+                  **{f"L2 {v:g}": {"l2": v} for v in (1e-4, 1e-3)},
+                  **{f"AdamW {v:g}": {"optimizer": "adamw", "weight_decay": v} for v in (0.05, 0.5)}},
+    ),
     # Exact zeros measured, not asserted: the L1 penalty in the loss against the proximal (soft-
     # threshold) L1 step, which shrinks each weight by lr * l1 a step. fp32, unlike the rest of the
     # study (bf16): the session that added it ran on a CPU without bf16 units, where a bf16 epoch
