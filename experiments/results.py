@@ -7,6 +7,7 @@ This module imports no torch (the Makefile's staleness check and the report use 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -43,7 +44,14 @@ class ResultError(Exception):
 
 def _code_digest(path: Path) -> str:
     """Hash of a module's syntax tree without docstrings: comments and wording don't invalidate results."""
-    tree = ast.parse(path.read_text())
+    stat = Path(path).stat()
+    return _tree_digest(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _tree_digest(path: str, mtime_ns: int, size: int) -> str:
+    """_code_digest, once per version of a file in a process (the report asks it for every result)."""
+    tree = ast.parse(Path(path).read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
