@@ -73,8 +73,13 @@ def run_on_ray(todo: list, device, threads: int, quick: bool, plan: tuple, log=p
 
     Connects to $RAY_ADDRESS (`ray://host:10001`, `auto`) or starts a local Ray instance."""
     ray = require_ray()
+    address = os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING", log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        except Exception as err:   # Ray raises many kinds (ConnectionError, RuntimeError, ...): one line for all
+            raise RayError(f"Ray could not start or connect ({'RAY_ADDRESS=' + address if address else 'a local instance'}): "
+                           f"{_first_line(err)}; a ray://... address needs pip install 'ray[client]'") from None
     nodes = [n for n in ray.nodes() if n["Alive"]]
     biggest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
     if biggest < threads:   # Ray would wait forever for a node that big
@@ -88,4 +93,15 @@ def run_on_ray(todo: list, device, threads: int, quick: bool, plan: tuple, log=p
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
         name, seed = pending.pop(ref)
-        yield name, seed, ray.get(ref)
+        try:
+            run = ray.get(ref)
+        except RayError:
+            raise
+        except Exception as err:   # its worker died more often than it is retried, or the task raised
+            raise RayError(f"{name} seed {seed} failed on Ray ({type(err).__name__}: {_first_line(err)}); the runs "
+                           "finished so far are kept: run the same command again to resume") from None
+        yield name, seed, run
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]

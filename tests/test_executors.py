@@ -164,3 +164,54 @@ def test_without_ray_the_flag_is_a_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)          # import ray -> ImportError
     with pytest.raises(ValueError, match=r"pip install -e '\.\[cluster\]'"):
         executors.require_ray()
+
+
+class FakeRay:
+    """Just enough of the ray module for run_on_ray to meet a failure without starting Ray."""
+
+    def __init__(self, init_error=None, task_error=None):
+        self.init_error, self.task_error = init_error, task_error
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        if self.init_error:
+            raise self.init_error
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": 2}}]
+
+    def cluster_resources(self):
+        return {"CPU": 2}
+
+    def remote(self, fn):
+        class Task:
+            def options(self, **kwargs):
+                return self
+
+            def remote(self, *args):
+                return object()
+        return Task()
+
+    def wait(self, refs, num_returns):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        raise self.task_error
+
+
+@pytest.mark.parametrize("fake, message", [
+    (FakeRay(init_error=ConnectionError("Failed to connect to GCS\nlong trace")), "Ray could not start or connect"),
+    (FakeRay(task_error=RuntimeError("WorkerCrashedError: the worker died\nmore")),
+     "depth seed 0 failed on Ray (RuntimeError: WorkerCrashedError: the worker died); the runs finished so far"),
+])
+def test_ray_failures_beyond_retries_are_one_line_errors(monkeypatch, fake, message):
+    """ray.init failing (e.g. a ray:// address without ray[client]) and a task that fails more often
+    than it is retried end as one RayError line (the CLI's exit 1), not a traceback."""
+    import torch
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(executors.RayError, match=re.escape(message)) as err:
+        list(executors.run_on_ray([("depth", None, 0)], torch.device("cpu"), 1, True, (None,), log=lambda *a: None))
+    assert "\n" not in str(err.value)
