@@ -22,14 +22,18 @@ TEST_IMAGES = "t10k-images-idx3-ubyte"
 IDX_HEADER = 16   # magic, count, rows, columns: four big-endian int32
 
 
-def source_constant(path: Path, name: str):
-    """The literal value of a module-level `NAME = ...` in a source file (no import, no torch)."""
+def source_constants(path: Path, *names: str) -> dict:
+    """The literal values of module-level `NAME = ...` lines of a source file, parsed once (no
+    import, no torch)."""
+    found = {}
     for node in ast.parse(path.read_text()).body:
         targets = node.targets if isinstance(node, ast.Assign) else \
             [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            return ast.literal_eval(node.value)
-    raise ResultError(f"{path.relative_to(PROJECT_ROOT)} has no constant {name}")
+        found.update({t.id: node.value for t in targets if isinstance(t, ast.Name) and t.id in names})
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ResultError(f"{path.relative_to(PROJECT_ROOT)} has no constant {', '.join(missing)}")
+    return {n: ast.literal_eval(found[n]) for n in names}
 
 
 def _idx_shape(path: Path) -> list[int]:
@@ -42,14 +46,13 @@ def _idx_shape(path: Path) -> list[int]:
 def data_constants(raw_dir: Path = RAW_DIR) -> dict:
     """The data set as the engine used it: class names, split, the originals' SHA-256 digests, and
     the image counts and size read from the verified IDX files themselves."""
-    def read(name: str):
-        return source_constant(DATA_CODE, name)
+    consts = source_constants(DATA_CODE, "CLASSES", "VAL_PER_CLASS", "SPLIT_SEED", "SHA256")
     try:
         train, test = _idx_shape(raw_dir / "train-images-idx3-ubyte"), _idx_shape(raw_dir / TEST_IMAGES)
     except OSError as err:
         raise ResultError(f"cannot read the data set's IDX files in {raw_dir} ({err}); run `make data`") from None
-    return {"classes": read("CLASSES"), "val_per_class": read("VAL_PER_CLASS"), "split_seed": read("SPLIT_SEED"),
-            "sha256": read("SHA256"), "train_images": train[0], "test_images": test[0], "image_size": test[1:]}
+    return {"classes": consts["CLASSES"], "val_per_class": consts["VAL_PER_CLASS"], "split_seed": consts["SPLIT_SEED"],
+            "sha256": consts["SHA256"], "train_images": train[0], "test_images": test[0], "image_size": test[1:]}
 
 
 def test_pixels(indices, raw_dir: Path = RAW_DIR) -> dict:
@@ -60,7 +63,7 @@ def test_pixels(indices, raw_dir: Path = RAW_DIR) -> dict:
         raw = path.read_bytes()
     except OSError as err:
         raise ResultError(f"cannot read {path} ({err.strerror}); run `make data`") from None
-    if hashlib.sha256(raw).hexdigest() != source_constant(DATA_CODE, "SHA256")[TEST_IMAGES]:
+    if hashlib.sha256(raw).hexdigest() != source_constants(DATA_CODE, "SHA256")["SHA256"][TEST_IMAGES]:
         raise ResultError(f"{path} is not the original Fashion-MNIST test set; run `make data`")
     _, rows, cols = _idx_shape(path)
     size = rows * cols

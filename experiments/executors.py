@@ -95,8 +95,6 @@ def run_on_ray(todo: list, device, threads: int, quick: bool, plan: tuple, log=p
         name, seed = pending.pop(ref)
         try:
             run = ray.get(ref)
-        except RayError:
-            raise
         except Exception as err:   # its worker died more often than it is retried, or the task raised
             raise RayError(f"{name} seed {seed} failed on Ray ({type(err).__name__}: {_first_line(err)}); the runs "
                            "finished so far are kept: run the same command again to resume") from None

@@ -18,6 +18,8 @@ from experiments import results as results_mod
 from experiments.catalog import EXPERIMENTS
 from experiments.stats import t_quantile
 
+from .analysis import best_variant
+
 plt = np = None   # matplotlib and numpy, imported by _plotting() only when a figure is drawn
 
 
@@ -139,7 +141,7 @@ def weights(result: dict, out_dir: Path) -> list[Path]:
 
 def confusion(result: dict, out_dir: Path) -> list[Path]:
     """Test-set confusion matrix (summed over seeds) and per-class accuracy (mean, 95% interval)."""
-    v = max(result["variants"], key=lambda v: v["summary"]["val_acc"]["mean"] or 0)   # chosen on validation
+    v = best_variant(result)   # the report's one rule: chosen on validation
     mats = np.array([r["final"]["confusion"] for r in v["runs"] if not r["final"]["diverged"]])
     total = mats.sum(0)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
