@@ -528,6 +528,10 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     assert " ".join(str(build.ci(head)).split()) in " ".join(abstract.split())    # the headline from best.json
     assert len(abstract.split()) <= 150
     assert "Cite as." in page and "@misc{fmreport" in page and "make reproduce" in page
+    from report.config import LICENCES
+    licence = page[page.index("Licence."):page.index("Abstract.")]
+    assert all(name in licence and what in licence for what, name, _ in LICENCES)
+    assert all(f'href="{url}"' in rendered["html"] for _, _, url in LICENCES)
     from experiments import data
     assert all(digest in page for digest in data.SHA256.values())
 
