@@ -689,3 +689,27 @@ def test_html_tables_keep_captions_in_view_and_cells_whole(request, tmp_path, wh
                 if cell["lines"] > 1 and (token or short_label or INTERVAL.search(cell["text"])):
                     bad.append(f"{name}: the cell {cell['text']!r} is set on {cell['lines']} lines")
     assert not bad, f"tables of the {which} HTML (screenshots in {tmp_path}):\n" + "\n".join(bad[:15])
+
+
+def blank_bands(pdf: Path, folder: Path) -> list[float]:
+    """Per page but the last, the tallest run of blank rows (pixels lighter than 95% white across
+    the whole width) as a fraction of the page height, from a 30 dpi greyscale rendering."""
+    subprocess.run(["pdftoppm", "-r", "30", "-gray", str(pdf), str(folder / "page")], check=True)
+    fractions = []
+    for page in sorted(folder.glob("page-*.pgm"))[:-1]:
+        data = page.read_bytes()
+        width, height, _ = (int(v) for v in data.split(maxsplit=4)[1:4])
+        pixels = data[len(data) - width * height:]
+        inked = [i for i in range(height) if min(pixels[i * width:(i + 1) * width]) < 0.95 * 255]
+        fractions.append(max(b - a for a, b in zip(inked, inked[1:])) / height)
+    return fractions
+
+
+@needs_poppler
+@pytest.mark.parametrize("which", REPORTS)
+def test_pdf_pages_are_not_left_part_empty_before_a_figure(request, which, tmp_path):
+    """Figures float (typst-header.typ), so one that does not fit below its paragraph no longer
+    leaves the rest of the page empty: before, pages of the real report ended 20-37% blank."""
+    bands = blank_bands(request.getfixturevalue(which)["pdf"], tmp_path)
+    worst = max(range(len(bands)), key=bands.__getitem__)
+    assert bands[worst] < 0.25, f"page {worst + 1} of {len(bands) + 1} is {bands[worst]:.0%} blank in one band"
