@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=positive_int,
                      help="torch threads per run (= CPUs per Ray task; default torch's, the physical cores here); "
                           "results are bit-identical only at equal thread counts")
+    run.add_argument("--deterministic", action="store_true",
+                     help="torch.use_deterministic_algorithms(True), with CUBLAS_WORKSPACE_CONFIG=:4096:8 on CUDA: "
+                          "what the GPU check's repeatability test measures (slower there; the CPU kernels "
+                          "here are deterministic anyway)")
     run.add_argument("--if-stale", action="store_true",
                      help="do nothing when --out already holds a result of this exact spec and engine code")
     run.add_argument("--since", metavar="ISO_TIME",
@@ -167,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: skipped {exp.name}, nothing written:", planning.needs_cuda_note(exp.name), sep="\n  ")
             return 0
 
+    if getattr(args, "deterministic", False):   # cuBLAS reads this when it starts: before torch's first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     from . import data, executors, results, runner   # torch from here on
+    if getattr(args, "deterministic", False):
+        import torch
+        torch.use_deterministic_algorithms(True)   # an op without a deterministic kernel raises, naming itself
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "data":

@@ -6,7 +6,9 @@ torchvision, numpy, matplotlib, jinja2 and tqdm, not the project's virtualenv):
 2. each variant's mean test accuracy against the committed CPU result: a difference within two
    standard errors of the difference (sqrt(s1^2/n1 + s2^2/n2)) is called agreement;
 3. one experiment run twice with the same seeds: which runs repeat bit for bit, and the largest
-   difference where they do not;
+   difference where they do not; then twice more, each in its own process under
+   torch.use_deterministic_algorithms(True) (`run --deterministic`): whether that repeats bit for
+   bit, and its cost in wall time against the default;
 4. the GPU bench (experiments.bench) into DIR/bench-cuda.json.
 Everything lands in DIR/gpu-check.json; the exit code is 1 only when something failed to run.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,6 +58,24 @@ def repeatability(first: dict, second: dict) -> dict:
             "largest_train_loss_difference": worst}
 
 
+def deterministic_pair(out: Path, device: str, backend: str, quick: bool, seeds: int | None) -> dict:
+    """REPEAT twice more, each in a fresh process under `run --deterministic` (cuBLAS's workspace
+    setting must precede its first use): their repeatability and wall times, or the error that
+    stopped them (e.g. an op without a deterministic kernel)."""
+    made = []
+    for i in (1, 2):
+        path = out / "deterministic" / f"{REPEAT}-{i}.json"
+        cmd = [sys.executable, "-m", "experiments", "run", REPEAT, "--out", str(path), "--fresh", "--deterministic",
+               "--device", device, "--backend", backend, *(["--quick"] if quick else []),
+               *(["--seeds", str(seeds)] if seeds else [])]
+        done = subprocess.run(cmd, cwd=results.PROJECT_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            return {"error": f"exit {done.returncode}: {lines[-1] if lines else 'no output'}", "command": " ".join(cmd)}
+        made.append(results.load(path))
+    return {**repeatability(*made), "seconds": [m["provenance"]["wall_seconds"] for m in made]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "build" / "gpu-check",
@@ -63,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke mode: 2 epochs on 2,048 images")
     parser.add_argument("--backend", default="auto", choices=("auto", "loop", "batched"))
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--seeds", type=int, help="seeds per variant for every experiment (default the catalog's; "
+                                                  "fewer only to try the script)")
     args = parser.parse_args(argv)
     from . import bench, runner
     report = {"device": args.device, "quick": args.quick, "experiments": {}, "agreement": {}}
@@ -74,8 +97,8 @@ def main(argv=None) -> int:
         out = args.out / "results" / f"{exp.name}.json"
         t0 = time.perf_counter()
         try:
-            result = runner.run_experiment(exp, out, ["gpu_check"], quick=args.quick, device_name=args.device,
-                                           fresh=True, backend=args.backend)
+            result = runner.run_experiment(exp, out, ["gpu_check"], seeds=args.seeds, quick=args.quick,
+                                           device_name=args.device, fresh=True, backend=args.backend)
         except Exception as err:   # a check reports every failure and goes on
             failed = True
             report["experiments"][exp.name] = {"error": f"{type(err).__name__}: {err}"}
@@ -90,9 +113,12 @@ def main(argv=None) -> int:
     report["study_seconds"] = time.perf_counter() - t_study
     if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT]:
         again = args.out / "rerun" / f"{REPEAT}.json"
-        second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], quick=args.quick,
+        second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], seeds=args.seeds, quick=args.quick,
                                        device_name=args.device, fresh=True, backend=args.backend)
-        report["repeatability"] = repeatability(results.load(args.out / "results" / f"{REPEAT}.json"), second)
+        first = results.load(args.out / "results" / f"{REPEAT}.json")
+        report["repeatability"] = {**repeatability(first, second),
+                                   "seconds": [r["provenance"]["wall_seconds"] for r in (first, second)]}
+        report["deterministic"] = deterministic_pair(args.out, args.device, args.backend, args.quick, args.seeds)
     if not args.skip_bench:
         bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
                     "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json"),
@@ -106,6 +132,10 @@ def main(argv=None) -> int:
         r = report["repeatability"]
         print(f"repeatability ({r['experiment']}): {r['bit_identical']} of {r['runs']} runs bit-identical; "
               f"largest train-loss difference {r['largest_train_loss_difference']:.3g}")
+        d = report["deterministic"]
+        print(f"deterministic algorithms: {d['error']}" if "error" in d else
+              f"deterministic algorithms: {d['bit_identical']} of {d['runs']} runs bit-identical; "
+              f"{min(d['seconds']):.1f} s a run of {r['experiment']} against {min(r['seconds']):.1f} s by default")
     print(f"wrote {args.out / 'gpu-check.json'}")
     print(json.dumps({k: v for k, v in report.items() if k != "agreement"}, indent=1))
     return 1 if failed else 0
