@@ -135,9 +135,10 @@ def penalty_variants(l1=(), l2=(), adamw=()) -> dict:
 
 
 EXPERIMENTS = {e.name: e for e in [
-    # Issue 14's n: depth, dropout, early_stopping, batchnorm and augmentation run 10 seeds in fp32. They
-    # were rerun on a 2-core CPU without bf16 units (a bf16 epoch ~11 s there, fp32 ~2 s); `best`, `cnn`
-    # and `regularization` still run 3-5 seeds in bf16 until a GPU reruns them.
+    # Issue 14's n: depth, dropout, early_stopping, batchnorm, regularization and augmentation run 10
+    # seeds in fp32. They were rerun on a 2-core CPU without bf16 units (a bf16 epoch ~11 s there, fp32
+    # ~2 s); `best` and `cnn` (bf16) and `regularization_long` (40 epochs) still run 3-5 seeds until a
+    # GPU reruns them.
     Experiment(
         name="depth",
         title="Depth",
@@ -182,9 +183,10 @@ EXPERIMENTS = {e.name: e for e in [
         name="regularization",
         title="L1, L2 and weight decay", figures=("curves", "accuracy", "weights"),
         control="none",
-        description="none vs L1 / L2 penalties in the loss vs AdamW's decoupled weight decay, 3 strengths each",
-        base={"schedule": "constant"},
+        description="none vs L1 / L2 penalties in the loss vs AdamW's decoupled weight decay, 3 strengths each (fp32)",
+        base={"schedule": "constant", "precision": "fp32"},
         variants=penalty_variants(l1=(1e-5, 3e-5, 1e-4), l2=(1e-4, 1e-3, 1e-2), adamw=(0.05, 0.2, 0.5)),
+        seeds=10,
     ),
     # The penalties again, where there is overfitting for them to fix. At 10 epochs (`regularization`)
     # the unregularized network barely overfits: the weakest setting of every penalty had the highest
