@@ -1,0 +1,40 @@
+"""The committed results, as the report presents them: current, with their statistics, and with
+issue 14's n of at least 10 seeds per variant (except those still waiting for a GPU rerun, marked
+xfail(strict): the mark must go when their rerun lands)."""
+from __future__ import annotations
+
+import pytest
+
+from experiments import catalog, planning, results
+
+RESULTS = results.PROJECT_ROOT / "results"
+COMMITTED = [name for name in catalog.EXPERIMENTS if (RESULTS / f"{name}.json").exists()]
+# Fewer than 10 seeds until a GPU reruns them: in bf16 (or 40 epochs) they take hours on a 2-core
+# CPU without bf16 units, the only machine the session that raised the others to 10 had.
+WAITING_FOR_A_GPU = {"best", "cnn", "regularization_long"}
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_a_committed_result_is_current_and_carries_its_statistics(name):
+    exp = catalog.EXPERIMENTS[name]
+    result = results.load(RESULTS / f"{name}.json")
+    assert planning.is_fresh(RESULTS / f"{name}.json",
+                             planning.accepted_fingerprints(exp, None, None, False, None, "auto")), \
+        f"results/{name}.json is stale: run make results/{name}.json"
+    assert [v["name"] for v in result["variants"]] == list(exp.variants)
+    for variant in result["variants"]:
+        for metric in ("val_acc", "test_acc"):
+            s = variant["summary"][metric]
+            assert s["n"] == exp.seeds - variant["summary"]["diverged"]
+            assert len(s["ci95"]) == 2 and s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+    others = [v for v in exp.variants if v != exp.control_variant]
+    assert sorted({c["variant"] for c in result["comparisons"]}) == sorted(others)
+    assert {c["control"] for c in result["comparisons"]} <= {exp.control_variant}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="waits for the 10-seed GPU rerun (issue 14)"))
+    if n in WAITING_FOR_A_GPU else n for n in COMMITTED])
+def test_every_variant_of_a_committed_result_has_at_least_ten_seeds(name):
+    result = results.load(RESULTS / f"{name}.json")
+    assert min(v["summary"]["val_acc"]["n"] for v in result["variants"]) >= 10
