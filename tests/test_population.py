@@ -181,12 +181,13 @@ def test_a_batched_result_file_validates_and_renders(tmp_path):
     res = tmp_path / "results"
     shutil.copytree(ROOT / "results", res)
     out = res / "dropout.json"
-    result = runner.run_experiment(EXPERIMENTS["dropout"], out, ["run", "dropout", "--quick"], quick=True,
+    result = runner.run_experiment(EXPERIMENTS["dropout"], out, ["run", "dropout", "--quick"], seeds=3, quick=True,
                                    device_name="cpu", backend="batched", log=lambda *a: None,
                                    sets={"precision": "fp32"})   # batched bf16 is slow on a CPU
     loaded = results.load(out)
     assert loaded["provenance"]["backend"] == "batched"
-    assert sorted(p["size"] for p in loaded["provenance"]["populations"]) == [3, 6]   # p=0 alone; 0.2 and 0.5
+    # 3 seeds: no dropout alone (no dropout module), dropout 0.2 and 0.5 as one population (one shape)
+    assert sorted(p["size"] for p in loaded["provenance"]["populations"]) == [3, 6]
     assert loaded["fingerprint"] == result["fingerprint"]
     assert all(math.isfinite(r["final"]["test_acc"]) for v in loaded["variants"] for r in v["runs"])
     build = subprocess.run([sys.executable, str(ROOT / "report" / "build.py"), "--results", str(res),
