@@ -172,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: skipped {exp.name}, nothing written:", planning.needs_cuda_note(exp.name), sep="\n  ")
             return 0
 
-    if getattr(args, "deterministic", False):   # cuBLAS reads this when it starts: before torch's first use
+    deterministic = getattr(args, "deterministic", False)   # `run` only
+    if deterministic:   # cuBLAS reads this when it starts: before torch's first use
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     from . import data, executors, results, runner   # torch from here on
-    if getattr(args, "deterministic", False):
+    if deterministic:
         import torch
         torch.use_deterministic_algorithms(True)   # an op without a deterministic kernel raises, naming itself
     signal.signal(signal.SIGTERM, _on_sigterm)
