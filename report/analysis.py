@@ -170,6 +170,16 @@ def distinct(sections: list, *path: str) -> list:
     return sorted(out, key=str)
 
 
+def by_precision(sections: list) -> dict[str, list]:
+    """{precision: [sections]} from the specs the result files record, so the Method section can
+    say which experiments left the base precision instead of leaving each section to say it."""
+    out = {}
+    for s in sections:
+        for precision in sorted({v["params"].get("precision") for v in s.variants} - {None}):
+            out.setdefault(precision, []).append(s)
+    return out
+
+
 def measure(variants: list[dict], fn) -> list[dict]:
     """[{variant, value: fn(variant)}] for each variant, e.g. measure(sec.variants, gap)."""
     return [{"variant": v, "value": fn(v)} for v in variants]

@@ -11,7 +11,7 @@ from markupsafe import Markup
 
 from experiments import catalog
 
-from .analysis import HELPERS, distinct
+from .analysis import HELPERS, by_precision, distinct
 from .config import (BASELINES, ESSAYS, LICENCES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC, TEMPLATES,
                      ReportError)
 from .sections import Section, display_path, load_bench, make_command, missing_message
@@ -143,7 +143,8 @@ def make_env(doc: Document) -> jinja2.Environment:
     env.globals.update(figure=doc.figure, table=doc.table, ref=doc.ref, heading=doc.heading,
                        missing=doc.missing, essay=doc.essay, quote_functions=quote_functions,
                        quote_uses=quote_uses, make_command=lambda name: make_command(doc.results_dir, name),
-                       distinct=lambda *path: distinct(doc.sections, *path))
+                       distinct=lambda *path: distinct(doc.sections, *path),
+                       by_precision=lambda: by_precision(doc.sections))
     return env
 
 

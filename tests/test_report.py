@@ -492,6 +492,22 @@ def test_the_answer_says_when_nothing_differs_from_the_control(tmp_path):
     assert "no variant is best at 3 seeds" in page and "best variant is" not in page
 
 
+def test_the_method_names_the_sections_that_leave_the_base_precision(rendered):
+    """The fixture's results are fp32 where the catalog says so and bf16 (the base) elsewhere: the
+    Method section links every section of each precision from what the result files record."""
+    by = {}
+    for name, result in rendered["data"].items():
+        for precision in {v["params"]["precision"] for v in result["variants"]}:
+            by.setdefault(precision, set()).add(name)
+    assert {"fp32", "bf16"} <= set(by)
+    html = rendered["html"]
+    start = html.index("Precision is one of those")
+    _, *clauses = re.split(r"<code>(fp32|bf16|auto)</code>", html[start:html.index("</p>", start)])
+    said = {precision: set(re.findall(r'href="#sec-([a-z0-9_]+)"', part))
+            for precision, part in zip(clauses[::2], clauses[1::2])}
+    assert said == by
+
+
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
