@@ -9,7 +9,11 @@ torchvision, numpy, matplotlib, jinja2 and tqdm, not the project's virtualenv):
    difference where they do not; then twice more, each in its own process under
    torch.use_deterministic_algorithms(True) (`run --deterministic`): whether that repeats bit for
    bit, and its cost in wall time against the default;
-4. the GPU bench (experiments.bench) into DIR/bench-cuda.json.
+4. the GPU bench (experiments.bench) into DIR/bench-cuda.json;
+5. last, on CUDA, that experiment again under caps on the process's share of the card's memory
+   (torch.cuda.set_per_process_memory_fraction) at a half and a quarter of the memory its
+   populations used: whether they split and still agree with the uncapped run, or the error that
+   names a run too large to fit alone (issue 17's item 3 on a real card).
 Everything lands in DIR/gpu-check.json; the exit code is 1 only when something failed to run.
 """
 from __future__ import annotations
@@ -76,6 +80,46 @@ def deterministic_pair(out: Path, device: str, backend: str, quick: bool, seeds:
     return {**repeatability(*made), "seconds": [m["provenance"]["wall_seconds"] for m in made]}
 
 
+CAP_SHARES = (0.5, 0.25)   # of the memory REPEAT's populations used beyond what was held before
+
+
+def memory_cap(args, uncapped: dict, peak_bytes: int | None) -> dict:
+    """REPEAT under each cap of CAP_SHARES: the populations it trained in (a split shows as more,
+    smaller ones), how its runs compare with the uncapped run's, or the error it stopped with.
+    `error` marks a failure of the engine; `does_not_fit` the expected one-line refusal."""
+    if not args.device.startswith("cuda") or peak_bytes is None:
+        return {"skipped": "needs CUDA; on the CPU tests/test_population.py injects the out-of-memory error"}
+    import gc
+    import torch
+    from . import population, runner
+    device = torch.device(args.device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    gc.collect()
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_reserved(device)
+    tries = []
+    for share in CAP_SHARES:
+        limit = held + share * max(peak_bytes - held, 0)
+        entry = {"share": share, "limit_bytes": int(limit)}
+        torch.cuda.set_per_process_memory_fraction(limit / total, device)
+        try:
+            capped = runner.run_experiment(EXPERIMENTS[REPEAT], args.out / "memory-cap" / f"{REPEAT}-{share}.json",
+                                           ["gpu_check"], seeds=args.seeds, quick=args.quick, device_name=args.device,
+                                           fresh=True, backend=args.backend)
+            entry.update(populations=[p["size"] for p in capped["provenance"]["populations"]],
+                         against_uncapped=repeatability(uncapped, capped))
+        except population.DeviceMemoryError as err:
+            entry["does_not_fit"] = str(err)
+        except Exception as err:   # recorded, and the check exits 1: the split itself failed
+            entry["error"] = f"{type(err).__name__}: {err}"
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            gc.collect()
+            torch.cuda.empty_cache()
+        tries.append(entry)
+    return {"peak_bytes": peak_bytes, "held_bytes": held, "total_bytes": total, "tries": tries}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "build" / "gpu-check",
@@ -113,16 +157,26 @@ def main(argv=None) -> int:
     report["study_seconds"] = time.perf_counter() - t_study
     if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT]:
         again = args.out / "rerun" / f"{REPEAT}.json"
+        cuda = args.device.startswith("cuda")
+        if cuda:
+            import torch
+            torch.cuda.reset_peak_memory_stats(args.device)
         second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], seeds=args.seeds, quick=args.quick,
                                        device_name=args.device, fresh=True, backend=args.backend)
+        peak = torch.cuda.max_memory_reserved(args.device) if cuda else None
         first = results.load(args.out / "results" / f"{REPEAT}.json")
         report["repeatability"] = {**repeatability(first, second),
                                    "seconds": [r["provenance"]["wall_seconds"] for r in (first, second)]}
         report["deterministic"] = deterministic_pair(args.out, args.device, args.backend, args.quick, args.seeds)
+    results.write_atomic(args.out / "gpu-check.json", report)   # kept if a later step takes the process down
     if not args.skip_bench:
         bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
                     "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json"),
                     "--study-seconds", str(report["study_seconds"])])
+    if "repeatability" in report:   # last: a failure while capturing under a cap could spoil the CUDA context
+        results.write_atomic(args.out / "gpu-check.json", report)
+        report["memory_cap"] = memory_cap(args, first, peak)
+        failed |= any("error" in t for t in report["memory_cap"].get("tries", []))
     results.write_atomic(args.out / "gpu-check.json", report)
     disagree = [(e, r["variant"]) for e, rows in report["agreement"].items() for r in rows if r["agrees"] is False]
     print(f"study: {report['study_seconds']:.1f} s on {args.device}; "
@@ -136,6 +190,10 @@ def main(argv=None) -> int:
         print(f"deterministic algorithms: {d['error']}" if "error" in d else
               f"deterministic algorithms: {d['bit_identical']} of {d['runs']} runs bit-identical; "
               f"{min(d['seconds']):.1f} s a run of {r['experiment']} against {min(r['seconds']):.1f} s by default")
+        for t in report["memory_cap"].get("tries", [{"share": None, "skipped": report["memory_cap"]["skipped"]}]):
+            print(f"memory cap {t['share']}: " + (f"populations {t['populations']}, {t['against_uncapped']['bit_identical']} of "
+                  f"{t['against_uncapped']['runs']} runs as uncapped" if "populations" in t else
+                  next(t[k] for k in ("does_not_fit", "error", "skipped") if k in t)))
     print(f"wrote {args.out / 'gpu-check.json'}")
     print(json.dumps({k: v for k, v in report.items() if k != "agreement"}, indent=1))
     return 1 if failed else 0

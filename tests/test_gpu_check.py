@@ -21,5 +21,45 @@ def test_the_gpu_check_runs_on_the_cpu_and_measures_repeatability(tmp_path, monk
     for key in ("repeatability", "deterministic"):
         assert report[key]["runs"] == variants and report[key]["bit_identical"] == variants, report[key]
         assert len(report[key]["seconds"]) == 2 and all(s > 0 for s in report[key]["seconds"])
+    assert report["memory_cap"]["skipped"].startswith("needs CUDA")   # the CPU has no cap to hit
     made = json.loads((tmp_path / "deterministic" / f"{gpu_check.REPEAT}-1.json").read_text())
     assert "--deterministic" in made["provenance"]["command"]
+
+
+def test_the_memory_cap_step_records_splits_refusals_and_failures(tmp_path, monkeypatch):
+    """The step's bookkeeping, with CUDA's memory calls faked: the caps it sets (and lifts), a run
+    that split, the one-line refusal of a run too large alone, and an engine failure (exit 1)."""
+    import argparse
+    import types
+
+    import torch
+
+    from experiments import population, runner
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=1000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 100)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: fractions.append(f))
+
+    def result(sizes, acc):
+        run = {"history": [{"train_loss": 0.5, "seconds": 1.0}], "final": {"test_acc": acc}}
+        return {"experiment": gpu_check.REPEAT, "variants": [{"runs": [run]}],
+                "provenance": {"populations": [{"size": n} for n in sizes]}}
+    outcomes = iter([result([1, 1], 0.9), population.DeviceMemoryError("one run alone (2 hidden, seed 0) does not fit")])
+
+    def run_experiment(*args, **kwargs):   # the next outcome: a result, or the error it raises
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+    monkeypatch.setattr(runner, "run_experiment", run_experiment)
+    args = argparse.Namespace(device="cuda", out=tmp_path, seeds=1, quick=True, backend="batched")
+    report = gpu_check.memory_cap(args, result([2], 0.9), peak_bytes=900)
+    assert fractions == [0.5, 1.0, 0.3, 1.0]     # held 100 + 0.5 * 800 and + 0.25 * 800, of 1000; lifted after each
+    split, refused = report["tries"]
+    assert split["populations"] == [1, 1] and split["against_uncapped"]["bit_identical"] == 1
+    assert refused["does_not_fit"].startswith("one run alone") and "error" not in refused
+
+    outcomes = iter([RuntimeError("operation not permitted when stream is capturing")] * 2)
+    report = gpu_check.memory_cap(args, result([2], 0.9), peak_bytes=900)
+    assert all(t["error"].startswith("RuntimeError: operation not permitted") for t in report["tries"])
