@@ -48,6 +48,13 @@ def comparison(result: dict, variant: str, key: str = "val_acc") -> dict | None:
     return next((c for c in result.get("comparisons", []) if c["variant"] == variant and c["metric"] == key), None)
 
 
+def paired(a: dict, b: dict, key: str = "val_acc") -> dict:
+    """Seed-paired difference a - b of two variants on `key` ({diff_mean, ci95, n}), for the
+    comparisons a section asks besides those against its control; `differs`: 0 outside the interval."""
+    d = stats.paired_difference(by_seed(a, key), by_seed(b, key))
+    return {**d, "differs": stats.excludes_zero(d["ci95"])}
+
+
 def against_control(result: dict, key: str = "val_acc") -> dict | None:
     """The result file's seed-paired comparisons on `key`, split into the variants whose 95%
     interval excludes zero (`differ`) and those within seed noise of the control (`same`)."""
@@ -199,4 +206,4 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
-           "comparison": comparison, "binomial_se": stats.binomial_se}
+           "comparison": comparison, "paired": paired, "binomial_se": stats.binomial_se}

@@ -119,7 +119,8 @@ def duration(x) -> Markup:
         return Markup(f"{x:.1f}{NBSP}s")
     if s < 3600:
         return Markup(f"{s // 60}{NBSP}min {s % 60:02d}{NBSP}s")
-    return Markup(f"{s // 3600}{NBSP}h {s % 3600 // 60:02d}{NBSP}min")
+    m = round(x / 60)
+    return Markup(f"{m // 60}{NBSP}h {m % 60:02d}{NBSP}min")
 
 
 def code(text) -> Markup:

@@ -494,17 +494,19 @@ def test_the_answer_says_when_nothing_differs_from_the_control(tmp_path):
 
 def test_the_method_names_the_sections_that_leave_the_base_precision(rendered):
     """The fixture's results are fp32 where the catalog says so and bf16 (the base) elsewhere: the
-    Method section links every section of each precision from what the result files record."""
+    Method section links every section that leaves the base precision, by what its result records."""
     by = {}
     for name, result in rendered["data"].items():
-        for precision in {v["params"]["precision"] for v in result["variants"]}:
+        for precision in {v["params"]["precision"] for v in result["variants"]} - {"bf16"}:
             by.setdefault(precision, set()).add(name)
-    assert {"fp32", "bf16"} <= set(by)
+    assert "fp32" in by
     html = rendered["html"]
     start = html.index("Precision is one of those")
-    _, *clauses = re.split(r"<code>(fp32|bf16|auto)</code>", html[start:html.index("</p>", start)])
+    paragraph = " ".join(html[start:html.index("</p>", start)].split())
+    assert "instead of <code>bf16</code> autocast" in paragraph
+    pieces = re.split(r"<code>(fp32|auto)</code>", paragraph.split("instead of")[0])   # sections, then their precision
     said = {precision: set(re.findall(r'href="#sec-([a-z0-9_]+)"', part))
-            for precision, part in zip(clauses[::2], clauses[1::2])}
+            for precision, part in zip(pieces[1::2], pieces[0::2])}
     assert said == by
 
 
@@ -543,6 +545,13 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     abstract = page[page.index("Abstract."):page.index("Reproduce.")]
     assert " ".join(str(build.ci(head)).split()) in " ".join(abstract.split())    # the headline from best.json
     assert len(abstract.split()) <= 150
+    # the count of differing variants and their direction, from the fixture's comparisons
+    rows = [c for r in rendered["data"].values() for c in r.get("comparisons", []) if c["metric"] == "val_acc" and c["n"]]
+    differ = [c for c in rows if c["ci95"] and (c["ci95"][0] > 0 or c["ci95"][1] < 0)]
+    up = sum(c["diff_mean"] > 0 for c in differ)
+    assert (f"Of the {len(rows)} variants so compared, {len(differ)} differ from their control"
+            in " ".join(abstract.split())), abstract
+    assert f"{up} above it and {len(differ) - up} below" in " ".join(abstract.split())
     assert "Cite as." in page and "@misc{fmreport" in page and "make reproduce" in page
     from report.config import LICENCES
     licence = page[page.index("Licence."):page.index("Abstract.")]
