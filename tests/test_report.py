@@ -510,6 +510,18 @@ def test_the_method_names_the_sections_that_leave_the_base_precision(rendered):
     assert said == by
 
 
+def test_the_proximal_variants_are_also_set_against_no_penalty(rendered):
+    """l1_proximal's control has the spec and seeds of a `regularization` variant: the section says
+    what that control costs against no penalty there, from that file's comparisons."""
+    reg, prox = rendered["data"]["regularization"], rendered["data"]["l1_proximal"]
+    ctl = next(v for v in prox["variants"] if v["name"] == prox["control"])
+    twin = next(v for v in reg["variants"] if v["params"] == ctl["params"])
+    cost = next(c for c in reg["comparisons"] if c["variant"] == twin["name"] and c["metric"] == "val_acc")
+    page = " ".join(visible_text(rendered["html"]).split())
+    assert f"Its spec and seeds are those of {twin['name']} in Section" in page
+    assert f"which costs {' '.join(str(build.ci_pp(cost)).split())} in validation accuracy against no penalty" in page
+
+
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
