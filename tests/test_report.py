@@ -522,6 +522,15 @@ def test_the_proximal_variants_are_also_set_against_no_penalty(rendered):
     assert f"which costs {' '.join(str(build.ci_pp(cost)).split())} in validation accuracy against no penalty" in page
 
 
+def test_an_experiment_adds_its_own_sentence_to_its_summary_bullet(rendered):
+    """templates/summary/NAME.md.j2, where it exists, extends that experiment's Summary bullet."""
+    page = " ".join(visible_text(rendered["html"]).split())
+    summary = page[page.index("What each experiment found"):page.index("Data and method", page.index("What each experiment found"))]
+    bullets = {name: summary[summary.index(catalog.EXPERIMENTS[name].title + ":"):] for name in ("batchnorm", "l1_proximal")}
+    assert "the network with batch normalization reaches" in bullets["batchnorm"].split("L1, L2 and weight decay:")[0]
+    assert "of the first-layer weights exactly at zero" in bullets["l1_proximal"].split("Data augmentation:")[0]
+
+
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
