@@ -50,7 +50,7 @@ def comparison(result: dict, variant: str, key: str = "val_acc") -> dict | None:
 
 def paired(a: dict, b: dict, key: str = "val_acc") -> dict:
     """Seed-paired difference a - b of two variants on `key` ({diff_mean, ci95, n}), for the
-    comparisons a section asks besides those against its control; `differs`: 0 outside the interval."""
+    comparisons a section asks besides those against its control; `differs`: whether the interval excludes 0."""
     d = stats.paired_difference(by_seed(a, key), by_seed(b, key))
     return {**d, "differs": stats.excludes_zero(d["ci95"])}
 
