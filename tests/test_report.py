@@ -531,6 +531,27 @@ def test_an_experiment_adds_its_own_sentence_to_its_summary_bullet(rendered):
     assert "of the first-layer weights exactly at zero" in bullets["l1_proximal"].split("Data augmentation:")[0]
 
 
+def test_the_long_penalties_say_how_far_they_narrow_the_gap(rendered, tmp_path):
+    """regularization_long's Answer and Summary bullet name the variant with the narrowest mean
+    train-validation gap, unless that is the control: the fixture's (control narrowest), and a copy
+    whose last variant fits its training images less."""
+    def said(page):
+        return " ".join(visible_text(page).split()).count("The penalties narrow the gap between train and validation accuracy from")
+    result = json.loads(json.dumps(rendered["data"]["regularization_long"]))
+    gaps = {v["name"]: sum(r["final"]["train_acc"] - r["final"]["val_acc"] for r in v["runs"]) for v in result["variants"]}
+    assert min(gaps, key=gaps.get) == result["control"] and said(rendered["html"]) == 0
+    last = result["variants"][-1]
+    for run in last["runs"]:
+        run["final"]["train_acc"] = run["final"]["val_acc"] + 0.001
+    last["summary"] = results.summarize(last["runs"])
+    res = tmp_path / "results"
+    res.mkdir()
+    results.write_atomic(res / "regularization_long.json", results.restat(result, result["control"]))
+    assert render(res, tmp_path / "out") == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert said(page) == 2 and f"with {last['name']}, but" in " ".join(visible_text(page).split())
+
+
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
