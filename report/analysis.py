@@ -55,6 +55,16 @@ def paired(a: dict, b: dict, key: str = "val_acc") -> dict:
     return {**d, "differs": stats.excludes_zero(d["ci95"])}
 
 
+def twin(section, variant: dict | None) -> dict | None:
+    """The variant of another experiment's `section` trained with `variant`'s exact spec (so with
+    the same seeds, the same runs), and that experiment's control: {variant, control, result}."""
+    if not (section and section.result and variant):
+        return None
+    same = next((v for v in section.variants if v["params"] == variant["params"]), None)
+    control = next((v for v in section.variants if v["name"] == section.result.get("control")), None)
+    return {"variant": same, "control": control, "result": section.result} if same and control else None
+
+
 def against_control(result: dict, key: str = "val_acc") -> dict | None:
     """The result file's seed-paired comparisons on `key`, split into the variants whose 95%
     interval excludes zero (`differ`) and those within seed noise of the control (`same`)."""
@@ -206,4 +216,4 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
-           "comparison": comparison, "paired": paired, "binomial_se": stats.binomial_se}
+           "comparison": comparison, "paired": paired, "twin": twin, "binomial_se": stats.binomial_se}
