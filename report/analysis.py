@@ -56,13 +56,19 @@ def paired(a: dict, b: dict, key: str = "val_acc") -> dict:
 
 
 def twin(section, variant: dict | None) -> dict | None:
-    """The variant of another experiment's `section` trained with `variant`'s exact spec (so with
-    the same seeds, the same runs), and that experiment's control: {variant, control, result}."""
+    """The variant of another experiment's `section` trained with `variant`'s exact spec, and that
+    experiment's control: {variant, control, result, identical}; `identical`: every run's history
+    and final metrics equal, timings aside (the CPU engine repeats a spec and seed bit for bit)."""
     if not (section and section.result and variant):
         return None
     same = next((v for v in section.variants if v["params"] == variant["params"]), None)
     control = next((v for v in section.variants if v["name"] == section.result.get("control")), None)
-    return {"variant": same, "control": control, "result": section.result} if same and control else None
+    if not (same and control):
+        return None
+    def untimed(v):
+        return [({k: x for k, x in r["final"].items() if k != "seconds"},
+                 [{k: x for k, x in h.items() if k != "seconds"} for h in r["history"]]) for r in v["runs"]]
+    return {"variant": same, "control": control, "result": section.result, "identical": untimed(same) == untimed(variant)}
 
 
 def against_control(result: dict, key: str = "val_acc") -> dict | None:
