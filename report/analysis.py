@@ -55,6 +55,21 @@ def paired(a: dict, b: dict, key: str = "val_acc") -> dict:
     return {**d, "differs": stats.excludes_zero(d["ci95"])}
 
 
+def with_and_without(variants: list[dict], flag: str, lr: float | None = None) -> list[dict]:
+    """Per learning rate: the variants trained with and without the boolean spec field `flag` at
+    that rate ({lr, with, without}), at `lr` or at each rate in order; the batch-norm section and its
+    Summary sentence share this."""
+    rates = [lr] if lr is not None else list(dict.fromkeys(v["params"].get("lr") for v in variants))
+    pairs = []
+    for rate in rates:
+        at = [v for v in variants if v["params"].get("lr") == rate]
+        on = next((v for v in at if v["params"].get(flag)), None)
+        off = next((v for v in at if not v["params"].get(flag)), None)
+        if on and off:
+            pairs.append({"lr": rate, "with": on, "without": off})
+    return pairs
+
+
 def twin(section, variant: dict | None) -> dict | None:
     """The variant of another experiment's `section` trained with `variant`'s exact spec, and that
     experiment's control: {variant, control, result, identical}; `identical`: every run's history
@@ -222,4 +237,5 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
-           "comparison": comparison, "paired": paired, "twin": twin, "binomial_se": stats.binomial_se}
+           "comparison": comparison, "paired": paired, "twin": twin, "with_and_without": with_and_without,
+           "binomial_se": stats.binomial_se}

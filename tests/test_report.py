@@ -442,6 +442,19 @@ def test_last_epoch_summarises_the_single_view_numbers():
     assert build.last_epoch(variant, "test_acc")["n"] == 2
 
 
+def test_with_and_without_pairs_the_variants_of_each_learning_rate():
+    exp = catalog.EXPERIMENTS["batchnorm"]
+    variants = [{"name": n, "params": s.as_dict()} for n, s in exp.specs().items()]
+    pairs = build.with_and_without(variants, "batchnorm")
+    assert [p["lr"] for p in pairs] == list(dict.fromkeys(v["params"]["lr"] for v in variants))
+    assert all(p["with"]["params"]["batchnorm"] and not p["without"]["params"]["batchnorm"]
+               and p["with"]["params"]["lr"] == p["without"]["params"]["lr"] == p["lr"] for p in pairs)
+    lowest = min(p["lr"] for p in pairs)
+    assert [p["lr"] for p in build.with_and_without(variants, "batchnorm", lowest)] == [lowest]
+    # a rate with only one of the two has no pair
+    assert build.with_and_without([v for v in variants if v["params"]["batchnorm"]], "batchnorm") == []
+
+
 def depth_with_val_accs(val: dict[str, list[float]]) -> dict:
     """A depth result whose variants have these per-seed validation accuracies."""
     exp = catalog.EXPERIMENTS["depth"]
