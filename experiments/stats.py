@@ -1,6 +1,7 @@
 """The statistics every claim rests on: Student's t intervals over seeds, seed-paired differences,
-and the binomial standard error of one accuracy. Plain Python (no torch, no SciPy), so the result
-writer, the Makefile's staleness check and the report can all use it.
+Welch's interval for two independent groups, and the binomial standard error of one accuracy.
+Plain Python (no torch, no SciPy), so the result writer, the Makefile's staleness check and the
+report can all use it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import math
 LEVEL = 0.95
 
 
-def t_cdf(t: float, df: int) -> float:
+def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with `df` degrees of freedom (Simpson's rule on the density from 0
     to |t|; the density is smooth, so 4,000 panels give ~1e-12 here)."""
     log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
@@ -23,8 +24,9 @@ def t_cdf(t: float, df: int) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def t_quantile(p: float, df: int) -> float:
-    """The t value below which a fraction p of Student's t(df) lies (bisection on t_cdf)."""
+def t_quantile(p: float, df: float) -> float:
+    """The t value below which a fraction p of Student's t(df) lies (bisection on t_cdf; df need
+    not be whole, as Welch's is)."""
     if not 0 < p < 1 or df < 1:
         raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
     lo, hi = -1e3, 1e3
@@ -55,6 +57,23 @@ def paired_difference(values: dict, control: dict, level: float = LEVEL) -> dict
     seeds = sorted(set(values) & set(control), key=str)
     d = interval([values[s] - control[s] for s in seeds], level)
     return {"diff_mean": d["mean"], "ci95": d["ci95"], "n": d["n"]}
+
+
+def unpaired_difference(values: list[float], other: list[float], level: float = LEVEL) -> dict:
+    """Difference of the means of two independent groups, mean(values) - mean(other), with Welch's
+    t interval (unequal variances): {diff_mean, ci95, n, df}, n = (len(values), len(other)). For
+    groups that share nothing a seed could pair, e.g. two different models."""
+    a, b = interval(values, level), interval(other, level)
+    if a["ci95"] is None or b["ci95"] is None:
+        diff = None if a["mean"] is None or b["mean"] is None else a["mean"] - b["mean"]
+        return {"diff_mean": diff, "ci95": None, "n": [a["n"], b["n"]], "df": None}
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    diff = a["mean"] - b["mean"]
+    if va + vb == 0:
+        return {"diff_mean": diff, "ci95": [diff, diff], "n": [a["n"], b["n"]], "df": None}
+    df = (va + vb) ** 2 / (va ** 2 / (a["n"] - 1) + vb ** 2 / (b["n"] - 1))
+    half = t_quantile((1 + level) / 2, df) * math.sqrt(va + vb)
+    return {"diff_mean": diff, "ci95": [diff - half, diff + half], "n": [a["n"], b["n"]], "df": df}
 
 
 def excludes_zero(ci) -> bool:

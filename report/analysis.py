@@ -55,6 +55,17 @@ def paired(a: dict, b: dict, key: str = "val_acc") -> dict:
     return {**d, "differs": stats.excludes_zero(d["ci95"])}
 
 
+def unpaired(a: dict, b: dict, key: str = "test_acc", single_view: bool = False) -> dict:
+    """Difference a - b of two variants that no seed pairs (e.g. two models of different
+    experiments), with Welch's interval: on final[key], or on the last epoch's single-view
+    history[key] with single_view=True; `differs`: whether the interval excludes 0."""
+    def values(v):
+        return [r["history"][-1].get(key) if single_view else r["final"].get(key)
+                for r in ok_runs(v) if r["history"] or not single_view]
+    d = stats.unpaired_difference([x for x in values(a) if not _na(x)], [x for x in values(b) if not _na(x)])
+    return {**d, "differs": stats.excludes_zero(d["ci95"])}
+
+
 def with_and_without(variants: list[dict], flag: str, lr: float | None = None) -> list[dict]:
     """Per learning rate: the variants trained with and without the boolean spec field `flag` at
     that rate ({lr, with, without}), at `lr` or at each rate in order; the batch-norm section and its
@@ -237,5 +248,5 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
-           "comparison": comparison, "paired": paired, "twin": twin, "with_and_without": with_and_without,
+           "comparison": comparison, "paired": paired, "unpaired": unpaired, "twin": twin, "with_and_without": with_and_without,
            "binomial_se": stats.binomial_se}

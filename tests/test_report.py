@@ -565,6 +565,32 @@ def test_the_long_penalties_say_how_far_they_narrow_the_gap(rendered, tmp_path):
     assert said(page) == 2 and f"with {last['name']}, but" in " ".join(visible_text(page).split())
 
 
+def test_the_cnn_and_the_headline_compare_on_the_same_views_with_welchs_interval(rendered, tmp_path):
+    """Both on the image alone (the last epoch's history) and, where both average five views at test
+    time, on those: Welch's interval of two independent groups of runs, no seed pairing."""
+    from experiments import stats
+    res = tmp_path / "results"
+    shutil.copytree(rendered["results"], res)
+    objs = {n: json.loads((res / f"{n}.json").read_text()) for n in ("cnn", "best")}
+    for name, bonus in (("cnn", 0.003), ("best", 0.001)):       # five views beat one by a little
+        v = objs[name]["variants"][0]
+        v["params"]["test_time_shifts"] = True
+        for run in v["runs"]:
+            run["final"]["test_acc"] = run["history"][-1]["test_acc"] + bonus
+        v["summary"] = results.summarize(v["runs"])
+        results.write_atomic(res / f"{name}.json", results.restat(objs[name], objs[name]["control"]))
+    assert render(res, tmp_path / "out") == 0
+    page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    cnn, mlp = (objs[n]["variants"][0]["runs"] for n in ("cnn", "best"))
+    one = stats.unpaired_difference([r["history"][-1]["test_acc"] for r in cnn], [r["history"][-1]["test_acc"] for r in mlp])
+    five = stats.unpaired_difference([r["final"]["test_acc"] for r in cnn], [r["final"]["test_acc"] for r in mlp])
+    assert one["ci95"] != five["ci95"]
+    said = lambda d: " ".join(str(build.ci_pp(d)).split())     # noqa: E731 (as visible_text spaces it)
+    assert (f"differs from the headline MLP\u2019s by {said(one)}, and over the same five views by "
+            f"{said(five)}") in page                      # (pandoc curls the apostrophes)
+    assert "these 95% intervals are Welch\u2019s" in page and "not evaluated with test-time shifts" not in page
+
+
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)

@@ -46,3 +46,20 @@ def test_pairing_removes_what_seeds_share():
 def test_binomial_standard_error():
     assert stats.binomial_se(0.9, 6000) == pytest.approx(math.sqrt(0.09 / 6000))   # 0.387 pp
     assert stats.binomial_se(0.9, 10000) == pytest.approx(0.003)
+
+
+def test_unpaired_difference_is_welchs_interval():
+    # equal spreads and sizes: Welch's df is 2(n - 1) = 4 and the half-width t(0.975, 4) * sqrt(2/3)
+    d = stats.unpaired_difference([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    assert d["diff_mean"] == pytest.approx(-1.0) and d["df"] == pytest.approx(4.0) and d["n"] == [3, 3]
+    assert d["ci95"] == pytest.approx([-1 - 2.7764 * (2 / 3) ** 0.5, -1 + 2.7764 * (2 / 3) ** 0.5], abs=1e-4)
+    # unequal spreads and sizes (checked against scipy.stats.ttest_ind(equal_var=False)):
+    # df = 1.75^2 / ((5/12)^2 / 3 + (4/3)^2 / 2) = 3.2347, interval [-5.5423, 2.5423]
+    d = stats.unpaired_difference([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0])
+    assert d["df"] == pytest.approx(3.2347, abs=1e-4)
+    assert d["ci95"] == pytest.approx([-5.5423, 2.5423], abs=1e-4)
+
+
+def test_unpaired_difference_without_spread():
+    assert stats.unpaired_difference([0.9], [0.8, 0.85])["ci95"] is None          # one value: no interval
+    assert stats.unpaired_difference([0.9, 0.9], [0.8, 0.8])["ci95"] == pytest.approx([0.1, 0.1])
