@@ -16,9 +16,8 @@ from pathlib import Path
 
 from experiments import results as results_mod
 from experiments.catalog import EXPERIMENTS
-from experiments.stats import t_quantile
 
-from .analysis import best_variant
+from .analysis import best_variant, per_class, summary
 
 plt = np = None   # matplotlib and numpy, imported by _plotting() only when a figure is drawn
 
@@ -37,15 +36,20 @@ def _plotting():
 
 def _save(fig, out_dir: Path, name: str) -> Path:
     path = out_dir / name
-    fig.savefig(path, format="svg", bbox_inches="tight", metadata={"Date": None})
+    with results_mod.replacing(path) as tmp:    # a reader never sees half a figure
+        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return path
 
 
 def _half_width(values) -> float:
-    """Half the width of the 95% Student's t interval of the mean of `values` (0 for one value)."""
-    n = len(values)
-    return t_quantile(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n) if n > 1 else 0.0
+    """Half the width of the 95% interval of the mean of `values` (analysis.summary, the report's
+    one rule; 0 for one value)."""
+    return _half(summary([float(v) for v in values]))
+
+
+def _half(s: dict) -> float:
+    return s["ci95"][1] - s["mean"] if s.get("ci95") else 0.0
 
 
 def _curve(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -160,12 +164,13 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
     fig.tight_layout()
     paths = [_save(fig, out_dir, f"{result['experiment']}-confusion.svg")]
 
-    per_class = 100 * np.array([m.diagonal() / m.sum(1) for m in mats])
+    by_class = per_class(result, v)      # the numbers the report's per-class text uses
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    ax.bar(range(10), per_class.mean(0), yerr=[_half_width(c) for c in per_class.T] if len(mats) > 1 else None,
-           capsize=3, color="C0")
+    ax.bar(range(10), [100 * c["acc"]["mean"] for c in by_class],
+           yerr=[100 * _half(c["acc"]) for c in by_class] if len(mats) > 1 else None, capsize=3, color="C0")
     ax.set_xticks(range(10), classes, rotation=30, ha="right")
-    ax.set(ylabel="test accuracy (%)", ylim=(max(0, per_class.min() - 10), 100),
+    lowest = 100 * min(c["acc"]["mean"] - _half(c["acc"]) for c in by_class)
+    ax.set(ylabel="test accuracy (%)", ylim=(max(0, lowest - 10), 100),
            title=f"per-class test accuracy, mean and 95% interval over {len(mats)} seeds")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -192,15 +197,21 @@ KINDS = {"curves": lambda r, d: [curves(r, d)], "accuracy": lambda r, d: [accura
          "weights": weights, "confusion": confusion}
 
 
+# The code a figure's pixels depend on: this file and the summaries it takes from the report's
+# analysis and the statistics module.
+FIGURE_CODE = (Path(__file__), Path(__file__).with_name("analysis.py"), results_mod.ENGINE_DIR / "stats.py")
+
+
 def fingerprint(result_path: Path, kinds) -> str:
-    """What an experiment's figures depend on: its result file, the figures it asks for, this code
-    and matplotlib's version (SVG bytes change with it)."""
+    """What an experiment's figures depend on: its result file, the figures it asks for, their code
+    (FIGURE_CODE) and matplotlib's version (SVG bytes change with it)."""
     try:
         mpl = metadata.version("matplotlib")
     except metadata.PackageNotFoundError:
         mpl = None
     h = hashlib.sha256(Path(result_path).read_bytes())
-    h.update(repr((sorted(kinds), results_mod._code_digest(Path(__file__)), mpl)).encode())
+    code = [results_mod._code_digest(path) for path in FIGURE_CODE]
+    h.update(repr((sorted(kinds), code, mpl)).encode())
     return h.hexdigest()
 
 

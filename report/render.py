@@ -13,6 +13,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from experiments import locks, results
+
 from .config import (BIBLIOGRAPHY, BOXES_FILTER, PANDOC_COMMON, STYLE, TYPST_HEADER, TYPST_PAGE,
                      ReportError)
 from .figures import draw_stale
@@ -71,7 +73,7 @@ def render_pandoc(work: Path, out: Path, sections: list[Section], digest: str) -
     pandoc = pandoc_path()
     meta = work / "fingerprint.html"
     meta.write_text(f'<meta name="fmreport-fingerprint" content="{digest}" />\n')
-    html_tmp, pdf_tmp = out / ".report.html.tmp", out / ".report.pdf.tmp"
+    html_tmp, pdf_tmp = out / f".report.html.tmp{os.getpid()}", out / f".report.pdf.tmp{os.getpid()}"
     try:   # both are written beside the published files and renamed over them only when both exist
         run_tool([pandoc, "report.md", *PANDOC_COMMON, "--to", "html5", "--embed-resources", "--mathml",
                   "--css", str(STYLE), "--include-in-header", str(meta), "--resource-path", str(work),
@@ -111,11 +113,19 @@ def render_quarto(work: Path, out: Path, markdown: str) -> None:
     qmd.write_text("---\n" + json.dumps(header, indent=1) + "\n---\n" + body)   # JSON is valid YAML
     subprocess.run([quarto, "render", qmd.name], cwd=work, check=True)
     for name in ("report.html", "report.pdf"):
-        shutil.copyfile(work / name, out / name)
+        with results.replacing(out / name) as tmp:
+            shutil.copyfile(work / name, tmp)
 
 
 def build(results_dir: Path, out: Path, work: Path, strict: bool = False, renderer: str = "pandoc",
           if_stale: bool = False, log=print) -> int:
+    """Render the report from `results_dir` into `out`, one process at a time: a second build of
+    the same `out` (two `make all`) waits for the first, so neither removes the other's files."""
+    with locks.exclusive(out / "report.html", log):
+        return _build(results_dir, out, work, strict, renderer, if_stale, log)
+
+
+def _build(results_dir: Path, out: Path, work: Path, strict: bool, renderer: str, if_stale: bool, log) -> int:
     started = time.perf_counter()
     sections = load_sections(results_dir)
     draw_stale(sections, results_dir / "figures", log)   # only the figures whose result or code changed

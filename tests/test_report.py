@@ -676,6 +676,38 @@ def test_a_full_disk_while_rendering_keeps_the_previous_report(rendered, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_second_build_of_one_report_waits_for_the_first(rendered, tmp_path):
+    """Two `make all` reaching the report together: the second render waits for the holder of the
+    report's lock (named in its log) instead of removing the first one's files."""
+    import threading
+    from experiments import locks
+    out = tmp_path / "out"
+    logged, done = [], []
+    with locks.exclusive(out / "report.html"):                   # the first build, still rendering
+        worker = threading.Thread(target=lambda: done.append(
+            build.build(rendered["results"], out, tmp_path / "work", log=logged.append)))
+        worker.start()
+        time.sleep(2)
+        assert not done and not (out / "report.html").exists()
+        assert any(line.startswith("waiting:") and "report.html" in line for line in logged)
+    worker.join(120)
+    assert done == [0] and (out / "report.html").exists() and (out / "report.pdf").exists()
+
+
+def test_figures_are_redrawn_when_the_summaries_they_use_change(rendered, monkeypatch):
+    """The figure fingerprint covers analysis.py and stats.py, whose intervals the figures draw."""
+    from report import figures
+    result = rendered["results"] / "depth.json"
+    before = figures.fingerprint(result, ["curves"])
+    real = results._code_digest
+    for changed in ("analysis.py", "stats.py"):
+        monkeypatch.setattr(results, "_code_digest", lambda p, c=changed: "edited" if Path(p).name == c else real(p))
+        assert figures.fingerprint(result, ["curves"]) != before
+    monkeypatch.setattr(results, "_code_digest", real)
+    assert figures.fingerprint(result, ["curves"]) == before
+
+
+@pytest.mark.slow
 def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
