@@ -1,7 +1,8 @@
 """The result file: schema, fingerprint, provenance, summaries, atomic write, validating load.
 
-A result file is the only thing an experiment leaves behind, and it describes itself (describe.py);
-besides it the report reads only the catalog (titles, order, controls, figures) and the code it quotes.
+A result file is the only thing an experiment leaves behind, and it describes itself (describe.py).
+The report reads the result files, the catalog (titles, order, controls, figures), the code it
+quotes, its own prose and settings (report/), and hashes the engine's code to mark stale results.
 This module imports no torch (the Makefile's staleness check and the report use it).
 """
 from __future__ import annotations
@@ -137,6 +138,15 @@ def restat(result: dict, control: str) -> dict:
     return result
 
 
+def make_target(path) -> str:
+    """`path` as the Makefile names it: relative to the project root where it lies inside (make
+    knows `results/depth.json`, not `/home/me/fmreport/results/depth.json`)."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 @contextmanager
 def replacing(path):
     """A temporary path beside `path` that is renamed over it when the block ends without error, and
@@ -172,7 +182,7 @@ def validate(obj, path: Path) -> dict:
     _require(isinstance(obj, dict), path, "top level is not a JSON object")
     _require(obj.get("schema_version") == SCHEMA_VERSION, path,
              f"schema_version is {obj.get('schema_version')!r}, this code reads {SCHEMA_VERSION}; "
-             f"remake it with `make {path}` (or `make reproduce` for the whole study)")
+             f"remake it with `make {make_target(path)}` (or `make reproduce` for the whole study)")
     for key, kind in (("experiment", str), ("fingerprint", str), ("provenance", dict), ("variants", list),
                       ("comparisons", list), ("base", dict), ("data", dict)):
         hint = f"; `python -m experiments restat {path}` adds it without retraining" \
@@ -212,7 +222,7 @@ def read(path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ResultError(f"{path}: no such file; run `make {path}`") from None
+        raise ResultError(f"{path}: no such file; run `make {make_target(path)}`") from None
     except OSError as err:
         raise ResultError(f"{path}: cannot read ({err.strerror})") from None
     try:

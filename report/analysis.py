@@ -66,6 +66,22 @@ def unpaired(a: dict, b: dict, key: str = "test_acc", single_view: bool = False)
     return {**d, "differs": stats.excludes_zero(d["ci95"])}
 
 
+def plateau(variants: list[dict], field: str, key: str = "val_acc") -> dict | None:
+    """Where more of a numeric spec field (e.g. depth) stops helping: the variants in order of
+    `field`, each step's seed-paired difference against the one before ({lower, higher, diff}),
+    and `at`: the smallest setting that no larger one beats beyond seed noise."""
+    ranked = sorted((v for v in variants if v["params"].get(field) is not None), key=lambda v: v["params"][field])
+    if len(ranked) < 2:
+        return None
+    steps = [{"lower": a, "higher": b, "diff": paired(b, a, key)} for a, b in zip(ranked, ranked[1:])]
+    def beaten(v):
+        return any(paired(w, v, key)["differs"] and paired(w, v, key)["diff_mean"] > 0
+                   for w in ranked if w["params"][field] > v["params"][field])
+    at = next(v for v in ranked if not beaten(v))     # the largest setting is never beaten
+    return {"at": at, "steps": steps, "after": [s for s in steps if s["lower"]["params"][field] >= at["params"][field]],
+            "before": [s for s in steps if s["higher"]["params"][field] <= at["params"][field]]}
+
+
 def with_and_without(variants: list[dict], flag: str, lr: float | None = None) -> list[dict]:
     """Per learning rate: the variants trained with and without the boolean spec field `flag` at
     that rate ({lr, with, without}), at `lr` or at each rate in order; the batch-norm section and its
@@ -248,5 +264,5 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
-           "comparison": comparison, "paired": paired, "unpaired": unpaired, "twin": twin, "with_and_without": with_and_without,
+           "comparison": comparison, "paired": paired, "unpaired": unpaired, "plateau": plateau, "twin": twin, "with_and_without": with_and_without,
            "binomial_se": stats.binomial_se}

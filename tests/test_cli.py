@@ -23,11 +23,11 @@ def test_bad_arguments_exit_2_with_one_line(args, fragment):
     assert "Traceback" not in proc.stderr
 
 
-def test_cuda_requested_where_there_is_none():
+def test_cuda_requested_where_there_is_none(tmp_path):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = run_cli("run", "depth", "--quick", "--device", "cuda", "--out", "/tmp/never.json")
+    proc = run_cli("run", "depth", "--quick", "--device", "cuda", "--out", str(tmp_path / "never.json"))
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

@@ -185,9 +185,9 @@ def test_every_section_heading_is_in_the_html(rendered):
 
 def test_headline_number_is_the_fixture_value_through_the_same_filter(rendered):
     summary = rendered["data"]["best"]["variants"][0]["summary"]["test_acc"]
-    expected = str(build.pm(summary))
-    assert "\u00a0±\u00a0" in expected                           # kept on one line
-    assert " ".join(expected.split()) in visible_text(rendered["html"])
+    expected = str(build.ci(summary))
+    assert "\u00a0[" in expected                                 # kept on one line with its interval
+    assert f"test accuracy of {' '.join(expected.split())} (mean and 95% interval" in visible_text(rendered["html"])
     assert str(build.pct(build.ORIGINAL_STUDY_TEST_ACC, 0)) in rendered["html"]
 
 
@@ -257,7 +257,7 @@ def test_rendering_twice_gives_the_same_html_and_pdf_text(rendered, tmp_path):
 def test_pdf_has_the_headline_every_section_and_pages(rendered):
     text = pdf_text(rendered["out"] / "report.pdf")
     summary = rendered["data"]["best"]["variants"][0]["summary"]["test_acc"]
-    assert " ".join(str(build.pm(summary)).split()) in text
+    assert " ".join(str(build.ci(summary)).split()) in text
     assert EVIL in text
     for title in section_titles():
         assert title in text, f"section {title!r} not in the PDF text"
@@ -465,6 +465,19 @@ def depth_with_val_accs(val: dict[str, list[float]]) -> dict:
     return results.restat(obj, exp.control_variant)
 
 
+def test_plateau_is_the_smallest_depth_no_deeper_one_beats():
+    flat = depth_with_val_accs({"1 hidden": [0.80, 0.81, 0.82], "2 hidden": [0.85, 0.86, 0.87],
+                                "3 hidden": [0.851, 0.859, 0.871], "4 hidden": [0.849, 0.861, 0.870]})
+    pl = build.plateau(flat["variants"], "depth")
+    assert pl["at"]["name"] == "2 hidden"
+    assert [(st["lower"]["name"], st["higher"]["name"]) for st in pl["after"]] == [("2 hidden", "3 hidden"), ("3 hidden", "4 hidden")]
+    assert pl["before"][0]["diff"]["differs"] and not any(st["diff"]["differs"] for st in pl["after"])
+    rising = depth_with_val_accs({"1 hidden": [0.80, 0.81, 0.82], "2 hidden": [0.82, 0.83, 0.84],
+                                  "3 hidden": [0.84, 0.85, 0.86], "4 hidden": [0.86, 0.87, 0.88]})
+    pl = build.plateau(rising["variants"], "depth")
+    assert pl["at"]["name"] == "4 hidden" and pl["after"] == [] and len(pl["before"]) == 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["tie", "clear gap"])
 def test_words_follow_the_paired_statistics(tmp_path, case):
@@ -486,9 +499,18 @@ def test_words_follow_the_paired_statistics(tmp_path, case):
     else:
         assert "On validation accuracy the best variant is 4 hidden" in depth
         assert "no variant is best" not in depth and "cannot be told apart" not in depth
-    # the answer (and the Summary's line) compares every variant with the control, 2 hidden
-    answer = "very variant differs from the control, 2 hidden, in validation accuracy beyond seed noise"
-    assert f"Answer. E{answer}" in depth and f"Depth: e{answer}" in page
+    # the answer says where depth stops helping, then (as the Summary's line) compares every
+    # variant with the control, 2 hidden
+    answer = depth[depth.index("Answer."):]
+    if case == "tie":
+        assert answer.startswith("Answer. Validation accuracy rises with depth up to 3 hidden")
+        assert "and then it plateaus (seed-paired, 3 seeds): 4 hidden against 3 hidden" in answer
+        assert "No deeper network beats 3 hidden beyond seed noise" in answer
+    else:
+        assert answer.startswith("Answer. Validation accuracy rises with depth up to 4 hidden")
+        assert "plateaus" not in answer
+    finding = "very variant differs from the control, 2 hidden, in validation accuracy beyond seed noise"
+    assert f"enough. E{finding}" in answer and f"Depth: e{finding}" in page
 
 
 @pytest.mark.slow
@@ -500,8 +522,10 @@ def test_the_answer_says_when_nothing_differs_from_the_control(tmp_path):
     results.write_atomic(res / "depth.json", depth_with_val_accs(val))
     assert render(res, tmp_path / "out") == 0
     page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
-    assert ("Answer. No variant differs from the control, 2 hidden, in validation accuracy beyond seed noise "
+    assert ("enough. No variant differs from the control, 2 hidden, in validation accuracy beyond seed noise "
             "at 3 seeds") in page
+    assert "Answer. Validation accuracy does not rise with depth (seed-paired, 3 seeds): 2 hidden against 1 hidden" in page
+    assert "No deeper network beats 1 hidden beyond seed noise, so at this width and training length 1 hidden layer is enough" in page
     assert "no variant is best at 3 seeds" in page and "best variant is" not in page
 
 
@@ -544,6 +568,7 @@ def test_an_experiment_adds_its_own_sentence_to_its_summary_bullet(rendered):
     assert "of the first-layer weights exactly at zero" in bullets["l1_proximal"].split("Data augmentation:")[0]
 
 
+@pytest.mark.slow
 def test_the_long_penalties_say_how_far_they_narrow_the_gap(rendered, tmp_path):
     """regularization_long's Answer and Summary bullet name the variant with the narrowest mean
     train-validation gap, unless that is the control: the fixture's (control narrowest), and a copy
@@ -565,6 +590,7 @@ def test_the_long_penalties_say_how_far_they_narrow_the_gap(rendered, tmp_path):
     assert said(page) == 2 and f"with {last['name']}, but" in " ".join(visible_text(page).split())
 
 
+@pytest.mark.slow
 def test_the_cnn_and_the_headline_compare_on_the_same_views_with_welchs_interval(rendered, tmp_path):
     """Both on the image alone (the last epoch's history) and, where both average five views at test
     time, on those: Welch's interval of two independent groups of runs, no seed pairing."""

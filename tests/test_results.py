@@ -49,6 +49,18 @@ def test_invalid_result_files_say_what_is_wrong(tmp_path, bad, message):
     assert str(path) in str(err.value)
 
 
+def test_an_old_result_names_the_make_target_that_remakes_it(tmp_path):
+    """make knows results/NAME.json, not the absolute path the report loads it by."""
+    inside = results.PROJECT_ROOT / "results" / "depth.json"
+    with pytest.raises(results.ResultError, match=r"remake it with `make results/depth\.json`"):
+        results.validate(minimal(schema_version=0), inside)
+    with pytest.raises(results.ResultError, match=r"run `make results/nothing-here\.json`"):
+        results.load(results.PROJECT_ROOT / "results" / "nothing-here.json")
+    outside = tmp_path / "r.json"                                      # elsewhere: the path as given
+    with pytest.raises(results.ResultError, match=f"make {outside}"):
+        results.validate(minimal(schema_version=0), outside)
+
+
 def test_truncated_json_is_reported(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(minimal())[:40])
