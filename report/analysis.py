@@ -82,6 +82,15 @@ def plateau(variants: list[dict], field: str, key: str = "val_acc") -> dict | No
             "before": [s for s in steps if s["higher"]["params"][field] <= at["params"][field]]}
 
 
+def views_gain(variant: dict, key: str = "test_acc") -> dict:
+    """What test-time views add, run by run: final[key] (five views) minus the last epoch's single-
+    view history[key], seed-paired; `differs`: whether the interval excludes 0."""
+    runs = [r for r in ok_runs(variant) if r["history"]]
+    d = stats.paired_difference({r["seed"]: r["final"][key] for r in runs},
+                                {r["seed"]: r["history"][-1][key] for r in runs})
+    return {**d, "differs": stats.excludes_zero(d["ci95"])}
+
+
 def with_and_without(variants: list[dict], flag: str, lr: float | None = None) -> list[dict]:
     """Per learning rate: the variants trained with and without the boolean spec field `flag` at
     that rate ({lr, with, without}), at `lr` or at each rate in order; the batch-norm section and its
@@ -264,5 +273,5 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
-           "comparison": comparison, "paired": paired, "unpaired": unpaired, "plateau": plateau, "twin": twin, "with_and_without": with_and_without,
+           "comparison": comparison, "paired": paired, "unpaired": unpaired, "plateau": plateau, "views_gain": views_gain, "twin": twin, "with_and_without": with_and_without,
            "binomial_se": stats.binomial_se}

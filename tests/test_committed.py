@@ -1,6 +1,5 @@
 """The committed results, as the report presents them: current, with their statistics, and with
-issue 14's n of at least 10 seeds per variant (except those still waiting for a GPU rerun, marked
-xfail(strict): the mark must go when their rerun lands)."""
+issue 14's n of at least 10 seeds per variant."""
 from __future__ import annotations
 
 import pytest
@@ -9,10 +8,6 @@ from experiments import catalog, planning, results
 
 RESULTS = results.PROJECT_ROOT / "results"
 COMMITTED = [name for name in catalog.EXPERIMENTS if (RESULTS / f"{name}.json").exists()]
-# Fewer than 10 seeds until a GPU reruns it: the CNN took 49 s an fp32 epoch on one thread of a
-# 2-core CPU without bf16 units (about 2 h for 10 seeds), the only machine the sessions that raised
-# the others to 10 had.
-WAITING_FOR_A_GPU = {"cnn"}
 
 
 @pytest.mark.parametrize("name", COMMITTED)
@@ -33,9 +28,11 @@ def test_a_committed_result_is_current_and_carries_its_statistics(name):
     assert {c["control"] for c in result["comparisons"]} <= {exp.control_variant}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="waits for the 10-seed GPU rerun (issue 14)"))
-    if n in WAITING_FOR_A_GPU else n for n in COMMITTED])
+def test_every_experiment_asks_for_at_least_ten_seeds():
+    assert {name: exp.seeds for name, exp in catalog.EXPERIMENTS.items() if exp.seeds < 10} == {}
+
+
+@pytest.mark.parametrize("name", COMMITTED)
 def test_every_variant_of_a_committed_result_has_at_least_ten_seeds(name):
     result = results.load(RESULTS / f"{name}.json")
     assert min(v["summary"]["val_acc"]["n"] for v in result["variants"]) >= 10

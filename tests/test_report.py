@@ -615,6 +615,9 @@ def test_the_cnn_and_the_headline_compare_on_the_same_views_with_welchs_interval
     assert (f"differs from the headline MLP\u2019s by {said(one)}, and over the same five views by "
             f"{said(five)}") in page                      # (pandoc curls the apostrophes)
     assert "these 95% intervals are Welch\u2019s" in page and "not evaluated with test-time shifts" not in page
+    gains = [build.views_gain(objs[n]["variants"][0]) for n in ("best", "cnn")]      # +0.1 and +0.3 pp
+    assert [round(g["diff_mean"], 6) for g in gains] == [0.001, 0.003]
+    assert f"the five views add {said(gains[0])} to the MLP and {said(gains[1])} to the CNN." in page
 
 
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
