@@ -272,6 +272,7 @@ def order(items: list[dict], key: str = "value", reverse: bool = False) -> list[
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
-           "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict, "against_control": against_control,
-           "comparison": comparison, "paired": paired, "unpaired": unpaired, "plateau": plateau, "views_gain": views_gain, "twin": twin, "with_and_without": with_and_without,
-           "binomial_se": stats.binomial_se}
+           "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
+           "against_control": against_control, "comparison": comparison, "paired": paired,
+           "unpaired": unpaired, "plateau": plateau, "views_gain": views_gain, "twin": twin,
+           "with_and_without": with_and_without, "binomial_se": stats.binomial_se}
