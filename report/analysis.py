@@ -55,31 +55,37 @@ def paired(a: dict, b: dict, key: str = "val_acc") -> dict:
     return {**d, "differs": stats.excludes_zero(d["ci95"])}
 
 
-def unpaired(a: dict, b: dict, key: str = "test_acc", single_view: bool = False) -> dict:
+def single_view(variant: dict, key: str = "test_acc") -> list[float]:
+    """Per run, `key` on the image alone: the last epoch's history where the final figure averages
+    test-time views, else the final figure itself (one rule for the table and the intervals)."""
+    shifted = variant["params"].get("test_time_shifts")
+    values = [(r["history"][-1] if shifted and r["history"] else r["final"]).get(key) for r in ok_runs(variant)]
+    return [x for x in values if not _na(x)]
+
+
+def unpaired(a: dict, b: dict, key: str = "test_acc", single: bool = False) -> dict:
     """Difference a - b of two variants that no seed pairs (e.g. two models of different
-    experiments), with Welch's interval: on final[key], or on the last epoch's single-view
-    history[key] with single_view=True; `differs`: whether the interval excludes 0."""
+    experiments), with Welch's interval: on final[key], or on one view (single_view) with
+    single=True; `differs`: whether the interval excludes 0."""
     def values(v):
-        return [r["history"][-1].get(key) if single_view else r["final"].get(key)
-                for r in ok_runs(v) if r["history"] or not single_view]
-    d = stats.unpaired_difference([x for x in values(a) if not _na(x)], [x for x in values(b) if not _na(x)])
+        return single_view(v, key) if single else [x for x in (r["final"].get(key) for r in ok_runs(v)) if not _na(x)]
+    d = stats.unpaired_difference(values(a), values(b))
     return {**d, "differs": stats.excludes_zero(d["ci95"])}
 
 
 def plateau(variants: list[dict], field: str, key: str = "val_acc") -> dict | None:
-    """Where more of a numeric spec field (e.g. depth) stops helping: the variants in order of
-    `field`, each step's seed-paired difference against the one before ({lower, higher, diff}),
-    and `at`: the smallest setting that no larger one beats beyond seed noise."""
+    """Where more of a numeric spec field (e.g. depth) stops helping: `at`, the smallest setting
+    that no larger one beats beyond seed noise, and the seed-paired steps between neighbouring
+    settings up to it (`before`) and from it on (`after`): {lower, higher, diff}."""
     ranked = sorted((v for v in variants if v["params"].get(field) is not None), key=lambda v: v["params"][field])
     if len(ranked) < 2:
         return None
+    def beats(w, v):
+        d = paired(w, v, key)
+        return d["differs"] and d["diff_mean"] > 0
+    at = next(i for i, v in enumerate(ranked) if not any(beats(w, v) for w in ranked[i + 1:]))   # the last never loses
     steps = [{"lower": a, "higher": b, "diff": paired(b, a, key)} for a, b in zip(ranked, ranked[1:])]
-    def beaten(v):
-        return any(paired(w, v, key)["differs"] and paired(w, v, key)["diff_mean"] > 0
-                   for w in ranked if w["params"][field] > v["params"][field])
-    at = next(v for v in ranked if not beaten(v))     # the largest setting is never beaten
-    return {"at": at, "steps": steps, "after": [s for s in steps if s["lower"]["params"][field] >= at["params"][field]],
-            "before": [s for s in steps if s["higher"]["params"][field] <= at["params"][field]]}
+    return {"at": ranked[at], "before": steps[:at], "after": steps[at:]}
 
 
 def views_gain(variant: dict, key: str = "test_acc") -> dict:
@@ -274,5 +280,5 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
            "against_control": against_control, "comparison": comparison, "paired": paired,
-           "unpaired": unpaired, "plateau": plateau, "views_gain": views_gain, "twin": twin,
-           "with_and_without": with_and_without, "binomial_se": stats.binomial_se}
+           "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
+           "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se}

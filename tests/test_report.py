@@ -455,6 +455,16 @@ def test_with_and_without_pairs_the_variants_of_each_learning_rate():
     assert build.with_and_without([v for v in variants if v["params"]["batchnorm"]], "batchnorm") == []
 
 
+def test_single_view_reads_the_history_only_where_the_final_figure_averages_views():
+    rng = random.Random(1)
+    runs = [fake_run(s, 0.9, 3, rng) for s in range(3)]
+    for run in runs:
+        run["final"]["test_acc"] = run["history"][-1]["test_acc"] + 0.004      # as five views would
+    last = [r["history"][-1]["test_acc"] for r in runs]
+    assert build.single_view({"params": {"test_time_shifts": True}, "runs": runs}) == last
+    assert build.single_view({"params": {}, "runs": runs}) == [r["final"]["test_acc"] for r in runs]
+
+
 def depth_with_val_accs(val: dict[str, list[float]]) -> dict:
     """A depth result whose variants have these per-seed validation accuracies."""
     exp = catalog.EXPERIMENTS["depth"]
