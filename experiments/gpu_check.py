@@ -5,11 +5,12 @@ torchvision, numpy, matplotlib, jinja2 and tqdm, not the project's virtualenv):
 1. the whole study on the device with the population engine, into DIR/results (never results/);
 2. each variant's mean test accuracy against the committed CPU result: a difference within two
    standard errors of the difference (sqrt(s1^2/n1 + s2^2/n2)) is called agreement;
-3. one experiment run twice with the same seeds: which runs repeat bit for bit, and the largest
+3. the GPU bench (experiments.bench) into DIR/bench-cuda.json, right after the study whose wall
+   time it reports;
+4. one experiment run twice with the same seeds: which runs repeat bit for bit, and the largest
    difference where they do not; then twice more, each in its own process under
    torch.use_deterministic_algorithms(True) (`run --deterministic`): whether that repeats bit for
    bit, and its cost in wall time against the default;
-4. the GPU bench (experiments.bench) into DIR/bench-cuda.json;
 5. last, on CUDA, that experiment again under caps on the process's share of the card's memory
    (torch.cuda.set_per_process_memory_fraction) at a half and a quarter of the memory its
    populations used: whether they split and still agree with the uncapped run, or the error that
@@ -154,7 +155,17 @@ def main(argv=None) -> int:
         committed = results.PROJECT_ROOT / "results" / f"{exp.name}.json"
         if committed.exists() and not args.quick:
             report["agreement"][exp.name] = compare_to_committed(result, results.load(committed))
+        results.write_atomic(args.out / "gpu-check.json", report)   # what is done survives a timeout
     report["study_seconds"] = time.perf_counter() - t_study
+    results.write_atomic(args.out / "gpu-check.json", report)
+    if not args.skip_bench:   # before the checks below: the figures README and the report show
+        try:
+            bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
+                        "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json"),
+                        "--study-seconds", str(report["study_seconds"])])
+        except Exception as err:   # reported; the checks below still run
+            failed, report["bench_error"] = True, f"{type(err).__name__}: {err}"
+            print(f"FAILED bench: {err}", file=sys.stderr)
     if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT]:
         again = args.out / "rerun" / f"{REPEAT}.json"
         cuda = args.device.startswith("cuda")
@@ -169,12 +180,7 @@ def main(argv=None) -> int:
                                    "seconds": [r["provenance"]["wall_seconds"] for r in (first, second)]}
         report["deterministic"] = deterministic_pair(args.out, args.device, args.backend, args.quick, args.seeds)
     results.write_atomic(args.out / "gpu-check.json", report)   # kept if a later step takes the process down
-    if not args.skip_bench:
-        bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
-                    "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json"),
-                    "--study-seconds", str(report["study_seconds"])])
     if "repeatability" in report:   # last: a failure while capturing under a cap could spoil the CUDA context
-        results.write_atomic(args.out / "gpu-check.json", report)
         report["memory_cap"] = memory_cap(args, first, peak)
         failed |= any("error" in t for t in report["memory_cap"].get("tries", []))
     results.write_atomic(args.out / "gpu-check.json", report)

@@ -175,6 +175,7 @@ class StackedRun:
         self.correct = torch.zeros(len(members), dtype=torch.long, device=device)
         self.sgd = specs[0].optimizer == "sgd"
         self.graphs: dict[int, tuple] = {}
+        self.graph_error = None                          # why capture failed, if it did (then eager)
         self._refresh_flags()
 
     # -- the network, as functions of the stacked tensors --------------------------------------------
@@ -351,7 +352,15 @@ class StackedRun:
             return
         size = x.shape[1]
         if size not in self.graphs:
-            self.graphs[size] = self._capture(x, y, masks)
+            try:
+                self.graphs[size] = self._capture(x, y, masks)
+            except torch.cuda.OutOfMemoryError:
+                raise                                   # fit_population splits the population
+            except RuntimeError as err:                 # the step still runs, eagerly, and says so
+                self.use_graphs, self.graph_error = False, f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                print(f"  warning: CUDA graph capture failed ({self.graph_error}); this population runs eagerly")
+                self._train_step(x, y, masks)
+                return
         graph, static_x, static_y, static_masks = self.graphs[size]
         static_x.copy_(x)
         static_y.copy_(y)
