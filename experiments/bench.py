@@ -133,8 +133,11 @@ def train_step_work(width: int, batch: int, device: torch.device):
 
 
 def time_to_89(data, device, seeds: int) -> dict:
-    """Train RECIPE_89 with `seeds` seeds; wall time includes the engine's per-epoch evaluation."""
-    runs = [fit(data, RECIPE_89, seed, device)["final"] for seed in range(seeds)]
+    """Train RECIPE_89 with `seeds` seeds, one run at a time, as `experiments run` trains a run alone
+    (a population of one: train.fit itself on the CPU, the CUDA-graphed batched backend on CUDA);
+    its seconds include the engine's per-epoch evaluation."""
+    from .population import Member, fit_population
+    runs = [fit_population(data, [Member("t89", RECIPE_89, seed)], device)[0]["final"] for seed in range(seeds)]
     accs, secs = [r["test_acc"] for r in runs], [r["seconds"] for r in runs]
     return {"recipe": RECIPE_89.as_dict(), "seeds": seeds, "test_acc": accs, "seconds": secs,
             "mean_test_acc": statistics.mean(accs), "mean_seconds": statistics.mean(secs)}

@@ -94,6 +94,8 @@ def memory_cap(args, uncapped: dict, peak_bytes: int | None) -> dict:
     import torch
     from . import population, runner
     device = torch.device(args.device)
+    if device.index is None:   # the memory calls want an index: plain "cuda" is the current card
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     gc.collect()
     torch.cuda.empty_cache()
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke mode: 2 epochs on 2,048 images")
     parser.add_argument("--backend", default="auto", choices=("auto", "loop", "batched"))
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--skip-checks", action="store_true",
+                        help="only the study, its agreement with the committed results and the bench")
     parser.add_argument("--seeds", type=int, help="seeds per variant for every experiment (default the catalog's; "
                                                   "fewer only to try the script)")
     args = parser.parse_args(argv)
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
         except Exception as err:   # reported; the checks below still run
             failed, report["bench_error"] = True, f"{type(err).__name__}: {err}"
             print(f"FAILED bench: {err}", file=sys.stderr)
-    if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT]:
+    if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT] and not args.skip_checks:
         again = args.out / "rerun" / f"{REPEAT}.json"
         cuda = args.device.startswith("cuda")
         if cuda:

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from . import models
 from .catalog import RunSpec
-from .data import FashionMNIST, make_inputs
+from .data import FashionMNIST, crop_resize_flip
 from .planning import batchable
 from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, _finite, autocast, evaluate, fit, inputs,
                     lr_at, seed_everything, weight_stats)
@@ -327,13 +327,8 @@ class StackedRun:
         """Inputs [k, B, features], labels [k, B] and dropout masks of step b, each member's drawn
         from its own generators in the serial run's order."""
         idx = orders[:, b * self.batch:(b + 1) * self.batch]
-        data, specs = self.data, [self.members[j].spec for j in self.alive]
-        if all(s.augment == "none" for s in specs):       # one gather for all members
-            x = make_inputs(data.train.images[idx.reshape(-1)], data.mean, data.std)
-        else:
-            x = torch.cat([inputs(data.train.images[idx[r]], data, s, self.batch_gens[j])
-                           for r, (j, s) in enumerate(zip(self.alive, specs))])
-        x = x.reshape(len(self.alive), idx.shape[1], -1)
+        specs = [self.members[j].spec for j in self.alive]
+        x = train_inputs(self.data, idx, specs, [self.batch_gens[j] for j in self.alive])
         masks = {}
         for i, (dtype, shape, rate, fmt) in self.mask_kinds.items():   # in layer order, as the serial forward
             per_member = []
@@ -344,7 +339,7 @@ class StackedRun:
             # rows [k, B, F]; maps [B, k*C, H, W]
             masks[i] = torch.stack(per_member) if len(shape) == 1 else \
                 torch.stack(per_member, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
-        return x, data.train.labels[idx], masks
+        return x, self.data.train.labels[idx], masks
 
     def _run_step(self, x, y, masks) -> None:
         if not self.use_graphs:
@@ -474,6 +469,56 @@ class StackedRun:
         self.loss_sum, self.correct = self.loss_sum[rows], self.correct[rows]
         self._refresh_flags()
         self.graphs.clear()
+
+
+def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], gens: list) -> torch.Tensor:
+    """Training inputs [k, B, pixels] of k members, member r's batch idx[r] augmented as its spec
+    says with draws from its generator gens[r]: bit for bit what data.make_inputs gives each member
+    alone, but resampled in one grid_sample per group (crop / shift or flip) instead of one per
+    member. Why: on a GPU the per-member calls cost more than the training step."""
+    k, n = idx.shape
+    x = data.train.images[idx.reshape(-1)].unsqueeze(1).float().div_(255)      # as make_inputs
+    side = x.shape[-1]
+    maps = x.view(k, n, 1, side, side)
+    for group in ([r for r, s in enumerate(specs) if "crop" in s.augment],
+                  [r for r, s in enumerate(specs) if s.augment != "none" and "crop" not in s.augment]):
+        if group:
+            boxes, flips = _augment_draws([specs[r] for r in group], [gens[r] for r in group], n, side, x.device)
+            rows = torch.tensor(group, device=x.device)
+            maps[rows] = crop_resize_flip(maps[rows].flatten(0, 1), boxes, flips).view(len(group), n, 1, side, side)
+    return x.sub_(data.mean).div_(data.std).view(k, n, -1)
+
+
+def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes [m*n, 4] and flips [m*n] of m members that all crop or none of which crops. Each member
+    draws from its own generator exactly what data.make_inputs draws, in its order (crop: areas,
+    aspect ratios, positions; or shift offsets; then flips); the boxes are then computed for all
+    members at once with data.random_resized_crop_boxes's arithmetic (tests/test_population.py
+    checks the two agree bit for bit)."""
+    crop, area, log_r, pos, corner, flips = "crop" in specs[0].augment, [], [], [], [], []
+    for s, g in zip(specs, gens):
+        if crop:
+            area.append(torch.empty(n, 10, device=device).uniform_(*s.crop_scale, generator=g))
+            log_r.append(torch.empty(n, 10, device=device).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
+            pos.append(torch.rand(n, 2, device=device, generator=g))
+        elif "shift" in s.augment:
+            corner.append(torch.randint(-s.max_shift, s.max_shift + 1, (n, 2), device=device, generator=g).float())
+        else:
+            corner.append(torch.zeros(n, 2, device=device))
+        flips.append(torch.rand(n, device=device, generator=g) < 0.5 if "flip" in s.augment
+                     else torch.zeros(n, dtype=torch.bool, device=device))
+    if not crop:
+        sides = torch.full((len(specs) * n, 2), float(size), device=device)
+        return torch.cat([torch.cat(corner), sides], 1), torch.cat(flips)
+    area, aspect, u = size * size * torch.cat(area), torch.cat(log_r).exp(), torch.cat(pos)
+    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (w > 0) & (w <= size) & (h > 0) & (h <= size)
+    first, any_fit = fits.float().argmax(dim=1, keepdim=True), fits.any(dim=1)
+    w = torch.where(any_fit, w.gather(1, first).squeeze(1), torch.full_like(w[:, 0], size))
+    h = torch.where(any_fit, h.gather(1, first).squeeze(1), torch.full_like(h[:, 0], size))
+    top = torch.where(any_fit, (u[:, 0] * (size - h + 1)).floor(), (size - h) // 2)
+    left = torch.where(any_fit, (u[:, 1] * (size - w + 1)).floor(), (size - w) // 2)
+    return torch.stack([top, left, h, w], dim=1), torch.cat(flips)
 
 
 def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

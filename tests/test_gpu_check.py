@@ -39,7 +39,13 @@ def test_the_memory_cap_step_records_splits_refusals_and_failures(tmp_path, monk
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=1000))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 100)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: fractions.append(f))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def set_fraction(f, device):   # as torch does: a device without an index is refused (it was, on an H200)
+        if not isinstance(device, int) and torch.device(device).index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        fractions.append(f)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
 
     def result(sizes, acc):
         run = {"history": [{"train_loss": 0.5, "seconds": 1.0}], "final": {"test_acc": acc}}

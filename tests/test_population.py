@@ -49,6 +49,24 @@ def test_cpu_defaults_to_the_exact_loop_backend_and_cuda_to_batched():
         population.resolve_backend("vmap", CPU)
 
 
+def test_population_inputs_are_each_members_make_inputs_bit_for_bit(tiny):
+    """train_inputs resamples every augmented member in one call per group; each member's inputs
+    must still be exactly what train.inputs gives it alone, with the same generator draws."""
+    kinds = [dict(augment="none"), dict(augment="flip"), dict(augment="crop+flip", crop_scale=(0.08, 1.0)),
+             dict(augment="crop", crop_scale=(0.6, 1.0)), dict(augment="shift", max_shift=2),
+             dict(augment="shift+flip", max_shift=1), dict(augment="crop+flip", crop_scale=(0.6, 1.0))]
+    specs = [RunSpec(**kind) for kind in kinds]
+    idx = torch.stack([torch.randperm(len(tiny.train), generator=torch.Generator().manual_seed(r))[:64]
+                       for r in range(len(specs))])
+    gens = [torch.Generator().manual_seed(10 + r) for r in range(len(specs))]
+    alone = [torch.Generator().manual_seed(10 + r) for r in range(len(specs))]
+    for _ in range(2):   # the second batch checks that each generator advanced as it does alone
+        together = population.train_inputs(tiny, idx, specs, gens)
+        for r, spec in enumerate(specs):
+            own = inputs(tiny.train.images[idx[r]], tiny, spec, alone[r]).reshape(len(idx[r]), -1)
+            assert torch.equal(together[r], own), kinds[r]
+
+
 def serial_first_step(data, spec: RunSpec, seed: int) -> dict:
     """Gradients of the serial run's first step (train.fit's objective), by parameter name."""
     gen = seed_everything(seed, CPU)
