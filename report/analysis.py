@@ -275,10 +275,21 @@ def order(items: list[dict], key: str = "value", reverse: bool = False) -> list[
     return sorted(have, key=mean, reverse=reverse) + [i for i in items if mean(i) is None]
 
 
+def gpu_agreement(check: dict) -> dict:
+    """The GPU check's comparison of each variant's mean test accuracy with the committed CPU result:
+    how many agree within two standard errors of the difference, which do not (largest first), how
+    many GPU means lie below the CPU's and the mean difference (a shared offset shows there)."""
+    rows = [{"experiment": e, **r} for e, rs in check["agreement"].items() for r in rs if r["agrees"] is not None]
+    outside = sorted((r for r in rows if not r["agrees"]), key=lambda r: -abs(r["diff"]))
+    return {"n": len(rows), "agree": len(rows) - len(outside), "outside": outside,
+            "below": sum(r["diff"] < 0 for r in rows), "mean_diff": summary([r["diff"] for r in rows])["mean"]}
+
+
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
            "against_control": against_control, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
-           "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se}
+           "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se,
+           "gpu_agreement": gpu_agreement}

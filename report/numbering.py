@@ -14,7 +14,7 @@ from experiments import catalog
 from .analysis import HELPERS, by_precision, distinct
 from .config import (BASELINES, ESSAYS, LICENCES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC, TEMPLATES,
                      ReportError)
-from .sections import Section, display_path, load_bench, make_command, missing_message
+from .sections import Section, display_path, load_bench, load_gpu_check, make_command, missing_message
 from .sources import quote_functions, quote_uses
 from .text import FILTERS, _na, code, finalize, md, md_escape
 
@@ -223,6 +223,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "dataset": dataset(first), "base": first["base"] if first else None,
         "quick": [s for s in sections if s.result and s.result.get("quick")],
         "bench": load_bench(results_dir), "gpu_bench": load_bench(results_dir, "bench-cuda.json"),
+        "gpu_check": load_gpu_check(results_dir),
         "loaded": [s for s in sections if s.result],
         "base_acc": base_accuracy(sections),
         "front": front_matter(sections), "bibtex": bibtex,

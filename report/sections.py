@@ -85,6 +85,18 @@ def load_bench(results_dir: Path, name: str = "bench.json") -> dict | None:
     return bench if ok else None
 
 
+def load_gpu_check(results_dir: Path) -> dict | None:
+    """results/gpu-check.json (`make gpu-check` on a CUDA machine: the study there against the
+    committed results, and what repeats), or None when it is absent, a quick run or incomplete."""
+    try:
+        check = json.loads((results_dir / "gpu-check.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(check, dict) and not check.get("quick") and isinstance(check.get("agreement"), dict) \
+        and isinstance(check.get("study_seconds"), (int, float))
+    return check if ok else None
+
+
 def make_command(results_dir: Path, name: str) -> str:
     """The command that (re)makes one result file."""
     try:

@@ -763,6 +763,38 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     page = visible_text((tmp_path / "out" / "report.html").read_text())
     assert "a member-epoch of the base MLP in a population of 32 costs 3.7 ms" in page
     assert "reaches 21% of the card" in page and "42.0 s in one process" in page
+    assert "The whole study on the GPU" not in page
+    (res / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
+    assert render(res, tmp_path / "checked") == 0
+    page = visible_text((tmp_path / "checked" / "report.html").read_text())
+    assert "took 42.0 s on the card" in page and "the run that measured the figures above" in page
+    assert "2 of 3 agree within two standard errors of the difference; outside are depth / 2 hidden " \
+           "(−0.30 pp, two standard errors 0.20 pp)." in page
+    assert "2 of the 3 GPU means lie below the CPU’s, by −0.10 pp on average" in page
+    assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40, in 12.0 s a run against 8.5 s" in page
+
+
+GPU_CHECK = {"device": "cuda", "quick": False, "study_seconds": 42.0,
+             "agreement": {"depth": [
+                 {"variant": "1 hidden", "diff": 0.001, "two_se": 0.002, "agrees": True},
+                 {"variant": "2 hidden", "diff": -0.003, "two_se": 0.002, "agrees": False},
+                 {"variant": "3 hidden", "diff": -0.001, "two_se": 0.002, "agrees": True},
+                 {"variant": "4 hidden", "agrees": None, "why": "no committed or no finished runs"}]},
+             "repeatability": {"experiment": "depth", "runs": 40, "bit_identical": 39, "seconds": [9.0, 8.5]},
+             "deterministic": {"experiment": "depth", "runs": 40, "bit_identical": 40, "seconds": [12.2, 12.0]}}
+
+
+def test_the_gpu_check_is_read_only_when_complete_and_summarised_by_one_rule(tmp_path):
+    from report import analysis, sections
+    assert sections.load_gpu_check(tmp_path) is None                       # absent
+    (tmp_path / "gpu-check.json").write_text(json.dumps({**GPU_CHECK, "quick": True}))
+    assert sections.load_gpu_check(tmp_path) is None                       # a quick run is no measurement
+    (tmp_path / "gpu-check.json").write_text(json.dumps({k: v for k, v in GPU_CHECK.items() if k != "study_seconds"}))
+    assert sections.load_gpu_check(tmp_path) is None                       # cut off before the study ended
+    (tmp_path / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
+    a = analysis.gpu_agreement(sections.load_gpu_check(tmp_path))
+    assert (a["n"], a["agree"], a["below"]) == (3, 2, 2)                   # the row without a comparison is left out
+    assert [r["variant"] for r in a["outside"]] == ["2 hidden"] and abs(a["mean_diff"] + 0.001) < 1e-12
 
 
 def test_every_figure_and_table_is_cited_in_the_text_and_captions_differ(rendered):
