@@ -204,12 +204,13 @@ def study_seconds(device: torch.device, quick: bool) -> float:
     from . import runner
     from .catalog import EXPERIMENTS
     start = time.perf_counter()
+    data = data_mod.load(device)                                 # once, as the GPU check does
     with tempfile.TemporaryDirectory() as tmp:
         for exp in EXPERIMENTS.values():
             if exp.optional:
                 continue                                         # `make all` skips it without weights
             runner.run_experiment(exp, Path(tmp) / f"{exp.name}.json", ["bench"], quick=quick,
-                                  device_name=device.type, fresh=True, log=lambda *a: None)
+                                  device_name=device.type, fresh=True, log=lambda *a: None, data=data)
     return time.perf_counter() - start
 
 

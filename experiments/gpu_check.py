@@ -84,7 +84,7 @@ def deterministic_pair(out: Path, device: str, backend: str, quick: bool, seeds:
 CAP_SHARES = (0.5, 0.25)   # of the memory REPEAT's populations used beyond what was held before
 
 
-def memory_cap(args, uncapped: dict, peak_bytes: int | None) -> dict:
+def memory_cap(args, uncapped: dict, peak_bytes: int | None, data=None) -> dict:
     """REPEAT under each cap of CAP_SHARES: the populations it trained in (a split shows as more,
     smaller ones), how its runs compare with the uncapped run's, or the error it stopped with.
     `error` marks a failure of the engine; `does_not_fit` the expected one-line refusal."""
@@ -108,7 +108,7 @@ def memory_cap(args, uncapped: dict, peak_bytes: int | None) -> dict:
         try:
             capped = runner.run_experiment(EXPERIMENTS[REPEAT], args.out / "memory-cap" / f"{REPEAT}-{share}.json",
                                            ["gpu_check"], seeds=args.seeds, quick=args.quick, device_name=args.device,
-                                           fresh=True, backend=args.backend)
+                                           fresh=True, backend=args.backend, data=data)
             entry.update(populations=[p["size"] for p in capped["provenance"]["populations"]],
                          against_uncapped=repeatability(uncapped, capped))
         except population.DeviceMemoryError as err:
@@ -137,9 +137,11 @@ def main(argv=None) -> int:
                                                   "fewer only to try the script)")
     args = parser.parse_args(argv)
     from . import bench, runner
+    from . import data as data_mod
     report = {"device": args.device, "quick": args.quick, "experiments": {}, "agreement": {}}
     failed = False
     t_study = time.perf_counter()
+    data = data_mod.load(runner.pick_device(args.device))   # once, in the study's time: every run below shares it
     for exp in EXPERIMENTS.values():
         if exp.optional:
             continue
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             result = runner.run_experiment(exp, out, ["gpu_check"], seeds=args.seeds, quick=args.quick,
-                                           device_name=args.device, fresh=True, backend=args.backend)
+                                           device_name=args.device, fresh=True, backend=args.backend, data=data)
         except Exception as err:   # a check reports every failure and goes on
             failed = True
             report["experiments"][exp.name] = {"error": f"{type(err).__name__}: {err}"}
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
             import torch
             torch.cuda.reset_peak_memory_stats(args.device)
         second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], seeds=args.seeds, quick=args.quick,
-                                       device_name=args.device, fresh=True, backend=args.backend)
+                                       device_name=args.device, fresh=True, backend=args.backend, data=data)
         peak = torch.cuda.max_memory_reserved(args.device) if cuda else None
         first = results.load(args.out / "results" / f"{REPEAT}.json")
         report["repeatability"] = {**repeatability(first, second),
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
         report["deterministic"] = deterministic_pair(args.out, args.device, args.backend, args.quick, args.seeds)
     results.write_atomic(args.out / "gpu-check.json", report)   # kept if a later step takes the process down
     if "repeatability" in report:   # last: a failure while capturing under a cap could spoil the CUDA context
-        report["memory_cap"] = memory_cap(args, first, peak)
+        report["memory_cap"] = memory_cap(args, first, peak, data)
         failed |= any("error" in t for t in report["memory_cap"].get("tries", []))
     results.write_atomic(args.out / "gpu-check.json", report)
     disagree = [(e, r["variant"]) for e, rows in report["agreement"].items() for r in rows if r["agrees"] is False]

@@ -35,7 +35,10 @@ def pick_device(name: str) -> torch.device:
 def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | None = None,
                    epochs: int | None = None, quick: bool = False, device_name: str = "auto",
                    fresh: bool = False, log=print, sets: dict | None = None, weights: Path | None = None,
-                   executor: str = "local", threads: int | None = None, backend: str = "auto") -> dict:
+                   executor: str = "local", threads: int | None = None, backend: str = "auto",
+                   data: data_mod.FashionMNIST | None = None) -> dict:
+    """`data`: the data set already loaded on the device, for a caller that runs many experiments
+    in one process (the GPU check, the bench's study): loading and verifying it takes seconds."""
     device = pick_device(device_name)
     specs, seed_list, fp, backend = plan(exp, seeds, epochs, quick, sets,
                                          population.resolve_backend(backend, device), executor)
@@ -43,7 +46,7 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     with locks.exclusive(progress_path, log):   # one writer per progress file, even across --out paths
         done = {} if fresh else read_progress(progress_path, fp, specs, log)
         started, t0 = results.now(), time.perf_counter()
-        data = data_mod.load(device)
+        data = data if data is not None else data_mod.load(device)
         log(f"{exp.name}: data from {data.source}; device {device}; "
             f"{len(specs)} variant(s) x {len(seed_list)} seed(s); {backend} backend")
         if quick:
@@ -58,7 +61,9 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
                 f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"
             log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
             done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
-            results.write_atomic(progress_path, {"fingerprint": fp, "runs": done})
+            # compact, through json's C encoder: with indentation the pure-Python one re-encodes
+            # every saved run each time, seconds when a population of 100 finishes at once
+            results.write_atomic(progress_path, json.dumps({"fingerprint": fp, "runs": done}, allow_nan=False))
 
         pops = []               # what trained together in this process, for the provenance
         if executor == "ray":   # one Ray task per run; the loop below then only does what Ray left

@@ -111,3 +111,15 @@ def test_a_good_progress_file_is_resumed(tmp_path, progress_dir, monkeypatch):
     again = quick_depth(tmp_path / "b.json", lines.append)
     assert any("4 finished run(s) kept" in line for line in lines)
     assert [v["runs"] for v in again["variants"]] == [v["runs"] for v in first["variants"]]
+
+
+@pytest.mark.slow
+def test_a_caller_that_shares_its_loaded_data_gets_the_same_result(tmp_path, progress_dir, monkeypatch, fmnist):
+    """The GPU check and the bench's study load the data once and pass it to every experiment."""
+    alone = quick_depth(tmp_path / "a.json", lambda line: None)
+    monkeypatch.setattr(runner.data_mod, "load", lambda device: pytest.fail("loaded the data again"))
+    shared = runner.run_experiment(EXPERIMENTS["depth"], tmp_path / "b.json", ["run", "depth", "--quick"], seeds=1,
+                                   epochs=1, quick=True, device_name="cpu", log=lambda line: None, data=fmnist)
+    strip = lambda r: [{k: v for k, v in run["final"].items() if k != "seconds"}  # noqa: E731
+                       for v in r["variants"] for run in v["runs"]]
+    assert strip(shared) == strip(alone) and shared["fingerprint"] == alone["fingerprint"]
