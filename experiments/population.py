@@ -13,9 +13,9 @@ dropout masks from a copy of the global stream the serial run draws them from. I
 schedule, weight decay, penalties, label smoothing and dropout rate are per-member tensors; the
 objective is a sum of per-member terms, so no gradient, statistic or NaN crosses members. Early
 stopping, divergence and the end of training are decided per member at the end of an epoch, as in
-train.fit; a finished member is copied into its own plain module and finished like a serial run
-(shifted views, confusion matrix, misclassified examples, weight statistics), then the population
-shrinks. The result schema is the serial one.
+train.fit; the members that stop in one epoch get their final evaluation together (all splits, with
+their test-time views), then each is copied into its own plain module and finished like a serial
+run (confusion matrix, misclassified examples, weight statistics), and the population shrinks. The result schema is the serial one.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from torch.nn import functional as F
 
 from . import models
 from .catalog import RunSpec
-from .data import FashionMNIST, crop_resize_flip
+from .data import FashionMNIST, crop_resize_flip, shift
 from .planning import batchable
-from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, _finite, autocast, evaluate, fit, inputs,
+from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, _finite, autocast, fit, inputs,
                     lr_at, seed_everything, weight_stats)
 
 BACKENDS = ("auto", "loop", "batched")
@@ -204,16 +204,17 @@ class StackedRun:
             h.remove()
         return kinds
 
-    def forward(self, x: torch.Tensor, masks: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: dict | None = None, state: tuple | None = None) -> torch.Tensor:
         """Logits [k, B, 10] of every member. x is [k, B, pixels] (each member its own batch) or
         [N, pixels] (one batch shared by all members: evaluation). masks: Dropout layer -> scaled
         keep-masks in training; None evaluates (no dropout, running batch-norm statistics).
 
         Rows (MLP layers) are [k, B, features]: a Linear is a batched matrix multiply. Feature maps
         (CNN stages) are [B, k*C, H, W], member m owning channels m*C .. m*C+C-1: a Conv2d is a
-        grouped convolution, and pooling, batch norm and ReLU act per channel, hence per member."""
-        p, buf, training = self.params, self.buffers, masks is not None
-        h, k = x, len(self.alive)
+        grouped convolution, and pooling, batch norm and ReLU act per channel, hence per member.
+        `state` evaluates other stacked weights, (params, buffers), with the same code."""
+        p, buf = state or (self.params, self.buffers)   # state: other stacked (params, buffers), e.g. finished members
+        training, k, h = masks is not None, len(next(iter(p.values()))), x
         if isinstance(self.template[0], nn.Conv2d):           # pixels -> maps [B, k, 28, 28]
             side = math.isqrt(self.in_features)
             h = x.view(-1, 1, side, side).expand(-1, k, -1, -1) if x.dim() == 2 else \
@@ -388,20 +389,54 @@ class StackedRun:
         return graph, static_x, static_y, static_masks
 
     @torch.no_grad()
-    def _evaluate(self, split) -> tuple[list[float], list[float]]:
-        """Single-view mean loss and accuracy of every member on a whole split (one host sync)."""
-        k = len(self.alive)
-        loss_sum = torch.zeros(k, device=self.device)
-        correct = torch.zeros(k, dtype=torch.long, device=self.device)
+    def _evaluate(self, split, views: tuple = SINGLE_VIEW, states: list[dict] | None = None):
+        """What train.evaluate gives each member's model on a whole split, for all members in one
+        forward pass per batch and view: (mean losses, accuracies, predictions [m, N]); one host
+        sync. The members are the live population, or the ones whose state dicts are `states`.
+        The prediction is the mean of the views' softmax outputs and the loss is that mean's."""
+        state = None
+        if states is not None:
+            stacked = {key: torch.stack([st[key] for st in states]) for key in states[0]}
+            state = ({key: v for key, v in stacked.items() if key in self.params},
+                     {key: v for key, v in stacked.items() if key not in self.params})
+        m = len(states) if states is not None else len(self.alive)
+        loss_sum, preds = torch.zeros(m, device=self.device), []
         for start in range(0, len(split), EVAL_BATCH):
-            x = inputs(split.images[start:start + EVAL_BATCH], self.data).reshape(-1, self.in_features)
+            x = inputs(split.images[start:start + EVAL_BATCH], self.data)
             y = split.labels[start:start + EVAL_BATCH]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-                logits = self.forward(x)
-            log_p = logits.float().log_softmax(-1)
-            loss_sum += -log_p.gather(-1, y.expand(k, -1).unsqueeze(-1)).squeeze(-1).sum(1)
-            correct += (log_p.argmax(-1) == y).sum(1)
-        return (loss_sum / len(split)).tolist(), (correct.float() / len(split)).tolist()   # as evaluate
+            log_probs = []
+            for dy, dx in views:
+                view = shift(x, dy, dx) if (dy, dx) != (0, 0) else x
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+                    logits = self.forward(view.reshape(len(view), -1), state=state)
+                log_probs.append(logits.float().log_softmax(-1))
+            log_mean = torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(views))   # [m, B, 10]
+            loss_sum += -log_mean.gather(-1, y.expand(m, -1).unsqueeze(-1)).squeeze(-1).sum(1)
+            preds.append(log_mean.argmax(-1))
+        preds = torch.cat(preds, 1)
+        return (loss_sum / len(split)).tolist(), (preds == split.labels).float().mean(1).tolist(), preds
+
+    def _finish(self, finishing: list[tuple], finished) -> None:
+        """Finish the members that stopped this epoch, [(member index, state, diverged, seconds)]:
+        the ones with the same test-time views are evaluated together, then each is finished as a
+        serial run is."""
+        by_views: dict[tuple, list] = {}
+        for j, state, diverged, seconds in finishing:
+            if diverged:
+                finished(j, finish_member(self.models[j], state, self.members[j].spec, self.data,
+                                          self.track[j]["history"], True, seconds, {}))
+                continue
+            views = SHIFTED_VIEWS if self.members[j].spec.test_time_shifts else SINGLE_VIEW
+            by_views.setdefault(views, []).append((j, state, seconds))
+        for views, group in by_views.items():
+            evaluated = [{} for _ in group]
+            for split in ("train", "val", "test"):
+                losses, accs, preds = self._evaluate(getattr(self.data, split), views, [st for _, st, _ in group])
+                for e, loss, acc, pred in zip(evaluated, losses, accs, preds):
+                    e[split] = (loss, acc, pred)
+            for (j, state, seconds), e in zip(group, evaluated):
+                finished(j, finish_member(self.models[j], state, self.members[j].spec, self.data,
+                                          self.track[j]["history"], False, seconds, e))
 
     def member_state(self, row: int) -> dict:
         """The state dict of the member at stack row `row`, for its plain module."""
@@ -409,8 +444,8 @@ class StackedRun:
 
     def train(self, finished) -> None:
         n = len(self.data.train)
-        track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0, "started": time.perf_counter()}
-                 for j in self.alive}
+        self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
+                                  "started": time.perf_counter()} for j in self.alive}
         epoch = 0
         while self.alive:
             epoch += 1
@@ -426,10 +461,10 @@ class StackedRun:
                 seen += y.shape[1]
             train_loss = (self.loss_sum / seen).tolist()
             train_acc = (self.correct.double() / seen).tolist()
-            val_loss, val_acc = self._evaluate(self.data.val)
-            test_loss, test_acc = self._evaluate(self.data.test)
+            val_loss, val_acc, _ = self._evaluate(self.data.val)
+            test_loss, test_acc, _ = self._evaluate(self.data.test)
             seconds = time.perf_counter() - epoch_start
-            done = []
+            done, finishing = [], []
             for row, j in enumerate(self.alive):
                 spec, tr = self.members[j].spec, track[j]
                 last_lr = lr_at(epoch * self.steps_per_epoch - 1, spec.epochs * self.steps_per_epoch, spec)
@@ -449,9 +484,9 @@ class StackedRun:
                     stop = stop or epoch == spec.epochs
                 if stop:
                     done.append(row)
-                    state = tr["best_state"] or self.member_state(row)
-                    finished(j, finish_member(self.models[j], state, spec, self.data, self.amp, tr["history"],
-                                              diverged, time.perf_counter() - tr["started"]))
+                    finishing.append((j, tr["best_state"] or self.member_state(row), diverged,
+                                      time.perf_counter() - tr["started"]))
+            self._finish(finishing, finished)
             if done:
                 self._shrink([r for r in range(len(self.alive)) if r not in done])
 
@@ -538,19 +573,19 @@ def _global_stream_copy(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
-def finish_member(model: nn.Module, state: dict, spec: RunSpec, data: FashionMNIST, amp: bool,
-                  history: list[dict], diverged: bool, seconds: float) -> dict:
+def finish_member(model: nn.Module, state: dict, spec: RunSpec, data: FashionMNIST, history: list[dict],
+                  diverged: bool, seconds: float, evaluated: dict) -> dict:
     """A trained member as a serial run reports it: final metrics on all three splits (with the
-    test-time views of its spec), confusion matrix, misclassified examples, weight statistics."""
+    test-time views of its spec; `evaluated`: split -> (loss, accuracy, predictions), from
+    StackedRun._evaluate), confusion matrix, misclassified examples, weight statistics."""
     if diverged:
         final = {"diverged": True, "diverged_epoch": len(history), "epochs": len(history), "seconds": seconds,
                  **{f"{s}_{m}": None for s in ("train", "val", "test") for m in ("loss", "acc")}}
         return {"history": _finite(history), "final": final}
     model.load_state_dict(state)
-    views = SHIFTED_VIEWS if spec.test_time_shifts else SINGLE_VIEW
     metrics = {}
     for split in ("train", "val", "test"):
-        metrics[f"{split}_loss"], metrics[f"{split}_acc"], pred = evaluate(model, getattr(data, split), data, amp, views)
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"], pred = evaluated[split]
     labels = data.test.labels
     confusion = torch.zeros(10, 10, dtype=torch.long, device=labels.device)
     confusion.index_put_((labels, pred), torch.ones_like(pred), accumulate=True)

@@ -142,6 +142,24 @@ def test_batched_population_matches_serial_runs(tiny):
         assert sum(map(sum, got["final"]["confusion"])) == len(tiny.test)
 
 
+@pytest.mark.parametrize("spec", [
+    RunSpec(precision="fp32", width=64, batchnorm=True, dropout=0.3, test_time_shifts=True),
+    RunSpec(precision="fp32", model="cnn", channels=(4, 8), width=32, test_time_shifts=True)], ids=["mlp", "cnn"])
+def test_finished_members_are_evaluated_together_as_train_evaluate_evaluates_each(tiny, spec):
+    """Members that stop in the same epoch are evaluated in one forward pass per batch and view:
+    within float rounding of train.evaluate on each member's own module (1e-5 relative loss, at most
+    one prediction in 1,000 apart)."""
+    from experiments.train import SHIFTED_VIEWS, evaluate
+    stack = StackedRun(tiny, [Member("a", spec, 0), Member("b", spec, 1)], CPU, 2, use_graphs=False)
+    states = [stack.member_state(r) for r in range(2)]
+    losses, accs, preds = stack._evaluate(tiny.test, SHIFTED_VIEWS, states)
+    for model, state, loss, acc, pred in zip(stack.models, states, losses, accs, preds):
+        model.load_state_dict(state)
+        want_loss, want_acc, want_pred = evaluate(model, tiny.test, tiny, False, SHIFTED_VIEWS)
+        assert loss == pytest.approx(want_loss, rel=1e-5) and abs(acc - want_acc) <= 1e-3
+        assert (pred != want_pred).sum() <= 1
+
+
 def sgd(lr: float) -> RunSpec:
     return RunSpec(precision="fp32", epochs=3, depth=2, width=64, optimizer="sgd", schedule="constant", lr=lr)
 
