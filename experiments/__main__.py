@@ -166,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_stale and planning.is_fresh(out, current, args.since):
             print(f"{out} is up to date (same spec, seeds and engine code)")
             return 0
+        # requests that cannot be met, answered before torch is imported (seconds on a small machine)
+        if args.device.startswith("cuda") and not planning.gpu_driver_loaded():
+            print(f"error: --device {args.device}: no CUDA device is available here (no GPU driver is loaded); "
+                  "use --device cpu or auto", file=sys.stderr)
+            return 2
+        if args.executor == "ray":
+            from . import executors
+            try:
+                executors.check_reachable(os.environ.get("RAY_ADDRESS"))
+            except executors.RayError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
         if args.skip_unavailable and args.device == "auto" and not args.quick and exp.needs_cuda \
                 and not planning.gpu_driver_loaded():
             # the same note as below, without importing torch to find out (a `make all` on a CPU)

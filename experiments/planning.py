@@ -84,6 +84,7 @@ def needs_cuda_note(name: str) -> str:
 
 
 def gpu_driver_loaded() -> bool:
-    """Whether a GPU driver that torch could use is loaded (NVIDIA's or AMD's ROCm). Where neither
-    is, torch.cuda.is_available() is False, and this answers without importing torch."""
-    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()
+    """Whether a GPU driver that torch could use is loaded (NVIDIA's, AMD's ROCm, or WSL's GPU
+    paravirtualization). Where none is, torch.cuda.is_available() is False, and this answers without
+    importing torch."""
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg"))

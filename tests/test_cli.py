@@ -1,6 +1,8 @@
 """The command line as a user meets it: exit codes, one-line errors, a real --quick run."""
 import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -23,13 +25,22 @@ def test_bad_arguments_exit_2_with_one_line(args, fragment):
     assert "Traceback" not in proc.stderr
 
 
-def test_cuda_requested_where_there_is_none(tmp_path):
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    proc = run_cli("run", "depth", "--quick", "--device", "cuda", "--out", str(tmp_path / "never.json"))
-    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize("request_, env, code", [(["--device", "cuda"], {}, 2),
+                                                  (["--executor", "ray"], {"RAY_ADDRESS": "127.0.0.1:1"}, 1)])
+def test_impossible_requests_are_refused_before_torch_is_imported(tmp_path, request_, env, code):
+    """No GPU driver, or no Ray cluster at $RAY_ADDRESS: a one-line error in a fraction of a second,
+    not after the seconds it takes to import torch."""
+    from experiments import planning
+    if "cuda" in request_ and planning.gpu_driver_loaded():
+        pytest.skip("this machine has a GPU driver")
+    script = ("import sys; from experiments.__main__ import main; "
+              f"rc = main(['run', 'depth', '--quick', *{request_!r}, '--out', {str(tmp_path / 'x.json')!r}]); "
+              "print(rc, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+    assert proc.stdout.split() == [str(code), "False"], proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()
+    assert ("no CUDA device" if code == 2 else "no Ray cluster answers") in proc.stderr
 
 
 def test_list_names_every_experiment_first():
@@ -75,3 +86,13 @@ def test_quick_depth_run_writes_a_valid_result_and_is_then_fresh(tmp_path):
     before = out.read_bytes()
     again = run_cli("run", "depth", "--quick", "--seeds", "2", "--out", str(out), "--if-stale")
     assert again.returncode == 0 and "up to date" in again.stdout and out.read_bytes() == before
+
+
+def test_a_driver_without_a_usable_cuda_device_is_still_refused(monkeypatch):
+    """Where a GPU driver is loaded but torch finds no device, the refusal comes from torch's answer."""
+    import torch
+    from experiments import runner
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device is available here"):
+        runner.pick_device("cuda")
+    assert runner.pick_device("auto").type == "cpu"
