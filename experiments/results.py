@@ -43,10 +43,36 @@ class ResultError(Exception):
     """A result file that cannot be used; the message names the file and what is wrong."""
 
 
+# Digests of the engine's files by (path, mtime, size), kept between processes: `make all` asks
+# for them once per experiment, and parsing the files costs more than the rest of the check.
+DIGEST_CACHE = Path(os.environ.get("FMREPORT_DIGEST_CACHE") or PROJECT_ROOT / "build" / "code-digests.json")
+
+
 def _code_digest(path: Path) -> str:
     """Hash of a module's syntax tree without docstrings: comments and wording don't invalidate results."""
-    stat = Path(path).stat()
-    return _tree_digest(str(path), stat.st_mtime_ns, stat.st_size)
+    path = Path(path).resolve()
+    stat = path.stat()
+    cache = _digest_cache()
+    entry = cache.get(str(path))
+    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [stat.st_mtime_ns, stat.st_size]:
+        return str(entry[2])
+    digest = _tree_digest(str(path), stat.st_mtime_ns, stat.st_size)
+    cache = {p: e for p, e in cache.items() if Path(p).exists()}   # files gone since are forgotten
+    cache[str(path)] = [stat.st_mtime_ns, stat.st_size, digest]
+    try:
+        write_atomic(DIGEST_CACHE, json.dumps(cache))
+    except OSError:
+        pass                                               # a read-only checkout still works, only slower
+    return digest
+
+
+def _digest_cache() -> dict:
+    """DIGEST_CACHE's entries, path -> [mtime_ns, size, digest]; empty when absent or damaged."""
+    try:
+        cache = json.loads(DIGEST_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 @functools.lru_cache(maxsize=64)

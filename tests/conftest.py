@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _SCRATCH = Path(tempfile.mkdtemp(prefix="fmreport-tests-"))
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["FMREPORT_PROGRESS_DIR"] = str(_SCRATCH / "progress")
+os.environ["FMREPORT_DIGEST_CACHE"] = str(_SCRATCH / "code-digests.json")
 os.environ["FMREPORT_LOCK_DIR"] = str(_SCRATCH / "locks")
 
 

@@ -85,6 +85,21 @@ def test_code_digest_ignores_comments_and_docstrings(tmp_path):
     assert results._code_digest(a) == results._code_digest(b) != results._code_digest(c)
 
 
+def test_code_digests_are_kept_between_processes_and_an_edit_is_seen(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "DIGEST_CACHE", tmp_path / "digests.json")
+    module = tmp_path / "m.py"
+    module.write_text("x = 1\n")
+    first = results._code_digest(module)
+    parse = results._tree_digest
+    monkeypatch.setattr(results, "_tree_digest", lambda *a: pytest.fail("parsed again: the cache was not used"))
+    assert results._code_digest(module) == first                  # as a second process finds it
+    monkeypatch.setattr(results, "_tree_digest", parse)
+    module.write_text("x = 22\n")                                 # an edit changes mtime and size
+    assert results._code_digest(module) not in (first, None)
+    (tmp_path / "digests.json").write_text("{damaged")
+    assert results._code_digest(module) == parse(str(module.resolve()), module.stat().st_mtime_ns, module.stat().st_size)
+
+
 def test_comparisons_pair_each_variant_with_the_control_seed_by_seed():
     control = {"name": "c", "runs": [fake_run(0, 0.80), fake_run(1, 0.90), fake_run(2, 0.85)]}
     better = {"name": "b", "runs": [fake_run(0, 0.81), fake_run(1, 0.911), fake_run(2, 0.862), fake_run(3, 0.99)]}
