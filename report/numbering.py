@@ -2,6 +2,7 @@
 let forward references resolve."""
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ from markupsafe import Markup
 from experiments import catalog
 
 from .analysis import HELPERS, by_precision, distinct
-from .config import (BASELINES, ESSAYS, LICENCES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, TARGET_VAL_ACC, TEMPLATES,
+from .config import (BASELINES, ESSAYS, LICENCES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, ROOT, TARGET_VAL_ACC, TEMPLATES,
                      ReportError)
 from .sections import Section, display_path, load_bench, load_gpu_check, make_command, missing_message
 from .sources import quote_functions, quote_uses
@@ -134,10 +135,22 @@ class Document:
         return Markup("\n".join(out) + "\n")
 
 
+def bytecode_cache() -> jinja2.FileSystemBytecodeCache | None:
+    """Compiled templates kept in build/jinja-cache (keyed by each template's source): compiling
+    them is most of the time `make all` takes to find the report up to date. None where build/
+    cannot be written."""
+    folder = ROOT / "build" / "jinja-cache"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder)) if os.access(folder, os.W_OK) else None
+
+
 def make_env(doc: Document) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              autoescape=True, finalize=finalize, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True)
+                             keep_trailing_newline=True, bytecode_cache=bytecode_cache())
     env.filters.update(FILTERS)
     env.globals.update(HELPERS)
     env.globals.update(figure=doc.figure, table=doc.table, ref=doc.ref, heading=doc.heading,
