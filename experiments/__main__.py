@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --device {args.device}: no CUDA device is available here (no GPU driver is loaded); "
                   "use --device cpu or auto", file=sys.stderr)
             return 2
-        if args.executor == "ray":
+        if args.executor == "ray" and importlib.util.find_spec("ray"):   # without Ray: the install hint below
             from . import executors
             try:
                 executors.check_reachable(os.environ.get("RAY_ADDRESS"))

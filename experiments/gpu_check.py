@@ -138,10 +138,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from . import bench, runner
     from . import data as data_mod
-    report = {"device": args.device, "quick": args.quick, "experiments": {}, "agreement": {}}
+    report = {"device": args.device, "quick": args.quick, "seeds": args.seeds, "backend": args.backend,
+              "experiments": {}, "agreement": {}}   # seeds None: each experiment's catalog seeds
     failed = False
     t_study = time.perf_counter()
-    data = data_mod.load(runner.pick_device(args.device))   # once, in the study's time: every run below shares it
+    try:
+        data = data_mod.load(runner.pick_device(args.device))   # once, in the study's time: every run below shares it
+    except (data_mod.DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for exp in EXPERIMENTS.values():
         if exp.optional:
             continue
@@ -172,11 +177,15 @@ def main(argv=None) -> int:
         except Exception as err:   # reported; the checks below still run
             failed, report["bench_error"] = True, f"{type(err).__name__}: {err}"
             print(f"FAILED bench: {err}", file=sys.stderr)
+            results.write_atomic(args.out / "gpu-check.json", report)
     if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT] and not args.skip_checks:
         again = args.out / "rerun" / f"{REPEAT}.json"
         cuda = args.device.startswith("cuda")
-        if cuda:
+        if cuda:   # the peak of this rerun alone: what the study and the bench left cached is let go first
+            import gc
             import torch
+            gc.collect()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(args.device)
         second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], seeds=args.seeds, quick=args.quick,
                                        device_name=args.device, fresh=True, backend=args.backend, data=data)

@@ -84,7 +84,8 @@ def needs_cuda_note(name: str) -> str:
 
 
 def gpu_driver_loaded() -> bool:
-    """Whether a GPU driver that torch could use is loaded (NVIDIA's, AMD's ROCm, or WSL's GPU
-    paravirtualization). Where none is, torch.cuda.is_available() is False, and this answers without
-    importing torch."""
-    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg"))
+    """Whether a GPU driver that torch could use is loaded (NVIDIA's, as /proc or its device nodes
+    show it, Jetson's, AMD's ROCm, or WSL's GPU paravirtualization). Where none is,
+    torch.cuda.is_available() is False, and this answers without importing torch."""
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvhost-ctrl-gpu",
+                                          "/dev/kfd", "/dev/dxg"))

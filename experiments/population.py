@@ -80,13 +80,14 @@ class DeviceMemoryError(Exception):
 
 def fit_population(data: FashionMNIST, members: list[Member], device: torch.device, backend: str = "auto",
                    max_batches: int | None = None, on_finish=None, cuda_graphs: bool | None = None,
-                   log=print, trained_as: list | None = None) -> list[dict]:
+                   log=print, trained_as: list | None = None, notes: list | None = None) -> list[dict]:
     """Train `members` (one population) and return their runs in order; `on_finish(member, run)` is
     called as each member finishes, so a caller can save it before the others are done.
 
     A population that runs out of device memory is split in two and its unfinished members start
     again (from their seeds: a restarted member repeats its draws exactly); finished members are
-    kept. `trained_as` receives the size of each population that trained."""
+    kept. `trained_as` receives the size of each population that trained, `notes` what the
+    provenance should say besides (a CUDA graph capture that failed, so the steps ran eagerly)."""
     backend = resolve_backend(backend, device)
     runs: dict[int, dict] = {}
 
@@ -109,8 +110,8 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
     while pending:
         rows = pending.pop(0)
         try:
-            StackedRun(data, [members[j] for j in rows], device, max_batches, use_graphs).train(
-                lambda r, run, rows=rows: finished(rows[r], run))
+            stack = StackedRun(data, [members[j] for j in rows], device, max_batches, use_graphs)
+            stack.train(lambda r, run, rows=rows: finished(rows[r], run))
         except torch.cuda.OutOfMemoryError as err:
             left = [j for j in rows if j not in runs]
             if device.type == "cuda":
@@ -127,6 +128,8 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
             continue
         if trained_as is not None:
             trained_as.append(len(rows))
+        if stack.graph_error and notes is not None:
+            notes.append(f"CUDA graph capture failed ({stack.graph_error}): {len(rows)} member(s) trained eagerly")
     return [runs[j] for j in range(len(members))]
 
 

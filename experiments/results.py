@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
@@ -52,13 +53,15 @@ def _code_digest(path: Path) -> str:
     """Hash of a module's syntax tree without docstrings: comments and wording don't invalidate results."""
     path = Path(path).resolve()
     stat = path.stat()
+    # ast.dump differs between Python versions, and the GPU machine's python3 may not be .venv's
+    key, seen = f"py{sys.version_info[0]}.{sys.version_info[1]} {path}", [stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size]
     cache = _digest_cache()
-    entry = cache.get(str(path))
-    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [stat.st_mtime_ns, stat.st_size]:
-        return str(entry[2])
+    entry = cache.get(key)
+    if isinstance(entry, list) and len(entry) == 4 and entry[:3] == seen:
+        return str(entry[3])
     digest = _tree_digest(str(path), stat.st_mtime_ns, stat.st_size)
-    cache = {p: e for p, e in cache.items() if Path(p).exists()}   # files gone since are forgotten
-    cache[str(path)] = [stat.st_mtime_ns, stat.st_size, digest]
+    cache = {k: e for k, e in cache.items() if Path(k.partition(" ")[2]).exists()}   # files gone are forgotten
+    cache[key] = [*seen, digest]
     try:
         write_atomic(DIGEST_CACHE, json.dumps(cache))
     except OSError:
@@ -67,7 +70,8 @@ def _code_digest(path: Path) -> str:
 
 
 def _digest_cache() -> dict:
-    """DIGEST_CACHE's entries, path -> [mtime_ns, size, digest]; empty when absent or damaged."""
+    """DIGEST_CACHE's entries, "pyX.Y path" -> [mtime_ns, ctime_ns, size, digest]; empty when
+    absent or damaged."""
     try:
         cache = json.loads(DIGEST_CACHE.read_text())
     except (OSError, ValueError):

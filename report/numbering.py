@@ -2,6 +2,7 @@
 let forward references resolve."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -136,10 +137,14 @@ class Document:
 
 
 def bytecode_cache() -> jinja2.FileSystemBytecodeCache | None:
-    """Compiled templates kept in build/jinja-cache (keyed by each template's source): compiling
-    them is most of the time `make all` takes to find the report up to date. None where build/
-    cannot be written."""
-    folder = ROOT / "build" / "jinja-cache"
+    """Compiled templates kept in build/jinja-cache: compiling them is most of the time `make all`
+    takes to find the report up to date. Jinja keys each by its template's source; the folder is
+    named after what else a compiled template depends on (this module's environment settings, the
+    filters in text.py, Jinja's version). None where build/ cannot be written."""
+    code = hashlib.sha256(jinja2.__version__.encode())
+    for module in ("numbering.py", "text.py"):
+        code.update((Path(__file__).parent / module).read_bytes())
+    folder = ROOT / "build" / "jinja-cache" / code.hexdigest()[:16]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

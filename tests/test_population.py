@@ -160,6 +160,23 @@ def test_finished_members_are_evaluated_together_as_train_evaluate_evaluates_eac
         assert (pred != want_pred).sum() <= 1
 
 
+def test_a_failed_graph_capture_trains_eagerly_and_says_so(tiny, monkeypatch):
+    """On CUDA a capture can fail (an op that syncs the host, an old driver): the population goes on
+    with eager steps, the same arithmetic, and the provenance says so."""
+    spec = RunSpec(precision="fp32", epochs=1, width=32)
+    members = [Member("a", spec, 0), Member("b", spec, 1)]
+    eager = fit_population(tiny, members, CPU, "batched", cuda_graphs=False)
+
+    def capture(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(StackedRun, "_capture", capture)
+    notes = []
+    tried = fit_population(tiny, members, CPU, "batched", cuda_graphs=True, notes=notes)
+    assert [without_times(r) for r in tried] == [without_times(r) for r in eager]
+    assert notes == ["CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing): "
+                     "2 member(s) trained eagerly"]
+
+
 def sgd(lr: float) -> RunSpec:
     return RunSpec(precision="fp32", epochs=3, depth=2, width=64, optimizer="sgd", schedule="constant", lr=lr)
 

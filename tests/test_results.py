@@ -93,6 +93,11 @@ def test_code_digests_are_kept_between_processes_and_an_edit_is_seen(tmp_path, m
     parse = results._tree_digest
     monkeypatch.setattr(results, "_tree_digest", lambda *a: pytest.fail("parsed again: the cache was not used"))
     assert results._code_digest(module) == first                  # as a second process finds it
+    monkeypatch.setattr(results, "_tree_digest", lambda *a: "parsed by another python")
+    with monkeypatch.context() as m:                               # ast.dump differs between versions
+        m.setattr(results.sys, "version_info", (3, 99, 0))
+        assert results._code_digest(module) == "parsed by another python"
+    assert results._code_digest(module) == first                  # each version keeps its own entry
     monkeypatch.setattr(results, "_tree_digest", parse)
     module.write_text("x = 22\n")                                 # an edit changes mtime and size
     assert results._code_digest(module) not in (first, None)

@@ -63,3 +63,10 @@ def test_unpaired_difference_is_welchs_interval():
 def test_unpaired_difference_without_spread():
     assert stats.unpaired_difference([0.9], [0.8, 0.85])["ci95"] is None          # one value: no interval
     assert stats.unpaired_difference([0.9, 0.9], [0.8, 0.8])["ci95"] == pytest.approx([0.1, 0.1])
+
+
+def test_t_quantile_reaches_the_far_tails_and_clamps_beyond_its_bracket():
+    assert stats.t_quantile(0.9995, 1) == pytest.approx(636.6192, rel=1e-5)       # tables: t(0.9995, 1)
+    assert stats.t_quantile(1e-6, 2) == pytest.approx(-707.1063, rel=1e-4)
+    assert stats.t_quantile(1e-6, 1) == pytest.approx(-1e3)                       # beyond +-1000: clamped
+    assert stats.t_quantile(0.025, 9) == pytest.approx(-stats.t_quantile(0.975, 9), abs=1e-9)
