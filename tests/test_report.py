@@ -762,7 +762,13 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert render(res, tmp_path / "out") == 0
     page = visible_text((tmp_path / "out" / "report.html").read_text())
     assert "a member-epoch of the base MLP in a population of 32 costs 3.7 ms" in page
-    assert "reaches 21% of the card" in page and "42.0 s in one process" in page
+    assert "reaches 21.0% of the card" in page and "sets the GPU bench (NVIDIA H200" in page
+    table = re.search(r'<table[^>]*>(?:(?!</table>).)*NVIDIA H200.*?</table>', (tmp_path / "out" / "report.html").read_text(), re.S)
+    cells = [visible_text(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", table.group(0), re.S)]
+    rows = {cells[i]: cells[i + 1:i + 3] for i in range(0, len(cells), 3)}
+    assert rows["The recipe’s 5 seeds as one population"] == ["—", "1.4 s"]
+    assert rows["Member-epoch in a population of 32"] == ["—", "3.7 ms"]
+    assert rows["Fixed 89% recipe, one seed trained alone"][1] == "0.8 s" and rows["Every experiment make all runs"][1] == "42.0 s"
     assert "The whole study on the GPU" not in page
     (res / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
     assert render(res, tmp_path / "checked") == 0
