@@ -15,7 +15,8 @@ objective is a sum of per-member terms, so no gradient, statistic or NaN crosses
 stopping, divergence and the end of training are decided per member at the end of an epoch, as in
 train.fit; the members that stop in one epoch get their final evaluation together (all splits, with
 their test-time views), then each is copied into its own plain module and finished like a serial
-run (confusion matrix, misclassified examples, weight statistics), and the population shrinks. The result schema is the serial one.
+run (confusion matrix, misclassified examples, weight statistics), and the population shrinks.
+The result schema is the serial one.
 """
 from __future__ import annotations
 

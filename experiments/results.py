@@ -54,7 +54,8 @@ def _code_digest(path: Path) -> str:
     path = Path(path).resolve()
     stat = path.stat()
     # ast.dump differs between Python versions, and the GPU machine's python3 may not be .venv's
-    key, seen = f"py{sys.version_info[0]}.{sys.version_info[1]} {path}", [stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size]
+    key = f"py{sys.version_info[0]}.{sys.version_info[1]} {path}"
+    seen = [stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size]
     cache = _digest_cache()
     entry = cache.get(key)
     if isinstance(entry, list) and len(entry) == 4 and entry[:3] == seen:
