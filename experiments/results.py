@@ -31,7 +31,7 @@ ENGINE_SOURCES = ("data.py", "models.py", "penalties.py", "train.py")
 MODEL_SOURCES = {"transfer": ("transfer.py",)}   # extra code only the results of these models depend on
 # The batched population backend (population.py) trains with other kernels than train.fit: its
 # results are other results, so its code and name join the fingerprint; the loop backend's don't.
-BACKEND_SOURCES = {"loop": (), "batched": ("population.py",)}
+BACKEND_SOURCES = {"loop": (), "batched": ("population.py", "stacked.py")}
 # --quick: 8 batches of 256 training images, 1000 validation and test images, 2 epochs. They shape a
 # quick result, so a quick result's fingerprint includes them.
 QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS = 2048, 1000, 2

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import models, penalties, planning, population, results, runner
+from experiments import models, penalties, planning, population, results, runner, stacked
 from experiments.catalog import EXPERIMENTS, RunSpec
 from experiments.population import Member, StackedRun, fit_population
 from experiments.train import fit, inputs, seed_everything
@@ -61,7 +61,7 @@ def test_population_inputs_are_each_members_make_inputs_bit_for_bit(tiny):
     gens = [torch.Generator().manual_seed(10 + r) for r in range(len(specs))]
     alone = [torch.Generator().manual_seed(10 + r) for r in range(len(specs))]
     for _ in range(2):   # the second batch checks that each generator advanced as it does alone
-        together = population.train_inputs(tiny, idx, specs, gens)
+        together = stacked.train_inputs(tiny, idx, specs, gens)
         for r, spec in enumerate(specs):
             own = inputs(tiny.train.images[idx[r]], tiny, spec, alone[r]).reshape(len(idx[r]), -1)
             assert torch.equal(together[r], own), kinds[r]

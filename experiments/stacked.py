@@ -1,0 +1,495 @@
+"""The batched backend's stacked network: every tensor of a population has the member as its
+leading dimension (population.py groups the members and drives it).
+
+StackedRun builds each member as its serial run (same seed, models.build), stacks their weights,
+and trains them with one forward, loss, backward and optimizer step for all (on CUDA one CUDA graph
+per batch size); train_inputs makes each step's inputs with every member's own generators; the
+members that stop in one epoch are evaluated together and finished as serial runs (finish_member).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import models
+from .catalog import RunSpec
+from .data import FashionMNIST, crop_resize_flip, shift
+from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, _finite, autocast, inputs, lr_at, seed_everything,
+                    weight_stats)
+
+if TYPE_CHECKING:
+    from .population import Member
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defaults, as train.make_optimizer uses
+
+
+class StackedRun:
+    """The batched backend: every tensor of the population has the member as its leading dimension."""
+
+    def __init__(self, data: FashionMNIST, members: list[Member], device: torch.device,
+                 max_batches: int | None, use_graphs: bool):
+        self.data, self.members, self.device, self.use_graphs = data, list(members), device, use_graphs
+        self.in_features = data.train.images[0].numel()
+        self.amp = autocast(members[0].spec, device)
+        self.models, self.batch_gens, self.dropout_gens = [], [], []
+        for m in members:
+            gen = seed_everything(m.seed, device)           # exactly the serial run's start
+            model = models.build(m.spec, self.in_features).to(device)
+            self.models.append(model)
+            self.batch_gens.append(gen)
+            self.dropout_gens.append(_global_stream_copy(m.seed, device))
+        self.template = self.models[0]
+        self.mask_kinds = self._dropout_inputs()
+        n = len(data.train)
+        self.batch = members[0].spec.batch_size
+        self.steps_per_epoch = math.ceil(n / self.batch)
+        if max_batches:
+            self.steps_per_epoch = min(self.steps_per_epoch, max_batches)
+        self.alive = list(range(len(members)))          # member indices still training, in stack order
+        state = {k: torch.stack([mod.state_dict()[k] for mod in self.models]) for k in self.template.state_dict()}
+        self.params = {k: v.requires_grad_() for k, v in state.items() if v.is_floating_point() and
+                       k in dict(self.template.named_parameters())}
+        self.buffers = {k: v for k, v in state.items() if k not in self.params}
+        self.slots = {k: [torch.zeros_like(p) for _ in range(2)] for k, p in self.params.items()}  # Adam m, v / SGD buf
+        specs = [m.spec for m in members]
+        per = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
+        self.hyper = {
+            "weight_decay": per([s.weight_decay for s in specs]),
+            "l1": per([s.l1 if not s.l1_proximal else 0.0 for s in specs]),
+            "l1_prox": per([s.l1 if s.l1_proximal else 0.0 for s in specs]),
+            "l2": per([s.l2 for s in specs]),
+            "smoothing": per([s.label_smoothing for s in specs]),
+            "momentum": per([s.momentum for s in specs]),
+            "lr_table": per([[lr_at(t, s.epochs * self.steps_per_epoch, s)
+                              for t in range(max(x.epochs for x in specs) * self.steps_per_epoch)] for s in specs]),
+        }
+        self.step = torch.zeros((), dtype=torch.long, device=device)   # steps taken (the same for all)
+        self.loss_sum = torch.zeros(len(members), device=device)
+        self.correct = torch.zeros(len(members), dtype=torch.long, device=device)
+        self.sgd = specs[0].optimizer == "sgd"
+        self.graphs: dict[int, tuple] = {}
+        self.graph_error = None                          # why capture failed, if it did (then eager)
+        self._refresh_flags()
+
+    # -- the network, as functions of the stacked tensors --------------------------------------------
+
+    def _dropout_inputs(self) -> dict[int, tuple]:
+        """Dropout layer -> (dtype, features, attribute of the spec with its rate) of what it sees in
+        the serial model (bf16 after an autocast Linear), so masks are drawn exactly as F.dropout
+        draws them there."""
+        kinds, hooks, seen_weights = {}, [], False
+        for i, layer in enumerate(self.template):
+            seen_weights = seen_weights or isinstance(layer, (nn.Linear, nn.Conv2d))
+            if isinstance(layer, nn.Dropout):
+                rate = "dropout" if seen_weights else "input_dropout"
+
+                def record(mod, args, i=i, rate=rate):
+                    a = args[0]
+                    fmt = torch.channels_last if a.dim() == 4 and not a.is_contiguous() else torch.contiguous_format
+                    kinds[i] = (a.dtype, tuple(a.shape[1:]), rate, fmt)
+                hooks.append(layer.register_forward_pre_hook(record))
+        self.template.eval()
+        side = math.isqrt(self.in_features)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            self.template(torch.zeros(2, 1, side, side, device=self.device).contiguous(memory_format=torch.channels_last))
+        self.template.train()
+        for h in hooks:
+            h.remove()
+        return kinds
+
+    def forward(self, x: torch.Tensor, masks: dict | None = None, state: tuple | None = None) -> torch.Tensor:
+        """Logits [k, B, 10] of every member. x is [k, B, pixels] (each member its own batch) or
+        [N, pixels] (one batch shared by all members: evaluation). masks: Dropout layer -> scaled
+        keep-masks in training; None evaluates (no dropout, running batch-norm statistics).
+
+        Rows (MLP layers) are [k, B, features]: a Linear is a batched matrix multiply. Feature maps
+        (CNN stages) are [B, k*C, H, W], member m owning channels m*C .. m*C+C-1: a Conv2d is a
+        grouped convolution, and pooling, batch norm and ReLU act per channel, hence per member.
+        `state` evaluates other stacked weights, (params, buffers), with the same code."""
+        p, buf = state or (self.params, self.buffers)   # state: other stacked (params, buffers), e.g. finished members
+        training, k, h = masks is not None, len(next(iter(p.values()))), x
+        if isinstance(self.template[0], nn.Conv2d):           # pixels -> maps [B, k, 28, 28]
+            side = math.isqrt(self.in_features)
+            h = x.view(-1, 1, side, side).expand(-1, k, -1, -1) if x.dim() == 2 else \
+                x.transpose(0, 1).reshape(-1, k, side, side)
+            h = h.contiguous(memory_format=torch.channels_last)
+        for i, layer in enumerate(self.template):
+            w, b = p.get(f"{i}.weight"), p.get(f"{i}.bias")
+            if isinstance(layer, nn.Linear):
+                if h.dim() == 2:   # shared input: one matrix multiply for all members
+                    flat = w.reshape(-1, w.shape[-1])
+                    out = h @ flat.t() if b is None else torch.addmm(b.reshape(-1), h, flat.t())
+                    h = out.view(len(h), k, -1).transpose(0, 1)
+                else:
+                    h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            elif isinstance(layer, nn.Conv2d):
+                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                             layer.stride, layer.padding, layer.dilation, groups=k)
+            elif isinstance(layer, nn.MaxPool2d):
+                h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding)
+            elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                rows = h.dim() == 3                             # [k, B, C] -> [B, k*C], as maps are
+                flat = h.transpose(0, 1).reshape(h.shape[1], -1) if rows else h
+                flat = F.batch_norm(flat, buf[f"{i}.running_mean"].view(-1), buf[f"{i}.running_var"].view(-1),
+                                    w.view(-1), b.view(-1), training, layer.momentum, layer.eps)
+                if training:
+                    buf[f"{i}.num_batches_tracked"].add_(1)
+                h = flat.view(h.shape[1], k, -1).transpose(0, 1) if rows else flat
+            elif isinstance(layer, nn.ReLU):
+                h = torch.relu(h)
+            elif isinstance(layer, nn.Dropout):
+                if training:
+                    h = h * masks[i]
+            elif isinstance(layer, nn.Flatten):
+                if h.dim() == 4:                                 # maps -> rows [k, B, C*H*W]
+                    h = h.reshape(len(h), k, -1).transpose(0, 1)
+            else:
+                raise TypeError(f"the batched backend cannot stack {type(layer).__name__}")
+        return h
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor, masks: dict):
+        """(sum over members of loss + penalties, per-member loss [k], logits [k, B, 10])."""
+        hp = self.hyper
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            logits = self.forward(x, masks)
+        log_p = logits.float().log_softmax(-1)
+        nll = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+        smooth = -log_p.mean(-1).mean(1)                  # cross_entropy's label smoothing term
+        eps = hp["smoothing"]
+        loss = (1 - eps) * nll + eps * smooth
+        weights = [w for w in self.params.values() if w.dim() >= 3]   # the serial run's dim >= 2
+        objective = loss
+        if self._any("l1"):
+            objective = objective + hp["l1"] * sum(w.abs().flatten(1).sum(1) for w in weights)
+        if self._any("l2"):
+            objective = objective + hp["l2"] * 0.5 * sum(w.pow(2).flatten(1).sum(1) for w in weights)
+        return objective.sum(), loss, logits
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, masks: dict) -> None:
+        """One step for every member: forward, per-member loss and penalties, gradients, optimizer
+        update; metrics accumulate on the device. No host sync, so it can be one CUDA graph."""
+        hp = self.hyper
+        lr = hp["lr_table"].index_select(1, self.step.view(1)).squeeze(1)
+        objective, loss, logits = self.objective(x, y, masks)
+        weights = [w for w in self.params.values() if w.dim() >= 3]
+        names = list(self.params)
+        grads = torch.autograd.grad(objective, [self.params[n] for n in names])
+        with torch.no_grad():
+            self.step.add_(1)
+            for name, g in zip(names, grads):
+                self._update(self.params[name], g, lr, decays=self.params[name].dim() >= 3, slots=self.slots[name])
+            if self._any("l1_prox"):
+                for w in weights:
+                    thr = _per_member(lr * hp["l1_prox"], w)
+                    w.copy_(w.sign() * (w.abs() - thr).clamp_min(0))
+            self.loss_sum.add_(loss.detach() * y.shape[1])
+            self.correct.add_((logits.argmax(-1) == y).sum(1))
+
+    def _any(self, name: str) -> bool:
+        """Whether any member has this coefficient (read once per population, never inside a step)."""
+        return self._flags[name]
+
+    def _refresh_flags(self) -> None:
+        self._flags = {k: bool((self.hyper[k] != 0).any().item()) for k in ("l1", "l1_prox", "l2")}
+
+    def _update(self, p, g, lr, decays: bool, slots) -> None:
+        """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
+        train.make_optimizer configures them, with a learning rate and decay per member."""
+        wd = self.hyper["weight_decay"] if decays else None
+        if self.sgd:
+            buf, = slots[:1]
+            if wd is not None:
+                g = g + _per_member(wd, g) * p
+            mom = _per_member(self.hyper["momentum"], g)
+            buf.mul_(mom).add_(g)
+            p.sub_(_per_member(lr, p) * (g + mom * buf))
+            return
+        m, v = slots
+        b1, b2 = ADAM_BETAS
+        if wd is not None:
+            p.mul_(1 - _per_member(lr * wd, p))
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        t = self.step.float()
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        denom = (v.sqrt() / bc2.sqrt()).add_(ADAM_EPS)
+        p.sub_(_per_member(lr / bc1, p) * m / denom)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def _batch(self, orders: torch.Tensor, b: int):
+        """Inputs [k, B, features], labels [k, B] and dropout masks of step b, each member's drawn
+        from its own generators in the serial run's order."""
+        idx = orders[:, b * self.batch:(b + 1) * self.batch]
+        specs = [self.members[j].spec for j in self.alive]
+        x = train_inputs(self.data, idx, specs, [self.batch_gens[j] for j in self.alive])
+        masks = {}
+        for i, (dtype, shape, rate, fmt) in self.mask_kinds.items():   # in layer order, as the serial forward
+            per_member = []
+            for j, s in zip(self.alive, specs):
+                keep = 1 - getattr(s, rate)   # F.dropout: empty_like(input).bernoulli_(keep).div_(keep)
+                per_member.append(torch.empty(idx.shape[1], *shape, dtype=dtype, device=self.device, memory_format=fmt)
+                                  .bernoulli_(keep, generator=self.dropout_gens[j]).div_(keep))
+            # rows [k, B, F]; maps [B, k*C, H, W]
+            masks[i] = torch.stack(per_member) if len(shape) == 1 else \
+                torch.stack(per_member, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        return x, self.data.train.labels[idx], masks
+
+    def _run_step(self, x, y, masks) -> None:
+        if not self.use_graphs:
+            self._train_step(x, y, masks)
+            return
+        size = x.shape[1]
+        if size not in self.graphs:
+            try:
+                self.graphs[size] = self._capture(x, y, masks)
+            except torch.cuda.OutOfMemoryError:
+                raise                                   # fit_population splits the population
+            except RuntimeError as err:                 # the step still runs, eagerly, and says so
+                self.use_graphs, self.graph_error = False, f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                print(f"  warning: CUDA graph capture failed ({self.graph_error}); this population runs eagerly")
+                self._train_step(x, y, masks)
+                return
+        graph, static_x, static_y, static_masks = self.graphs[size]
+        static_x.copy_(x)
+        static_y.copy_(y)
+        for i, mask in masks.items():
+            static_masks[i].copy_(mask)
+        graph.replay()
+
+    def _state(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *self.buffers.values(), *(s for pair in self.slots.values() for s in pair),
+                self.step, self.loss_sum, self.correct]
+
+    def _capture(self, x, y, masks):
+        """Capture one training step of this batch size as a CUDA graph. The warm-up steps that
+        capture needs run on a copy of the state, which is then put back: they change nothing."""
+        static_x, static_y = x.clone(), y.clone()
+        static_masks = {i: m.clone() for i, m in masks.items()}
+        saved = [t.detach().clone() for t in self._state()]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._train_step(static_x, static_y, static_masks)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.no_grad():
+            for t, s in zip(self._state(), saved):
+                t.copy_(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._train_step(static_x, static_y, static_masks)
+        return graph, static_x, static_y, static_masks
+
+    @torch.no_grad()
+    def _evaluate(self, split, views: tuple = SINGLE_VIEW, states: list[dict] | None = None):
+        """What train.evaluate gives each member's model on a whole split, for all members in one
+        forward pass per batch and view: (mean losses, accuracies, predictions [m, N]); one host
+        sync. The members are the live population, or the ones whose state dicts are `states`.
+        The prediction is the mean of the views' softmax outputs and the loss is that mean's."""
+        state = None
+        if states is not None:
+            stacked = {key: torch.stack([st[key] for st in states]) for key in states[0]}
+            state = ({key: v for key, v in stacked.items() if key in self.params},
+                     {key: v for key, v in stacked.items() if key not in self.params})
+        m = len(states) if states is not None else len(self.alive)
+        loss_sum, preds = torch.zeros(m, device=self.device), []
+        for start in range(0, len(split), EVAL_BATCH):
+            x = inputs(split.images[start:start + EVAL_BATCH], self.data)
+            y = split.labels[start:start + EVAL_BATCH]
+            log_probs = []
+            for dy, dx in views:
+                view = shift(x, dy, dx) if (dy, dx) != (0, 0) else x
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+                    logits = self.forward(view.reshape(len(view), -1), state=state)
+                log_probs.append(logits.float().log_softmax(-1))
+            log_mean = torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(views))   # [m, B, 10]
+            loss_sum += -log_mean.gather(-1, y.expand(m, -1).unsqueeze(-1)).squeeze(-1).sum(1)
+            preds.append(log_mean.argmax(-1))
+        preds = torch.cat(preds, 1)
+        return (loss_sum / len(split)).tolist(), (preds == split.labels).float().mean(1).tolist(), preds
+
+    def _finish(self, finishing: list[tuple], finished) -> None:
+        """Finish the members that stopped this epoch, [(member index, state, diverged, seconds)]:
+        the ones with the same test-time views are evaluated together, then each is finished as a
+        serial run is."""
+        by_views: dict[tuple, list] = {}
+        for j, state, diverged, seconds in finishing:
+            if diverged:
+                finished(j, finish_member(self.models[j], state, self.members[j].spec, self.data,
+                                          self.track[j]["history"], True, seconds, {}))
+                continue
+            views = SHIFTED_VIEWS if self.members[j].spec.test_time_shifts else SINGLE_VIEW
+            by_views.setdefault(views, []).append((j, state, seconds))
+        for views, group in by_views.items():
+            evaluated = [{} for _ in group]
+            for split in ("train", "val", "test"):
+                losses, accs, preds = self._evaluate(getattr(self.data, split), views, [st for _, st, _ in group])
+                for e, loss, acc, pred in zip(evaluated, losses, accs, preds):
+                    e[split] = (loss, acc, pred)
+            for (j, state, seconds), e in zip(group, evaluated):
+                finished(j, finish_member(self.models[j], state, self.members[j].spec, self.data,
+                                          self.track[j]["history"], False, seconds, e))
+
+    def member_state(self, row: int) -> dict:
+        """The state dict of the member at stack row `row`, for its plain module."""
+        return {k: v[row].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+    def train(self, finished) -> None:
+        n = len(self.data.train)
+        self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
+                                  "started": time.perf_counter()} for j in self.alive}
+        epoch = 0
+        while self.alive:
+            epoch += 1
+            epoch_start = time.perf_counter()
+            orders = torch.stack([torch.randperm(n, device=self.device, generator=self.batch_gens[j])
+                                  for j in self.alive])
+            self.loss_sum.zero_()
+            self.correct.zero_()
+            seen = 0
+            for b in range(self.steps_per_epoch):
+                x, y, masks = self._batch(orders, b)
+                self._run_step(x, y, masks)
+                seen += y.shape[1]
+            train_loss = (self.loss_sum / seen).tolist()
+            train_acc = (self.correct.double() / seen).tolist()
+            val_loss, val_acc, _ = self._evaluate(self.data.val)
+            test_loss, test_acc, _ = self._evaluate(self.data.test)
+            seconds = time.perf_counter() - epoch_start
+            done, finishing = [], []
+            for row, j in enumerate(self.alive):
+                spec, tr = self.members[j].spec, track[j]
+                last_lr = lr_at(epoch * self.steps_per_epoch - 1, spec.epochs * self.steps_per_epoch, spec)
+                tr["history"].append({"epoch": epoch, "train_loss": train_loss[row], "train_acc": train_acc[row],
+                                      "val_loss": val_loss[row], "val_acc": val_acc[row],
+                                      "test_loss": test_loss[row], "test_acc": test_acc[row],
+                                      "lr": last_lr, "seconds": seconds})
+                stop = diverged = not (math.isfinite(train_loss[row]) and math.isfinite(val_loss[row]))
+                if not diverged:
+                    if val_loss[row] < tr["best"]:          # early stopping on validation loss only
+                        tr["best"], tr["bad"] = val_loss[row], 0
+                        if spec.patience:
+                            tr["best_state"] = self.member_state(row)
+                    elif spec.patience:
+                        tr["bad"] += 1
+                        stop = tr["bad"] >= spec.patience
+                    stop = stop or epoch == spec.epochs
+                if stop:
+                    done.append(row)
+                    finishing.append((j, tr["best_state"] or self.member_state(row), diverged,
+                                      time.perf_counter() - tr["started"]))
+            self._finish(finishing, finished)
+            if done:
+                self._shrink([r for r in range(len(self.alive)) if r not in done])
+
+    def _shrink(self, keep_rows: list[int]) -> None:
+        """Drop finished members from every stacked tensor; the CUDA graphs are captured again."""
+        self.alive = [self.alive[r] for r in keep_rows]
+        if not self.alive:
+            return
+        rows = torch.tensor(keep_rows, device=self.device)
+        with torch.no_grad():
+            self.params = {k: v.detach().index_select(0, rows).requires_grad_() for k, v in self.params.items()}
+        self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
+        self.slots = {k: [s.index_select(0, rows) for s in pair] for k, pair in self.slots.items()}
+        self.hyper = {k: v.index_select(0, rows) for k, v in self.hyper.items()}
+        self.loss_sum, self.correct = self.loss_sum[rows], self.correct[rows]
+        self._refresh_flags()
+        self.graphs.clear()
+
+
+def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], gens: list) -> torch.Tensor:
+    """Training inputs [k, B, pixels] of k members, member r's batch idx[r] augmented as its spec
+    says with draws from its generator gens[r]: bit for bit what data.make_inputs gives each member
+    alone, but resampled in one grid_sample per group (crop / shift or flip) instead of one per
+    member. Why: on a GPU the per-member calls cost more than the training step."""
+    k, n = idx.shape
+    x = data.train.images[idx.reshape(-1)].unsqueeze(1).float().div_(255)      # as make_inputs
+    side = x.shape[-1]
+    maps = x.view(k, n, 1, side, side)
+    for group in ([r for r, s in enumerate(specs) if "crop" in s.augment],
+                  [r for r, s in enumerate(specs) if s.augment != "none" and "crop" not in s.augment]):
+        if group:
+            boxes, flips = _augment_draws([specs[r] for r in group], [gens[r] for r in group], n, side, x.device)
+            rows = torch.tensor(group, device=x.device)
+            maps[rows] = crop_resize_flip(maps[rows].flatten(0, 1), boxes, flips).view(len(group), n, 1, side, side)
+    return x.sub_(data.mean).div_(data.std).view(k, n, -1)
+
+
+def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes [m*n, 4] and flips [m*n] of m members that all crop or none of which crops. Each member
+    draws from its own generator exactly what data.make_inputs draws, in its order (crop: areas,
+    aspect ratios, positions; or shift offsets; then flips); the boxes are then computed for all
+    members at once with data.random_resized_crop_boxes's arithmetic (tests/test_population.py
+    checks the two agree bit for bit)."""
+    crop, area, log_r, pos, corner, flips = "crop" in specs[0].augment, [], [], [], [], []
+    for s, g in zip(specs, gens):
+        if crop:
+            area.append(torch.empty(n, 10, device=device).uniform_(*s.crop_scale, generator=g))
+            log_r.append(torch.empty(n, 10, device=device).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
+            pos.append(torch.rand(n, 2, device=device, generator=g))
+        elif "shift" in s.augment:
+            corner.append(torch.randint(-s.max_shift, s.max_shift + 1, (n, 2), device=device, generator=g).float())
+        else:
+            corner.append(torch.zeros(n, 2, device=device))
+        flips.append(torch.rand(n, device=device, generator=g) < 0.5 if "flip" in s.augment
+                     else torch.zeros(n, dtype=torch.bool, device=device))
+    if not crop:
+        sides = torch.full((len(specs) * n, 2), float(size), device=device)
+        return torch.cat([torch.cat(corner), sides], 1), torch.cat(flips)
+    area, aspect, u = size * size * torch.cat(area), torch.cat(log_r).exp(), torch.cat(pos)
+    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (w > 0) & (w <= size) & (h > 0) & (h <= size)
+    first, any_fit = fits.float().argmax(dim=1, keepdim=True), fits.any(dim=1)
+    w = torch.where(any_fit, w.gather(1, first).squeeze(1), torch.full_like(w[:, 0], size))
+    h = torch.where(any_fit, h.gather(1, first).squeeze(1), torch.full_like(h[:, 0], size))
+    top = torch.where(any_fit, (u[:, 0] * (size - h + 1)).floor(), (size - h) // 2)
+    left = torch.where(any_fit, (u[:, 1] * (size - w + 1)).floor(), (size - w) // 2)
+    return torch.stack([top, left, h, w], dim=1), torch.cat(flips)
+
+
+def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-member values [k] shaped to broadcast over a stacked tensor [k, ...]."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _global_stream_copy(seed: int, device: torch.device) -> torch.Generator:
+    """A generator in the state of the global stream right now (after the member's model was built
+    under manual_seed(seed)): the stream from which its serial run draws dropout masks."""
+    if device.type == "cpu":
+        gen = torch.Generator()
+        gen.set_state(torch.get_rng_state())
+        return gen
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)         # building on the CPU leaves the device's default stream at its seed
+    return gen
+
+
+def finish_member(model: nn.Module, state: dict, spec: RunSpec, data: FashionMNIST, history: list[dict],
+                  diverged: bool, seconds: float, evaluated: dict) -> dict:
+    """A trained member as a serial run reports it: final metrics on all three splits (with the
+    test-time views of its spec; `evaluated`: split -> (loss, accuracy, predictions), from
+    StackedRun._evaluate), confusion matrix, misclassified examples, weight statistics."""
+    if diverged:
+        final = {"diverged": True, "diverged_epoch": len(history), "epochs": len(history), "seconds": seconds,
+                 **{f"{s}_{m}": None for s in ("train", "val", "test") for m in ("loss", "acc")}}
+        return {"history": _finite(history), "final": final}
+    model.load_state_dict(state)
+    metrics = {}
+    for split in ("train", "val", "test"):
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"], pred = evaluated[split]
+    labels = data.test.labels
+    confusion = torch.zeros(10, 10, dtype=torch.long, device=labels.device)
+    confusion.index_put_((labels, pred), torch.ones_like(pred), accumulate=True)
+    wrong = (pred != labels).nonzero().flatten()[:24].tolist()
+    final = {**metrics, "epochs": len(history), "seconds": seconds, "diverged": False,
+             "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+             "confusion": confusion.tolist(), "weights": weight_stats(model),
+             "misclassified": [{"index": i, "true": labels[i].item(), "pred": pred[i].item()} for i in wrong]}
+    return {"history": history, "final": final}
