@@ -417,7 +417,8 @@ def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], ge
                   [r for r, s in enumerate(specs) if s.augment != "none" and "crop" not in s.augment]):
         if group:
             boxes, flips = _augment_draws([specs[r] for r in group], [gens[r] for r in group], n, side, x.device)
-            rows = torch.tensor(group, device=x.device)
+            # the whole population (as in `best` or `cnn`) needs no index tensor copied to the device each step
+            rows = slice(None) if len(group) == k else torch.tensor(group, device=x.device)
             maps[rows] = crop_resize_flip(maps[rows].flatten(0, 1), boxes, flips).view(len(group), n, 1, side, side)
     return x.sub_(data.mean).div_(data.std).view(k, n, -1)
 

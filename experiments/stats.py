@@ -14,17 +14,22 @@ LEVEL = 0.95
 
 def t_density(x: float, df: float) -> float:
     """The density of Student's t with `df` degrees of freedom at x."""
+    return _t_density_function(df)(x)
+
+
+def _t_density_function(df: float):
+    """The density of t(df) as a function of x, its normalising constant computed once."""
     log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    return math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
+    return lambda x: math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
 
 
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with `df` degrees of freedom (Simpson's rule on the density from 0
     to |t|; the density is smooth, so 4,000 panels give ~1e-12 here)."""
+    density = _t_density_function(df)
     a, panels = abs(t), 4000
     h = a / panels
-    area = t_density(0, df) + t_density(a, df) + sum((4 if i % 2 else 2) * t_density(i * h, df)
-                                                     for i in range(1, panels))
+    area = density(0) + density(a) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, panels))
     half = area * h / 3
     return 0.5 + half if t >= 0 else 0.5 - half
 

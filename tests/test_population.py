@@ -49,12 +49,14 @@ def test_cpu_defaults_to_the_exact_loop_backend_and_cuda_to_batched():
         population.resolve_backend("vmap", CPU)
 
 
-def test_population_inputs_are_each_members_make_inputs_bit_for_bit(tiny):
+@pytest.mark.parametrize("kinds", [
+    [dict(augment="none"), dict(augment="flip"), dict(augment="crop+flip", crop_scale=(0.08, 1.0)),
+     dict(augment="crop", crop_scale=(0.6, 1.0)), dict(augment="shift", max_shift=2),
+     dict(augment="shift+flip", max_shift=1), dict(augment="crop+flip", crop_scale=(0.6, 1.0))],
+    [dict(augment="shift", max_shift=1)] * 3], ids=["mixed", "one group"])
+def test_population_inputs_are_each_members_make_inputs_bit_for_bit(tiny, kinds):
     """train_inputs resamples every augmented member in one call per group; each member's inputs
     must still be exactly what train.inputs gives it alone, with the same generator draws."""
-    kinds = [dict(augment="none"), dict(augment="flip"), dict(augment="crop+flip", crop_scale=(0.08, 1.0)),
-             dict(augment="crop", crop_scale=(0.6, 1.0)), dict(augment="shift", max_shift=2),
-             dict(augment="shift+flip", max_shift=1), dict(augment="crop+flip", crop_scale=(0.6, 1.0))]
     specs = [RunSpec(**kind) for kind in kinds]
     idx = torch.stack([torch.randperm(len(tiny.train), generator=torch.Generator().manual_seed(r))[:64]
                        for r in range(len(specs))])
