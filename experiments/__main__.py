@@ -1,4 +1,4 @@
-"""Command line: `python -m experiments list | data | run NAME [...]`.
+"""Command line: `python -m experiments list | data | run NAME [...] | restat FILE... | restamp FILE...`.
 
 Exit codes: 0 done, 1 a data or result problem the message explains, 2 bad arguments,
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).  torch is imported only when training.
@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                                            "self-description (base spec, data constants, example pixels) of result "
                                            "files of this engine, in place; nothing is retrained")
     restat.add_argument("paths", type=Path, nargs="+", help="result files, e.g. results/*.json")
+    restamp = sub.add_parser("restamp", help="accept a change to the engine's code for result files without "
+                                             "retraining them all: retrains one seed of every variant with the "
+                                             "checkout's code and restamps only if each repeats bit for bit")
+    restamp.add_argument("paths", type=Path, nargs="+", help="result files, e.g. results/depth.json")
+    restamp.add_argument("--from", dest="rev", default="HEAD", metavar="REV",
+                         help="the commit whose engine code made the results (default HEAD: the change under "
+                              "test is the checkout's uncommitted one)")
+    restamp.add_argument("--check-seeds", type=positive_int, default=1, metavar="K",
+                         help="retrain the first K seeds of every variant (default 1)")
     run = sub.add_parser("run", help="train every variant and seed of one experiment, write its result JSON")
     run.add_argument("name", type=experiment_name, help="experiment name (see `list`)")
     run.add_argument("--seeds", type=positive_int, help="number of seeds (default: the experiment's)")
@@ -197,6 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             print(f"Fashion-MNIST verified in {data.RAW_DIR} (from {data.ensure_data()})")
             return 0
+        if args.command == "restamp":   # every file is tried; one that is refused stays as it was
+            from . import restamp
+            refused = 0
+            for path in args.paths:
+                try:
+                    restamp.restamp(path, argv, args.rev, args.check_seeds)
+                except results.ResultError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    refused += 1
+            return 1 if refused else 0
         try:   # check the whole request before any work: a bad device is exit 2
             device = runner.pick_device(args.device)
             specs, _, _, _ = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set),
@@ -230,14 +249,14 @@ def main(argv: list[str] | None = None) -> int:
             OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are kept in {runner.PROGRESS_DIR}; "
-              "run the same command again to resume", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"\nterminated: finished runs are kept in {runner.PROGRESS_DIR}; "
-              "run the same command again to resume", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        if args.command == "restamp":
+            print(f"\n{what}: the result being checked is unchanged; run the same command again", file=sys.stderr)
+        else:
+            print(f"\n{what}: finished runs are kept in {runner.PROGRESS_DIR}; "
+                  "run the same command again to resume", file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 143
 
 
 if __name__ == "__main__":

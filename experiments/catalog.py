@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 class RunSpec:
     """Everything one training run depends on besides the seed. Defaults are the study's base."""
     # model
-    model: str = "mlp"            # mlp | cnn | transfer (see models.build)
+    model: str = "mlp"            # mlp | cnn | transfer (see train.build_model)
     depth: int = 2                # number of hidden layers
     width: int = 256              # units per hidden layer
     dropout: float = 0.0          # drop probability after every hidden activation

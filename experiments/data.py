@@ -16,13 +16,13 @@ import gzip
 import hashlib
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from .results import PROJECT_ROOT, write_atomic
+
 DATA_ROOT = PROJECT_ROOT / "data"                      # torchvision's `root`
 RAW_DIR = DATA_ROOT / "FashionMNIST" / "raw"           # where torchvision keeps the IDX files
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -70,16 +70,6 @@ def _read_verified(path: Path, name: str) -> bytes:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _copy_in(folder: Path, label: str) -> str:
     missing = [n for n in SHA256 if _find_file(folder, n) is None]
     if missing:
@@ -87,7 +77,7 @@ def _copy_in(folder: Path, label: str) -> str:
     for name in SHA256:
         data = _read_verified(_find_file(folder, name), name)
         if folder.resolve() != RAW_DIR.resolve():
-            _write_atomic(RAW_DIR / name, data)
+            write_atomic(RAW_DIR / name, data)
     # inside the project, say where relative to it: a result should not name the clone's path
     shown = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
     return f"{label} {shown}"
@@ -177,13 +167,6 @@ def load(device: str | torch.device = "cpu") -> FashionMNIST:
         mean=mean, std=std, source=source)
 
 
-def test_images() -> torch.Tensor:
-    """The 10,000 verified test images as uint8 [10000, 28, 28] on the CPU (for figures)."""
-    from torchvision.datasets.mnist import read_image_file
-    ensure_data()
-    return read_image_file(str(RAW_DIR / "t10k-images-idx3-ubyte"))
-
-
 # ----------------------------------------------------------------------------------------------
 # Batches: uint8 images -> normalised float inputs, with optional augmentation as tensor ops.
 
@@ -193,9 +176,16 @@ def random_resized_crop_boxes(n: int, size: int, scale: tuple[float, float], rat
     semantics: up to 10 tries of (area fraction ~ U(scale), log aspect ~ U(log ratio)), the first
     box that fits wins, else the centre crop clamped to `ratio` (the whole square image here)."""
     tries = 10
-    area = size * size * torch.empty(n, tries, device=device).uniform_(*scale, generator=gen)
+    area = torch.empty(n, tries, device=device).uniform_(*scale, generator=gen)
     log_r = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
-    aspect = log_r.exp()
+    return crop_boxes(area, log_r, torch.rand(n, 2, device=device, generator=gen), size)
+
+
+def crop_boxes(area: torch.Tensor, log_r: torch.Tensor, position: torch.Tensor, size: int) -> torch.Tensor:
+    """The boxes random_resized_crop_boxes makes from its draws: area fractions and log aspect
+    ratios [n, tries], positions [n, 2] in [0, 1). Apart so a population can draw per member and
+    compute the boxes of all members at once (stacked.train_inputs)."""
+    area, aspect = size * size * area, log_r.exp()
     w = (area * aspect).sqrt().round()
     h = (area / aspect).sqrt().round()
     fits = (w > 0) & (w <= size) & (h > 0) & (h <= size)
@@ -203,9 +193,8 @@ def random_resized_crop_boxes(n: int, size: int, scale: tuple[float, float], rat
     any_fit = fits.any(dim=1)
     w = torch.where(any_fit, w.gather(1, first).squeeze(1), torch.full_like(w[:, 0], size))
     h = torch.where(any_fit, h.gather(1, first).squeeze(1), torch.full_like(h[:, 0], size))
-    u = torch.rand(n, 2, device=device, generator=gen)
-    top = torch.where(any_fit, (u[:, 0] * (size - h + 1)).floor(), (size - h) // 2)
-    left = torch.where(any_fit, (u[:, 1] * (size - w + 1)).floor(), (size - w) // 2)
+    top = torch.where(any_fit, (position[:, 0] * (size - h + 1)).floor(), (size - h) // 2)
+    left = torch.where(any_fit, (position[:, 1] * (size - w + 1)).floor(), (size - w) // 2)
     return torch.stack([top, left, h, w], dim=1)
 
 

@@ -44,13 +44,10 @@ class CNN(nn.Sequential):
 
 
 def build(spec, in_features: int = 28 * 28) -> nn.Module:
-    """The network of `spec`; `in_features` is the size of one input (784 pixels, or the length of
-    a cached feature vector when the transfer model's frozen backbone has already been applied)."""
+    """The MLP or CNN of `spec`; `in_features` is the size of one input (784 pixels). The transfer
+    model is built by transfer.build, on top of these (train.build_model chooses)."""
     if spec.model == "mlp":
         return MLP(spec.depth, spec.width, spec.dropout, spec.batchnorm, spec.input_dropout, in_features)
     if spec.model == "cnn":
         return CNN(spec.channels, spec.width, spec.dropout, spec.batchnorm)
-    if spec.model == "transfer":
-        from . import transfer
-        return transfer.build(spec, in_features)
-    raise ValueError(f"unknown model {spec.model!r}")
+    raise ValueError(f"models.build makes mlp and cnn models, not {spec.model!r}")

@@ -60,14 +60,24 @@ def is_fresh(out: Path, fingerprints, since: str | None = None) -> bool:
     return result["fingerprint"] in accepted and (since is None or result["provenance"]["started"] >= since)
 
 
+def recorded_specs(result: dict) -> dict:
+    """variant name -> the RunSpec a result's runs used, as the result itself records it."""
+    return {v["name"]: RunSpec(**{k: tuple(x) if isinstance(x, list) else x for k, x in v["params"].items()})
+            for v in result["variants"]}
+
+
+def recorded_fingerprint(result: dict, digest=None) -> str:
+    """The fingerprint of the specs, seeds, quick mode and backend a result records, with this
+    checkout's engine code (or the code `digest` hashes: results.fingerprint)."""
+    backend = result["provenance"].get("backend") or "loop"
+    return results.fingerprint(recorded_specs(result), result["seeds"], bool(result.get("quick")), backend, digest)
+
+
 def made_by_this_engine(result: dict) -> bool:
     """Whether a result's fingerprint is what this checkout's engine code gives the specs, seeds and
     backend the result itself records (a --quick, --epochs or --set result included)."""
     try:
-        specs = {v["name"]: RunSpec(**{k: tuple(x) if isinstance(x, list) else x for k, x in v["params"].items()})
-                 for v in result["variants"]}
-        backend = result["provenance"].get("backend") or "loop"
-        return results.fingerprint(specs, result["seeds"], bool(result.get("quick")), backend) == result["fingerprint"]
+        return recorded_fingerprint(result) == result["fingerprint"]
     except (KeyError, TypeError, ValueError):
         return False
 

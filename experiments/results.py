@@ -83,7 +83,12 @@ def _digest_cache() -> dict:
 @functools.lru_cache(maxsize=64)
 def _tree_digest(path: str, mtime_ns: int, size: int) -> str:
     """_code_digest, once per version of a file in a process (the report asks it for every result)."""
-    tree = ast.parse(Path(path).read_text())
+    return source_digest(Path(path).read_text())
+
+
+def source_digest(text: str) -> str:
+    """Hash of Python source's syntax tree without docstrings (what a fingerprint holds per file)."""
+    tree = ast.parse(text)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
@@ -92,18 +97,49 @@ def _tree_digest(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
-def fingerprint(specs: dict, seeds: list[int], quick: bool, backend: str = "loop") -> str:
-    """Identity of a result: resolved specs, seeds, quick mode, the engine's code and, for the
-    batched population backend, that backend."""
-    sources = ENGINE_SOURCES + BACKEND_SOURCES[backend] + \
+def engine_sources(specs: dict, backend: str = "loop") -> tuple[str, ...]:
+    """The engine files (names in experiments/) whose code the runs of `specs` depend on."""
+    return ENGINE_SOURCES + BACKEND_SOURCES[backend] + \
         tuple(sorted({f for spec in specs.values() for f in MODEL_SOURCES.get(spec.model, ())}))
+
+
+def fingerprint(specs: dict, seeds: list[int], quick: bool, backend: str = "loop", digest=None) -> str:
+    """Identity of a result: resolved specs, seeds, quick mode, the engine's code and, for the
+    batched population backend, that backend. `digest(name)` hashes an engine file's code: by
+    default the checkout's; `digests_at(rev)` gives a commit's (what `restamp` compares with)."""
+    digest = digest or code_digest
     payload = {"specs": {k: v.as_dict() for k, v in specs.items()}, "seeds": seeds, "quick": quick,
-               "engine": {name: _code_digest(ENGINE_DIR / name) for name in sources}}
+               "engine": {name: digest(name) for name in engine_sources(specs, backend)}}
     if backend != "loop":   # keeps the loop backend's fingerprints, and the committed results, as they were
         payload["backend"] = backend
     if quick:               # (quick results are never committed)
         payload["quick_sizes"] = [QUICK_TRAIN, QUICK_EVAL, QUICK_EPOCHS]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def code_digest(name: str) -> str:
+    """source_digest of the checkout's engine file `name` (e.g. "train.py")."""
+    return _code_digest(ENGINE_DIR / name)
+
+
+def digests_at(rev: str):
+    """name -> source_digest of engine file `name` as committed at git revision `rev`; a
+    ResultError names a revision or file that git cannot show."""
+    where = ENGINE_DIR.relative_to(PROJECT_ROOT).as_posix()
+
+    @functools.lru_cache(maxsize=None)
+    def digest(name: str) -> str:
+        text = _git("show", f"{rev}:{where}/{name}")
+        if text is None:
+            raise ResultError(f"git cannot show {where}/{name} at {rev!r}; give a commit of this repository "
+                              f"whose engine code made the result (see `git log -- {where}`)")
+        return source_digest(text)
+    return digest
+
+
+def git_revision(rev: str) -> str | None:
+    """The full commit id git gives `rev` (None outside a git checkout)."""
+    return _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
 
 
 def _git(*args: str) -> str | None:
@@ -193,9 +229,10 @@ def replacing(path):
 
 
 def write_atomic(path: Path, obj) -> None:
-    """Write `obj` as JSON (or `str` as text), fsynced, through `replacing`."""
-    with replacing(path) as tmp, open(tmp, "w") as f:
-        if isinstance(obj, str):
+    """Write `obj` as JSON (or `str` as text, `bytes` as they are), fsynced, through `replacing`:
+    the one way this project writes a file that something else reads."""
+    with replacing(path) as tmp, open(tmp, "wb" if isinstance(obj, bytes) else "w") as f:
+        if isinstance(obj, (str, bytes)):
             f.write(obj)
         else:
             json.dump(obj, f, indent=1, allow_nan=False)
@@ -219,6 +256,11 @@ def validate(obj, path: Path) -> dict:
         hint = f"; `python -m experiments restat {path}` adds it without retraining" \
             if key in ("comparisons", "base", "data") else ""
         _require(isinstance(obj.get(key), kind), path, f"field {key!r} is missing or not a {kind.__name__}{hint}")
+    restamps = obj["provenance"].get("restamps", [])
+    _require(isinstance(restamps, list) and all(isinstance(r, dict) and isinstance(r.get("checked_runs"), list)
+                                                and r["checked_runs"] for r in restamps),
+             path, "provenance.restamps must list what each restamp retrained (checked_runs); "
+                   f"remake it with `make {make_target(path)}`")
     for i, v in enumerate(obj["variants"]):
         where = f"variants[{i}]"
         _require(isinstance(v, dict) and isinstance(v.get("name"), str), path, f"{where} has no name")

@@ -4,7 +4,7 @@ leading dimension (population.py groups the members and drives it).
 StackedRun builds each member as its serial run (same seed, models.build), stacks their weights,
 and trains them with one forward, loss, backward and optimizer step for all (on CUDA one CUDA graph
 per batch size); train_inputs makes each step's inputs with every member's own generators; the
-members that stop in one epoch are evaluated together and finished as serial runs (finish_member).
+members that stop in one epoch are evaluated together and finished as serial runs (train.run_record).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from torch.nn import functional as F
 
 from . import models
 from .catalog import RunSpec
-from .data import FashionMNIST, crop_resize_flip, shift
-from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, _finite, autocast, inputs, lr_at, seed_everything,
-                    weight_stats)
+from .data import FashionMNIST, crop_boxes, crop_resize_flip
+from .train import (EVAL_BATCH, SHIFTED_VIEWS, SINGLE_VIEW, autocast, inputs, lr_at, mean_over_views, run_record,
+                    seed_everything)
 
 if TYPE_CHECKING:
     from .population import Member
@@ -302,13 +302,8 @@ class StackedRun:
         for start in range(0, len(split), EVAL_BATCH):
             x = inputs(split.images[start:start + EVAL_BATCH], self.data)
             y = split.labels[start:start + EVAL_BATCH]
-            log_probs = []
-            for dy, dx in views:
-                view = shift(x, dy, dx) if (dy, dx) != (0, 0) else x
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-                    logits = self.forward(view.reshape(len(view), -1), state=state)
-                log_probs.append(logits.float().log_softmax(-1))
-            log_mean = torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(views))   # [m, B, 10]
+            log_mean = mean_over_views(lambda view: self.forward(view.reshape(len(view), -1), state=state),
+                                       x, views, self.amp)   # [m, B, 10]
             loss_sum += -log_mean.gather(-1, y.expand(m, -1).unsqueeze(-1)).squeeze(-1).sum(1)
             preds.append(log_mean.argmax(-1))
         preds = torch.cat(preds, 1)
@@ -321,8 +316,7 @@ class StackedRun:
         by_views: dict[tuple, list] = {}
         for j, state, diverged, seconds in finishing:
             if diverged:
-                finished(j, finish_member(self.models[j], state, self.members[j].spec, self.data,
-                                          self.track[j]["history"], True, seconds, {}))
+                finished(j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, None))
                 continue
             views = SHIFTED_VIEWS if self.members[j].spec.test_time_shifts else SINGLE_VIEW
             by_views.setdefault(views, []).append((j, state, seconds))
@@ -333,8 +327,8 @@ class StackedRun:
                 for e, loss, acc, pred in zip(evaluated, losses, accs, preds):
                     e[split] = (loss, acc, pred)
             for (j, state, seconds), e in zip(group, evaluated):
-                finished(j, finish_member(self.models[j], state, self.members[j].spec, self.data,
-                                          self.track[j]["history"], False, seconds, e))
+                self.models[j].load_state_dict(state)
+                finished(j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, e))
 
     def member_state(self, row: int) -> dict:
         """The state dict of the member at stack row `row`, for its plain module."""
@@ -427,8 +421,7 @@ def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) 
     """Boxes [m*n, 4] and flips [m*n] of m members that all crop or none of which crops. Each member
     draws from its own generator exactly what data.make_inputs draws, in its order (crop: areas,
     aspect ratios, positions; or shift offsets; then flips); the boxes are then computed for all
-    members at once with data.random_resized_crop_boxes's arithmetic (tests/test_population.py
-    checks the two agree bit for bit)."""
+    members at once by data.crop_boxes, the arithmetic of data.random_resized_crop_boxes."""
     crop, area, log_r, pos, corner, flips = "crop" in specs[0].augment, [], [], [], [], []
     for s, g in zip(specs, gens):
         if crop:
@@ -444,15 +437,7 @@ def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) 
     if not crop:
         sides = torch.full((len(specs) * n, 2), float(size), device=device)
         return torch.cat([torch.cat(corner), sides], 1), torch.cat(flips)
-    area, aspect, u = size * size * torch.cat(area), torch.cat(log_r).exp(), torch.cat(pos)
-    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
-    fits = (w > 0) & (w <= size) & (h > 0) & (h <= size)
-    first, any_fit = fits.float().argmax(dim=1, keepdim=True), fits.any(dim=1)
-    w = torch.where(any_fit, w.gather(1, first).squeeze(1), torch.full_like(w[:, 0], size))
-    h = torch.where(any_fit, h.gather(1, first).squeeze(1), torch.full_like(h[:, 0], size))
-    top = torch.where(any_fit, (u[:, 0] * (size - h + 1)).floor(), (size - h) // 2)
-    left = torch.where(any_fit, (u[:, 1] * (size - w + 1)).floor(), (size - w) // 2)
-    return torch.stack([top, left, h, w], dim=1), torch.cat(flips)
+    return crop_boxes(torch.cat(area), torch.cat(log_r), torch.cat(pos), size), torch.cat(flips)
 
 
 def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -470,27 +455,3 @@ def _global_stream_copy(seed: int, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)         # building on the CPU leaves the device's default stream at its seed
     return gen
-
-
-def finish_member(model: nn.Module, state: dict, spec: RunSpec, data: FashionMNIST, history: list[dict],
-                  diverged: bool, seconds: float, evaluated: dict) -> dict:
-    """A trained member as a serial run reports it: final metrics on all three splits (with the
-    test-time views of its spec; `evaluated`: split -> (loss, accuracy, predictions), from
-    StackedRun._evaluate), confusion matrix, misclassified examples, weight statistics."""
-    if diverged:
-        final = {"diverged": True, "diverged_epoch": len(history), "epochs": len(history), "seconds": seconds,
-                 **{f"{s}_{m}": None for s in ("train", "val", "test") for m in ("loss", "acc")}}
-        return {"history": _finite(history), "final": final}
-    model.load_state_dict(state)
-    metrics = {}
-    for split in ("train", "val", "test"):
-        metrics[f"{split}_loss"], metrics[f"{split}_acc"], pred = evaluated[split]
-    labels = data.test.labels
-    confusion = torch.zeros(10, 10, dtype=torch.long, device=labels.device)
-    confusion.index_put_((labels, pred), torch.ones_like(pred), accumulate=True)
-    wrong = (pred != labels).nonzero().flatten()[:24].tolist()
-    final = {**metrics, "epochs": len(history), "seconds": seconds, "diverged": False,
-             "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
-             "confusion": confusion.tolist(), "weights": weight_stats(model),
-             "misclassified": [{"index": i, "true": labels[i].item(), "pred": pred[i].item()} for i in wrong]}
-    return {"history": history, "final": final}

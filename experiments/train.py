@@ -89,17 +89,23 @@ def evaluate(model: nn.Module, split: Split, data: FashionMNIST, amp: bool,
     for start in range(0, len(split), EVAL_BATCH):
         x = inputs(split.images[start:start + EVAL_BATCH], data)
         y = split.labels[start:start + EVAL_BATCH]
-        log_probs = []
-        for dy, dx in views:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(shift(x, dy, dx) if (dy, dx) != (0, 0) else x)
-            log_probs.append(logits.float().log_softmax(1))
-        # log of the mean probability; for a single view exactly log_softmax
-        log_mean = torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(views))
+        log_mean = mean_over_views(model, x, views, amp)
         loss_sum += nn.functional.nll_loss(log_mean, y, reduction="sum")
         preds.append(log_mean.argmax(1))
     preds = torch.cat(preds)
     return loss_sum.item() / len(split), (preds == split.labels).float().mean().item(), preds
+
+
+def mean_over_views(forward, x: torch.Tensor, views: tuple, amp: bool) -> torch.Tensor:
+    """Log of the mean softmax output of `forward` over the test-time `views` (pixel offsets) of
+    the batch x, [..., classes]; for a single view exactly log_softmax. (StackedRun._evaluate
+    averages a population's views with it too.)"""
+    log_probs = []
+    for dy, dx in views:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            logits = forward(shift(x, dy, dx) if (dy, dx) != (0, 0) else x)
+        log_probs.append(logits.float().log_softmax(-1))
+    return torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(views))
 
 
 def weight_stats(model: nn.Module, zero_threshold: float = 1e-3) -> dict:
@@ -129,7 +135,7 @@ def fit(data: FashionMNIST, spec: RunSpec, seed: int, device: torch.device,
     """Train one model; return its per-epoch history and final metrics (best weights restored
     when early stopping is on). A NaN/inf loss ends the run marked `diverged`, not a crash."""
     gen = seed_everything(seed, device)
-    model = models.build(spec, in_features=data.train.images[0].numel()).to(device)
+    model = build_model(spec, in_features=data.train.images[0].numel()).to(device)
     model = model.to(memory_format=torch.channels_last)       # matches inputs(); a no-op for an MLP
     optimizer = make_optimizer(model, spec)
     weights = penalties.penalised(model.parameters())
@@ -193,26 +199,47 @@ def fit(data: FashionMNIST, spec: RunSpec, seed: int, device: torch.device,
             if bad_epochs >= spec.patience:
                 break
 
-    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"] if not diverged else None
     if best_state is not None:
         model.load_state_dict(best_state)
     seconds = time.perf_counter() - started
     if diverged:
+        return run_record(model, data, history, seconds, None)
+    views = SHIFTED_VIEWS if spec.test_time_shifts else SINGLE_VIEW
+    # clean: no dropout, no crops
+    evaluated = {split: evaluate(model, getattr(data, split), data, amp, views) for split in ("train", "val", "test")}
+    return run_record(model, data, history, seconds, evaluated)
+
+
+def build_model(spec: RunSpec, in_features: int) -> nn.Module:
+    """The network of `spec`: models' MLP or CNN, or transfer's backbone with its head (transfer
+    imports torchvision, seconds here, so only a transfer run imports it)."""
+    if spec.model == "transfer":
+        from . import transfer
+        return transfer.build(spec, in_features)
+    return models.build(spec, in_features)
+
+
+def run_record(model: nn.Module, data: FashionMNIST, history: list[dict], seconds: float,
+               evaluated: dict | None) -> dict:
+    """What a finished run reports, from fit or from a population (stacked.StackedRun):
+    `evaluated` maps each split to (loss, accuracy, predictions) of the final weights, now in
+    `model`; None marks a diverged run. Final metrics, the best epoch, the test confusion matrix,
+    the first 24 misclassified test images and weight statistics."""
+    if evaluated is None:
         final = {"diverged": True, "diverged_epoch": len(history), "epochs": len(history), "seconds": seconds,
                  **{f"{s}_{m}": None for s in ("train", "val", "test") for m in ("loss", "acc")}}
         return {"history": _finite(history), "final": final}
-    views = SHIFTED_VIEWS if spec.test_time_shifts else SINGLE_VIEW
-    train_loss, train_acc, _ = evaluate(model, data.train, data, amp, views)   # clean: no dropout, no crops
-    val_loss, val_acc, _ = evaluate(model, data.val, data, amp, views)
-    test_loss, test_acc, test_pred = evaluate(model, data.test, data, amp, views)
-    confusion = torch.zeros(10, 10, dtype=torch.long, device=device)
-    confusion.index_put_((data.test.labels, test_pred), torch.ones_like(test_pred), accumulate=True)
+    (train_loss, train_acc, _), (val_loss, val_acc, _), (test_loss, test_acc, test_pred) = \
+        evaluated["train"], evaluated["val"], evaluated["test"]
+    labels = data.test.labels
+    confusion = torch.zeros(10, 10, dtype=torch.long, device=labels.device)
+    confusion.index_put_((labels, test_pred), torch.ones_like(test_pred), accumulate=True)
     final = {"train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc,
              "train_loss": train_loss, "val_loss": val_loss, "test_loss": test_loss,
-             "epochs": len(history), "best_epoch": best_epoch, "seconds": seconds, "diverged": False,
-             "confusion": confusion.tolist(), "weights": weight_stats(model),
-             "misclassified": [{"index": i, "true": data.test.labels[i].item(), "pred": test_pred[i].item()}
-                               for i in (test_pred != data.test.labels).nonzero().flatten()[:24].tolist()]}
+             "epochs": len(history), "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+             "seconds": seconds, "diverged": False, "confusion": confusion.tolist(), "weights": weight_stats(model),
+             "misclassified": [{"index": i, "true": labels[i].item(), "pred": test_pred[i].item()}
+                               for i in (test_pred != labels).nonzero().flatten()[:24].tolist()]}
     return {"history": history, "final": final}
 
 

@@ -3,6 +3,7 @@ engine's stats.interval) and one for choosing a variant (verdict)."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 from experiments import stats
 from experiments.results import by_seed
@@ -248,6 +249,24 @@ def distinct(sections: list, *path: str) -> list:
             if node is not None:
                 out.add(node if isinstance(node, (str, int, float, bool)) else json.dumps(node))
     return sorted(out, key=str)
+
+
+def concurrent(section, sections: list) -> list[str]:
+    """File names of the other results whose computation overlapped this one's in time on the
+    same machine (platform and CPU count, as the provenance records them): their wall-clock
+    training times shared the cores, so they compare the cost of two models only roughly."""
+    def window(result):
+        p = result["provenance"]
+        try:
+            start = datetime.fromisoformat(p["started"])
+            return start, start + timedelta(seconds=float(p["wall_seconds"])), (p.get("platform"), p.get("cpu_count"))
+        except (KeyError, TypeError, ValueError):
+            return None
+    mine = window(section.result) if section and section.result else None
+    if not mine:
+        return []
+    others = [(s.path.name, window(s.result)) for s in sections if s is not section and s.result]
+    return sorted(name for name, w in others if w and w[2] == mine[2] and w[0] < mine[1] and mine[0] < w[1])
 
 
 def by_precision(sections: list) -> dict[str, list]:

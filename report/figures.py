@@ -80,7 +80,11 @@ def curves(result: dict, out_dir: Path) -> Path:
             ax.fill_between(x, (m - s) * scale, (m + s) * scale, color=color, alpha=0.2, lw=0)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss: train (solid), validation (dashed)")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy, mean, 95% interval")
-    ax_acc.legend(loc="lower right")
+    if len(result["variants"]) > 4:   # inside the axes, a long legend would hide the last epochs' curves
+        fig.set_size_inches(9.0, 3.0)
+        ax_acc.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    else:
+        ax_acc.legend(loc="lower right")
     fig.tight_layout()
     return _save(fig, out_dir, f"{result['experiment']}-curves.svg")
 

@@ -671,7 +671,10 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     up = sum(c["diff_mean"] > 0 for c in differ)
     assert (f"Of the {len(rows)} variants so compared, {len(differ)} differ from their control"
             in " ".join(abstract.split())), abstract
-    assert f"{up} above it and {len(differ) - up} below" in " ".join(abstract.split())
+    # above it: how many, and against which control (a control may itself be regularized)
+    above = " ".join(abstract.split()).split(f"{up} above it")[1].split(f"and {len(differ) - up} below")[0]
+    controls = {c["control"] for c in differ if c["diff_mean"] > 0}
+    assert controls and all(f"against “{c}”" in above for c in controls), above
     assert "Cite as." in page and "@misc{fmreport" in page and "make reproduce" in page
     from report.config import LICENCES
     licence = page[page.index("Licence."):page.index("Abstract.")]

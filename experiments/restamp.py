@@ -1,0 +1,135 @@
+"""Accept a change to the engine's code without retraining, once a retrained sample shows that it
+changes no result.
+
+A result's fingerprint hashes the engine's code (results.fingerprint), so a change that only tidies
+or moves code still makes every result stale: hours of training on a small machine. `restamp`
+checks such a change instead of trusting it:
+
+1. The result must be current for the code committed at `rev` (default HEAD): the change under
+   test is the difference between that commit and the checkout.
+2. The first `check_seeds` seeds of every variant are trained again with the checkout's code, on
+   the CPU at the result's thread count and torch version, as the runner trains them.
+3. Every retrained run's history and final metrics must equal the stored ones bit for bit (only
+   wall-clock seconds may differ). One differing number refuses the change; the file is untouched.
+
+Only then does the result get the checkout's fingerprint, with a `restamps` entry in its
+provenance that says what was compared; the report's provenance appendix lists it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import locks, planning, results
+from .planning import QUICK_EVAL, QUICK_TRAIN
+from .train import fit
+
+CHECK_SEEDS = 1   # one run of every variant: each variant exercises its own code paths
+
+
+def measured(run: dict) -> dict:
+    """A run's history and final metrics as JSON stores them, without wall-clock seconds."""
+    run = json.loads(json.dumps({"history": run["history"], "final": run["final"]}))
+    run["final"].pop("seconds", None)
+    for epoch in run["history"]:
+        epoch.pop("seconds", None)
+    return run
+
+
+def first_difference(stored, again, where: str = "") -> str | None:
+    """Where two JSON values first differ, e.g. "final.test_acc: 0.8866 != 0.8867"; None if equal."""
+    if isinstance(stored, dict) and isinstance(again, dict) and stored.keys() == again.keys():
+        return next((d for k in stored if (d := first_difference(stored[k], again[k], f"{where}.{k}"))), None)
+    if isinstance(stored, list) and isinstance(again, list) and len(stored) == len(again):
+        return next((d for i, (a, b) in enumerate(zip(stored, again))
+                     if (d := first_difference(a, b, f"{where}[{i}]"))), None)
+    return None if stored == again else f"{where.lstrip('.') or 'run'}: stored {stored!r}, now {again!r}"
+
+
+def _refuse_early(result: dict, path: Path) -> None:
+    """Results whose runs this check cannot repeat bit for bit here, refused before any training."""
+    prov, target = result["provenance"], results.make_target(path)
+    retrain = f"retrain it instead: make {target}"
+    if (prov.get("backend") or "loop") != "loop":
+        raise results.ResultError(f"{path} was trained by the {prov['backend']} backend (stacked kernels); "
+                                  f"restamp repeats loop-backend runs only; {retrain}")
+    if prov.get("device") != "cpu":
+        raise results.ResultError(f"{path} was trained on {prov.get('device')!r}; restamp repeats runs on the CPU "
+                                  f"only; {retrain} (or on that device)")
+    if any(v["params"].get("model") == "transfer" for v in result["variants"]):
+        raise results.ResultError(f"{path} holds transfer-model runs, which need their backbone's features; "
+                                  f"{retrain}")
+    trained_with = (prov.get("packages") or {}).get("torch")
+    if trained_with and trained_with.split("+")[0] != torch.__version__.split("+")[0]:
+        raise results.ResultError(f"{path} was trained with torch {trained_with}, this checkout runs "
+                                  f"{torch.__version__}: its kernels round differently; {retrain}")
+
+
+def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = CHECK_SEEDS, log=print) -> bool:
+    """Give the result at `path` the checkout's fingerprint if retraining a sample of its runs with
+    the checkout's code repeats them bit for bit; True if it was restamped, False if it was current.
+    A ResultError says why not (the file is then unchanged)."""
+    path = Path(path)
+    with locks.exclusive(path, log):   # one writer per result, as for `run`
+        result = results.load(path)
+        if planning.made_by_this_engine(result):
+            log(f"{path}: already current for this checkout's engine code; nothing to do")
+            return False
+        old_digest = results.digests_at(rev)
+        try:
+            old = planning.recorded_fingerprint(result, old_digest)
+        except (KeyError, TypeError, ValueError) as err:
+            raise results.ResultError(f"{path}: its variants do not describe valid specs ({err}); "
+                                      f"retrain it: make {results.make_target(path)}") from None
+        if old != result["fingerprint"]:
+            raise results.ResultError(
+                f"{path} is not a result of the engine code at {rev!r} either, so what changed since it was "
+                f"made is unknown; give the commit that made it with --from, or retrain it: "
+                f"make {results.make_target(path)}")
+        _refuse_early(result, path)
+        new = planning.recorded_fingerprint(result)   # of the code the check runs (the code imported now)
+        specs, prov = planning.recorded_specs(result), result["provenance"]
+        changed = [n for n in results.engine_sources(specs) if old_digest(n) != results.code_digest(n)]
+        log(f"{path}: current at {rev}; the checkout changed {', '.join(changed)}; retraining "
+            f"{check_seeds} seed(s) of each of its {len(specs)} variant(s) to compare")
+
+        started, t0 = results.now(), time.perf_counter()
+        threads = prov.get("torch_threads") or torch.get_num_threads()
+        torch.set_num_threads(threads)   # float sums depend on it
+        data = data_mod.load("cpu")
+        if result.get("quick"):
+            data = data.subset(QUICK_TRAIN, QUICK_EVAL)
+        checked = []
+        for variant in result["variants"]:
+            for run in variant["runs"][:check_seeds]:
+                name, seed = variant["name"], run["seed"]
+                again = fit(data, specs[name], seed, torch.device("cpu"),
+                            desc=f"restamp {result['experiment']} | {name} | seed {seed}")
+                diff = first_difference(measured(run), measured(again))
+                if diff:
+                    raise results.ResultError(
+                        f"{path}: {name} seed {seed} trained again differs from the stored run ({diff}); the "
+                        f"change alters results, so retrain them: make {results.make_target(path)} "
+                        f"(the file is unchanged)")
+                checked.append(f"{name} / seed {seed}")
+                log(f"  {name:>22} seed {seed}: identical ({again['final']['epochs']} epochs, "
+                    f"{again['final']['seconds']:.1f} s)")
+
+        if planning.recorded_fingerprint(result) != new:
+            raise results.ResultError(f"{path}: the engine's code changed while its runs were checked; run the "
+                                      f"restamp again (the file is unchanged)")
+        entry = results.provenance("cpu", argv, started)
+        entry["wall_seconds"] = time.perf_counter() - t0
+        entry["torch_threads"] = threads
+        entry.update(from_commit=results.git_revision(rev), from_fingerprint=old, changed_files=changed,
+                     checked_runs=checked, runs_in_result=sum(len(v["runs"]) for v in result["variants"]))
+        result["fingerprint"] = entry["to_fingerprint"] = new
+        prov.setdefault("restamps", []).append(entry)
+        results.write_atomic(path, results.validate(result, path))
+        log(f"{path}: restamped; {len(checked)} retrained run(s) repeat the stored ones bit for bit "
+            f"({entry['wall_seconds']:.0f} s)")
+        return True

@@ -1,0 +1,145 @@
+"""`experiments restamp`: a change to the engine's code is accepted for a result only when retraining
+a sample of its runs with the changed code repeats them bit for bit; otherwise nothing changes.
+The end-to-end test works in a scratch git repository holding a copy of the engine."""
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from experiments import restamp, results
+
+
+def test_first_difference_names_the_first_differing_number():
+    stored = {"history": [{"epoch": 1, "val_acc": 0.5}], "final": {"test_acc": 0.8866, "epochs": 1}}
+    again = json.loads(json.dumps(stored))
+    assert restamp.first_difference(stored, again) is None
+    again["final"]["test_acc"] = 0.8867
+    assert restamp.first_difference(stored, again) == "final.test_acc: stored 0.8866, now 0.8867"
+    again["history"].append({"epoch": 2})
+    assert restamp.first_difference(stored, again).startswith("history: ")   # a run that trained longer
+
+
+def test_only_wall_clock_seconds_are_left_out_of_the_comparison():
+    run = {"seed": 0, "history": [{"epoch": 1, "seconds": 1.5, "lr": 0.1}],
+           "final": {"test_acc": 0.9, "seconds": 20.0, "confusion": [[1, 2], [3, 4]]}}
+    assert restamp.measured(run) == {"history": [{"epoch": 1, "lr": 0.1}],
+                                     "final": {"test_acc": 0.9, "confusion": [[1, 2], [3, 4]]}}
+
+
+def test_a_restamp_entry_must_say_what_it_retrained(tmp_path):
+    result = results.load(ROOT / "results" / "depth.json")
+    result["provenance"]["restamps"] = [{"from_commit": "abc", "checked_runs": []}]
+    with pytest.raises(results.ResultError, match="checked_runs"):
+        results.validate(result, tmp_path / "depth.json")
+
+
+def test_an_unknown_revision_is_named():
+    with pytest.raises(results.ResultError, match="no-such-commit"):
+        results.digests_at("no-such-commit")("train.py")
+
+
+def test_the_engine_has_no_import_cycles():
+    """Imports between the modules of experiments/ and of report/, function-level ones included
+    (only type-checking imports are left out), form no cycle."""
+    for package in ("experiments", "report"):
+        graph = {}
+        for path in (ROOT / package).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                           and getattr(node.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(node)}
+            deps = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in typing_only:
+                    deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            graph[path.stem] = deps
+
+        def visit(name, trail):
+            assert name not in trail, f"{package}: import cycle {' -> '.join([*trail, name])}"
+            for dep in sorted(graph.get(name, ())):
+                visit(dep, [*trail, name])
+        for name in graph:
+            visit(name, [])
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end, in a scratch repository
+
+@pytest.fixture()
+def repo(tmp_path):
+    """A git repository with a copy of the engine (sharing the verified data) and one commit."""
+    dest = tmp_path / "project"
+    shutil.copytree(ROOT / "experiments", dest / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "data").symlink_to(ROOT / "data")
+    git(dest, "init", "-q")
+    commit(dest, "engine")
+    return dest
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def commit(repo, message):
+    git(repo, "add", "experiments")
+    git(repo, "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", message)
+
+
+def cli(repo, *args):
+    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=repo,
+                          capture_output=True, text=True, timeout=600)
+
+
+def edit(repo, name, old, new):
+    path = Path(repo) / "experiments" / name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.slow
+def test_a_refactor_is_restamped_and_a_change_of_behaviour_is_refused(repo):
+    out = repo / "depth.json"
+    made = cli(repo, "run", "depth", "--quick", "--seeds", "2", "--threads", "1", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    base = git(repo, "rev-parse", "HEAD")
+
+    # a refactor: the same computation written differently (train.lr_at without its early return)
+    edit(repo, "train.py", '''    if spec.schedule == "cosine":
+        return spec.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return spec.lr''', '''    factor = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if spec.schedule == "cosine" else None
+    return spec.lr if factor is None else spec.lr * factor''')
+    before = json.loads(out.read_text())
+    done = cli(repo, "restamp", str(out))
+    assert done.returncode == 0, done.stderr
+    after = json.loads(out.read_text())
+    entry = after["provenance"]["restamps"][-1]
+    assert entry["checked_runs"] == [f"{v} / seed 0" for v in ("1 hidden", "2 hidden", "3 hidden", "4 hidden")]
+    assert entry["runs_in_result"] == 8 and entry["changed_files"] == ["train.py"]
+    assert entry["from_commit"] == base and entry["from_fingerprint"] == before["fingerprint"]
+    assert after["fingerprint"] == entry["to_fingerprint"] != before["fingerprint"]
+    assert after["variants"] == before["variants"]                       # what the runs measured stays
+    current = cli(repo, "run", "depth", "--quick", "--seeds", "2", "--out", str(out), "--if-stale", "--device", "cpu")
+    assert current.returncode == 0 and "up to date" in current.stdout, current.stdout + current.stderr
+    again = cli(repo, "restamp", str(out))
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+    # a change of behaviour: the learning rate of every step
+    commit(repo, "refactor")
+    edit(repo, "train.py", "return spec.lr if factor is None else spec.lr * factor",
+         "return (spec.lr if factor is None else spec.lr * factor) * 0.999")
+    kept = out.read_bytes()
+    refused = cli(repo, "restamp", str(out))
+    assert refused.returncode == 1
+    assert "1 hidden seed 0 trained again differs from the stored run" in refused.stderr
+    assert "make" in refused.stderr and out.read_bytes() == kept
+
+    # the result is not current at the commit that is said to have made it
+    commit(repo, "lr")
+    unknown = cli(repo, "restamp", str(out))
+    assert unknown.returncode == 1 and "not a result of the engine code at 'HEAD'" in unknown.stderr
+    assert out.read_bytes() == kept
