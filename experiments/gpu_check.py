@@ -160,9 +160,14 @@ def main(argv=None) -> int:
             report["experiments"][exp.name] = {"error": f"{type(err).__name__}: {err}"}
             print(f"FAILED {exp.name}: {err}", file=sys.stderr)
             continue
+        pops = result["provenance"]["populations"]
+        phases = {}   # where the populations' time went (stacked.StackedRun.train), summed
+        for pop in pops:
+            for name, seconds in pop.get("seconds", {}).items():
+                phases[name] = phases.get(name, 0.0) + seconds
         report["experiments"][exp.name] = {"seconds": time.perf_counter() - t0,
                                            "backend": result["provenance"]["backend"],
-                                           "populations": [p["size"] for p in result["provenance"]["populations"]]}
+                                           "populations": [p["size"] for p in pops], "phase_seconds": phases}
         committed = results.PROJECT_ROOT / "results" / f"{exp.name}.json"
         if committed.exists() and not args.quick:
             report["agreement"][exp.name] = compare_to_committed(result, results.load(committed))

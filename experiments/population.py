@@ -18,6 +18,7 @@ finished like a serial run, and the population shrinks. The result schema is the
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -73,14 +74,17 @@ class DeviceMemoryError(Exception):
 
 def fit_population(data: FashionMNIST, members: list[Member], device: torch.device, backend: str = "auto",
                    max_batches: int | None = None, on_finish=None, cuda_graphs: bool | None = None,
-                   log=print, trained_as: list | None = None, notes: list | None = None) -> list[dict]:
+                   log=print, trained_as: list | None = None, notes: list | None = None,
+                   phases: dict | None = None) -> list[dict]:
     """Train `members` (one population) and return their runs in order; `on_finish(member, run)` is
     called as each member finishes, so a caller can save it before the others are done.
 
     A population that runs out of device memory is split in two and its unfinished members start
     again (from their seeds: a restarted member repeats its draws exactly); finished members are
     kept. `trained_as` receives the size of each population that trained, `notes` what the
-    provenance should say besides (a CUDA graph capture that failed, so the steps ran eagerly)."""
+    provenance should say besides (a CUDA graph capture that failed, so the steps ran eagerly),
+    `phases` the seconds spent building the stacked network, in training steps, in per-epoch
+    evaluation and in finishing members (added up over the populations that trained)."""
     backend = resolve_backend(backend, device)
     runs: dict[int, dict] = {}
 
@@ -103,7 +107,9 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
     while pending:
         rows = pending.pop(0)
         try:
+            built = time.perf_counter()
             stack = StackedRun(data, [members[j] for j in rows], device, max_batches, use_graphs)
+            built = time.perf_counter() - built
             stack.train(lambda r, run, rows=rows: finished(rows[r], run))
         except torch.cuda.OutOfMemoryError as err:
             left = [j for j in rows if j not in runs]
@@ -121,6 +127,9 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
             continue
         if trained_as is not None:
             trained_as.append(len(rows))
+        if phases is not None:
+            for name, seconds in {"build": built, **stack.phase_seconds}.items():
+                phases[name] = phases.get(name, 0.0) + seconds
         if stack.graph_error and notes is not None:
             notes.append(f"CUDA graph capture failed ({stack.graph_error}): {len(rows)} member(s) trained eagerly")
     return [runs[j] for j in range(len(members))]

@@ -79,10 +79,11 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
                     if str(seed) not in done.get(name, {}) and population.batchable(spec)]
             for members in population.populations(todo, backend):
                 log(f"  population of {len(members)}: {', '.join(sorted({m.name for m in members}))}")
-                sizes, notes = [], []
+                sizes, notes, phases = [], [], {}
                 population.fit_population(data, members, device, backend, log=log, trained_as=sizes, notes=notes,
-                                          on_finish=lambda m, run: record(m.name, m.seed, run))
+                                          phases=phases, on_finish=lambda m, run: record(m.name, m.seed, run))
                 pops.append({"size": len(members), "members": [f"{m.name} / seed {m.seed}" for m in members],
+                             "seconds": phases,
                              **({"split_into": sizes} if sizes != [len(members)] else {}),
                              **({"notes": notes} if notes else {})})
 

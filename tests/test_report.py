@@ -236,7 +236,7 @@ def test_transfer_not_run_is_a_note_and_strict_accepts_it(rendered, tmp_path):
     (res / "transfer.json").unlink()              # make all skipped it: no weights, no GPU
     assert render(res, tmp_path / "out", "--strict") == 0
     page = visible_text((tmp_path / "out" / "report.html").read_text())
-    section = page[page.index("Transfer learning The original study"):]
+    section = page[page.index("Transfer learning The assignment this study extends"):]
     assert "Not run on the machine that built this report" in section
     assert "make results/transfer.json" in section and "Result missing" not in page
     assert "Transfer learning: not run here" in page           # the summary's list says so too
