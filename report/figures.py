@@ -197,7 +197,9 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-KINDS = {"curves": lambda r, d: [curves(r, d)], "accuracy": lambda r, d: [accuracy(r, d)],
+# (one variant's accuracy bars would only repeat its table row, so a single-variant result has none)
+KINDS = {"curves": lambda r, d: [curves(r, d)],
+         "accuracy": lambda r, d: [accuracy(r, d)] if len(r["variants"]) > 1 else [],
          "weights": weights, "confusion": confusion}
 
 
