@@ -89,9 +89,10 @@ class Experiment:
     control: str | None = None    # the variant every other is compared with (seed-paired); default the first
     trials: int = 0               # configurations tried on the validation split before this one was chosen
     title: str = ""               # the report's section heading (default: the name, capitalized)
-    # what the report draws from the result (report/figures.py): curves and accuracy for every experiment;
-    # "weights" (first-layer histograms and pixel mass) and "confusion" (confusion matrix, per-class
-    # accuracy, misclassified test images: their pixels are stored in the result) where asked for
+    # what the report draws from the result (report/figures.py): curves for every experiment and
+    # accuracy bars for one of two or more variants; "weights" (first-layer histograms and pixel mass)
+    # and "confusion" (confusion matrix, per-class accuracy, misclassified test images: their pixels
+    # are stored in the result) where asked for
     figures: tuple = ("curves", "accuracy")
     # Needs beyond the data. needs_cuda: the full run wants a GPU (`make all` skips it on a CPU with a
     # note; --device cpu runs it anyway). check: a module of experiments/ whose `unavailable(specs,
