@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from experiments import restamp, results
+from experiments import planning, restamp, results
 
 
 def test_first_difference_names_the_first_differing_number():
@@ -38,8 +38,11 @@ def test_a_restamp_entry_must_say_what_it_retrained(tmp_path):
         results.validate(result, tmp_path / "depth.json")
 
 
-def test_a_current_result_is_left_as_it_is():
-    path = ROOT / "results" / "depth.json"
+def test_a_current_result_is_left_as_it_is(tmp_path):
+    path = tmp_path / "depth.json"           # a copy: in a checkout whose engine changed it would retrain
+    shutil.copy2(ROOT / "results" / "depth.json", path)
+    if not planning.made_by_this_engine(results.load(path)):
+        pytest.skip("results/depth.json is stale in this checkout (tests/test_committed.py says so)")
     before, said = path.read_bytes(), []
     assert restamp.restamp(path, ["restamp", str(path)], log=said.append) is False   # nothing retrained
     assert path.read_bytes() == before and "nothing to do" in said[0]
