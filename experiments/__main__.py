@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     restamp.add_argument("--from", dest="rev", default="HEAD", metavar="REV",
                          help="the commit whose engine code made the results (default HEAD: the change under "
                               "test is the checkout's uncommitted one)")
-    restamp.add_argument("--check-seeds", type=positive_int, default=1, metavar="K",
-                         help="retrain the first K seeds of every variant (default 1)")
+    restamp.add_argument("--check-seeds", type=positive_int, metavar="K",
+                         help="retrain the first K seeds of every variant (default: restamp.CHECK_SEEDS, 1)")
     run = sub.add_parser("run", help="train every variant and seed of one experiment, write its result JSON")
     run.add_argument("name", type=experiment_name, help="experiment name (see `list`)")
     run.add_argument("--seeds", type=positive_int, help="number of seeds (default: the experiment's)")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             refused = 0
             for path in args.paths:
                 try:
-                    restamp.restamp(path, argv, args.rev, args.check_seeds)
+                    restamp.restamp(path, argv, args.rev, args.check_seeds or restamp.CHECK_SEEDS)
                 except results.ResultError as err:
                     print(f"error: {err}", file=sys.stderr)
                     refused += 1

@@ -25,6 +25,7 @@ import math
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from . import results
@@ -161,13 +162,12 @@ def main(argv=None) -> int:
             print(f"FAILED {exp.name}: {err}", file=sys.stderr)
             continue
         pops = result["provenance"]["populations"]
-        phases = {}   # where the populations' time went (stacked.StackedRun.train), summed
+        phases = Counter()   # where the populations' time went (stacked.StackedRun.train), summed
         for pop in pops:
-            for name, seconds in pop.get("seconds", {}).items():
-                phases[name] = phases.get(name, 0.0) + seconds
+            phases.update(pop.get("seconds", {}))
         report["experiments"][exp.name] = {"seconds": time.perf_counter() - t0,
                                            "backend": result["provenance"]["backend"],
-                                           "populations": [p["size"] for p in pops], "phase_seconds": phases}
+                                           "populations": [p["size"] for p in pops], "phase_seconds": dict(phases)}
         committed = results.PROJECT_ROOT / "results" / f"{exp.name}.json"
         if committed.exists() and not args.quick:
             report["agreement"][exp.name] = compare_to_committed(result, results.load(committed))

@@ -341,7 +341,6 @@ class StackedRun:
         host sync, so GPU work is counted in the phase that queued it)."""
         n = len(self.data.train)
         phases = self.phase_seconds = {"steps": 0.0, "evaluate": 0.0, "finish": 0.0}
-        clock = time.perf_counter
         self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
                                   "started": time.perf_counter()} for j in self.alive}
         epoch = 0
@@ -359,12 +358,12 @@ class StackedRun:
                 seen += y.shape[1]
             train_loss = (self.loss_sum / seen).tolist()
             train_acc = (self.correct.double() / seen).tolist()
-            evaluated = clock()
+            evaluated = time.perf_counter()
             phases["steps"] += evaluated - epoch_start
             val_loss, val_acc, _ = self._evaluate(self.data.val)
             test_loss, test_acc, _ = self._evaluate(self.data.test)
             seconds = time.perf_counter() - epoch_start
-            phases["evaluate"] += clock() - evaluated
+            phases["evaluate"] += time.perf_counter() - evaluated
             done, finishing = [], []
             for row, j in enumerate(self.alive):
                 spec, tr = self.members[j].spec, track[j]
@@ -390,7 +389,7 @@ class StackedRun:
             self._finish(finishing, finished)
             if done:
                 self._shrink([r for r in range(len(self.alive)) if r not in done])
-            phases["finish"] += clock() - epoch_start - seconds
+            phases["finish"] += time.perf_counter() - epoch_start - seconds
 
     def _shrink(self, keep_rows: list[int]) -> None:
         """Drop finished members from every stacked tensor; the CUDA graphs are captured again."""
