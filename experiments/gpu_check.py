@@ -110,7 +110,8 @@ def memory_cap(args, uncapped: dict, peak_bytes: int | None, data=None) -> dict:
             capped = runner.run_experiment(EXPERIMENTS[REPEAT], args.out / "memory-cap" / f"{REPEAT}-{share}.json",
                                            ["gpu_check"], seeds=args.seeds, quick=args.quick, device_name=args.device,
                                            fresh=True, backend=args.backend, data=data)
-            entry.update(populations=[p["size"] for p in capped["provenance"]["populations"]],
+            entry.update(populations=[size for p in capped["provenance"]["populations"]   # as trained, after splits
+                                      for size in p.get("split_into", [p["size"]])],
                          against_uncapped=repeatability(uncapped, capped))
         except population.DeviceMemoryError as err:
             entry["does_not_fit"] = str(err)
@@ -216,7 +217,8 @@ def main(argv=None) -> int:
         print(f"deterministic algorithms: {d['error']}" if "error" in d else
               f"deterministic algorithms: {d['bit_identical']} of {d['runs']} runs bit-identical; "
               f"{min(d['seconds']):.1f} s a run of {r['experiment']} against {min(r['seconds']):.1f} s by default")
-        for t in report["memory_cap"].get("tries", [{"share": None, "skipped": report["memory_cap"]["skipped"]}]):
+        cap = report["memory_cap"]
+        for t in cap["tries"] if "tries" in cap else [{"share": None, "skipped": cap["skipped"]}]:
             print(f"memory cap {t['share']}: " + (f"populations {t['populations']}, {t['against_uncapped']['bit_identical']} of "
                   f"{t['against_uncapped']['runs']} runs as uncapped" if "populations" in t else
                   next(t[k] for k in ("does_not_fit", "error", "skipped") if k in t)))

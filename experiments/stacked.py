@@ -8,6 +8,7 @@ members that stop in one epoch are evaluated together and finished as serial run
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import TYPE_CHECKING
@@ -52,10 +53,18 @@ class StackedRun:
             self.steps_per_epoch = min(self.steps_per_epoch, max_batches)
         self.alive = list(range(len(members)))          # member indices still training, in stack order
         state = {k: torch.stack([mod.state_dict()[k] for mod in self.models]) for k in self.template.state_dict()}
-        self.params = {k: v.requires_grad_() for k, v in state.items() if v.is_floating_point() and
-                       k in dict(self.template.named_parameters())}
-        self.buffers = {k: v for k, v in state.items() if k not in self.params}
-        self.slots = {k: [torch.zeros_like(p) for _ in range(2)] for k, p in self.params.items()}  # Adam m, v / SGD buf
+        trained = dict(self.template.named_parameters())
+        self.shapes = {k: v.shape[1:] for k, v in state.items() if v.is_floating_point() and k in trained}
+        # All parameters of a member in one row of `flat` [k, P], optimizer state alike: the optimizer
+        # update is a dozen kernels for every tensor at once, not a dozen per tensor (on a GPU a step's
+        # time is mostly its kernel count). self.params are views of it, shaped [k, ...] per tensor.
+        self.flat = torch.cat([state[k].reshape(len(members), -1) for k in self.shapes], 1)
+        self.params = self._views(self.flat)
+        self.buffers = {k: v for k, v in state.items() if k not in self.shapes}
+        self.slots = [torch.zeros_like(self.flat) for _ in range(2)]   # Adam m, v / SGD momentum buffer
+        # 1 where the serial optimizer decays (weights, dim >= 2 there), 0 for biases and batch norm
+        self.decays = torch.cat([torch.full((shape.numel(),), float(len(shape) >= 2), device=device)
+                                 for shape in self.shapes.values()])
         specs = [m.spec for m in members]
         per = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
         self.hyper = {
@@ -68,6 +77,12 @@ class StackedRun:
             "lr_table": per([[lr_at(t, s.epochs * self.steps_per_epoch, s)
                               for t in range(max(x.epochs for x in specs) * self.steps_per_epoch)] for s in specs]),
         }
+        # Adam's bias corrections by step, computed once with the ops the update used to run each
+        # step (the same fp32 values): step t (1-based) reads column t - 1
+        t = torch.arange(1, self.hyper["lr_table"].shape[1] + 1, dtype=torch.float32, device=device)
+        b1, b2 = ADAM_BETAS
+        self.hyper["step_size_table"] = self.hyper["lr_table"] / (1 - b1 ** t)
+        self.bc2_sqrt_table = (1 - b2 ** t).sqrt()
         self.step = torch.zeros((), dtype=torch.long, device=device)   # steps taken (the same for all)
         self.loss_sum = torch.zeros(len(members), device=device)
         self.correct = torch.zeros(len(members), dtype=torch.long, device=device)
@@ -75,6 +90,14 @@ class StackedRun:
         self.graphs: dict[int, tuple] = {}
         self.graph_error = None                          # why capture failed, if it did (then eager)
         self._refresh_flags()
+
+    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each parameter tensor [k, ...] as a view of the rows of `flat` [k, P]."""
+        views, start = {}, 0
+        for name, shape in self.shapes.items():
+            views[name] = flat[:, start:start + shape.numel()].view(len(flat), *shape)
+            start += shape.numel()
+        return views
 
     # -- the network, as functions of the stacked tensors --------------------------------------------
 
@@ -136,7 +159,7 @@ class StackedRun:
                 rows = h.dim() == 3                             # [k, B, C] -> [B, k*C], as maps are
                 flat = h.transpose(0, 1).reshape(h.shape[1], -1) if rows else h
                 flat = F.batch_norm(flat, buf[f"{i}.running_mean"].view(-1), buf[f"{i}.running_var"].view(-1),
-                                    w.view(-1), b.view(-1), training, layer.momentum, layer.eps)
+                                    w.reshape(-1), b.reshape(-1), training, layer.momentum, layer.eps)
                 if training:
                     buf[f"{i}.num_batches_tracked"].add_(1)
                 h = flat.view(h.shape[1], k, -1).transpose(0, 1) if rows else flat
@@ -152,17 +175,18 @@ class StackedRun:
                 raise TypeError(f"the batched backend cannot stack {type(layer).__name__}")
         return h
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor, masks: dict):
-        """(sum over members of loss + penalties, per-member loss [k], logits [k, B, 10])."""
-        hp = self.hyper
+    def objective(self, x: torch.Tensor, y: torch.Tensor, masks: dict, params: dict | None = None):
+        """(sum over members of loss + penalties, per-member loss [k], logits [k, B, 10]) of the
+        stacked `params` (default self.params)."""
+        hp, params = self.hyper, params or self.params
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            logits = self.forward(x, masks)
+            logits = self.forward(x, masks, (params, self.buffers))
         log_p = logits.float().log_softmax(-1)
-        nll = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
-        smooth = -log_p.mean(-1).mean(1)                  # cross_entropy's label smoothing term
-        eps = hp["smoothing"]
-        loss = (1 - eps) * nll + eps * smooth
-        weights = [w for w in self.params.values() if w.dim() >= 3]   # the serial run's dim >= 2
+        loss = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+        if self._any("smoothing"):                        # cross_entropy's label smoothing term
+            eps = hp["smoothing"]
+            loss = (1 - eps) * loss + eps * -log_p.mean(-1).mean(1)
+        weights = [w for w in params.values() if w.dim() >= 3]   # the serial run's dim >= 2
         objective = loss
         if self._any("l1"):
             objective = objective + hp["l1"] * sum(w.abs().flatten(1).sum(1) for w in weights)
@@ -170,23 +194,25 @@ class StackedRun:
             objective = objective + hp["l2"] * 0.5 * sum(w.pow(2).flatten(1).sum(1) for w in weights)
         return objective.sum(), loss, logits
 
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, masks: dict):
+        """(gradient [k, P] laid out as self.flat, per-member loss [k], logits [k, B, 10])."""
+        leaves = {name: view.detach().requires_grad_() for name, view in self.params.items()}
+        objective, loss, logits = self.objective(x, y, masks, leaves)
+        grads = torch.autograd.grad(objective, list(leaves.values()))
+        return torch.cat([g.reshape(len(g), -1) for g in grads], 1), loss, logits
+
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, masks: dict) -> None:
         """One step for every member: forward, per-member loss and penalties, gradients, optimizer
         update; metrics accumulate on the device. No host sync, so it can be one CUDA graph."""
-        hp = self.hyper
-        lr = hp["lr_table"].index_select(1, self.step.view(1)).squeeze(1)
-        objective, loss, logits = self.objective(x, y, masks)
-        weights = [w for w in self.params.values() if w.dim() >= 3]
-        names = list(self.params)
-        grads = torch.autograd.grad(objective, [self.params[n] for n in names])
+        hp, at = self.hyper, self.step.view(1)
+        lr = hp["lr_table"].index_select(1, at)                    # [k, 1]
+        g, loss, logits = self.gradients(x, y, masks)
         with torch.no_grad():
+            self._update(g, lr, hp["step_size_table"].index_select(1, at), self.bc2_sqrt_table.index_select(0, at))
             self.step.add_(1)
-            for name, g in zip(names, grads):
-                self._update(self.params[name], g, lr, decays=self.params[name].dim() >= 3, slots=self.slots[name])
-            if self._any("l1_prox"):
-                for w in weights:
-                    thr = _per_member(lr * hp["l1_prox"], w)
-                    w.copy_(w.sign() * (w.abs() - thr).clamp_min(0))
+            if self._any("l1_prox"):                               # weights only: biases get a threshold of 0
+                p, thr = self.flat, (lr * hp["l1_prox"].unsqueeze(1)) * self.decays
+                p.copy_(p.sign() * (p.abs() - thr).clamp_min(0))
             self.loss_sum.add_(loss.detach() * y.shape[1])
             self.correct.add_((logits.argmax(-1) == y).sum(1))
 
@@ -195,30 +221,31 @@ class StackedRun:
         return self._flags[name]
 
     def _refresh_flags(self) -> None:
-        self._flags = {k: bool((self.hyper[k] != 0).any().item()) for k in ("l1", "l1_prox", "l2")}
+        self._flags = {k: bool((self.hyper[k] != 0).any().item())
+                       for k in ("l1", "l1_prox", "l2", "smoothing", "weight_decay")}
 
-    def _update(self, p, g, lr, decays: bool, slots) -> None:
+    def _update(self, g: torch.Tensor, lr: torch.Tensor, step_size: torch.Tensor, bc2_sqrt: torch.Tensor) -> None:
         """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
-        train.make_optimizer configures them, with a learning rate and decay per member."""
-        wd = self.hyper["weight_decay"] if decays else None
+        train.make_optimizer configures them, with a learning rate and decay per member ([k, 1]),
+        on every parameter at once; only weights decay (self.decays)."""
+        p = self.flat
+        wd = (self.hyper["weight_decay"].unsqueeze(1) * self.decays) if self._any("weight_decay") else None
         if self.sgd:
-            buf, = slots[:1]
+            buf = self.slots[0]
             if wd is not None:
-                g = g + _per_member(wd, g) * p
-            mom = _per_member(self.hyper["momentum"], g)
+                g = g + wd * p
+            mom = self.hyper["momentum"].unsqueeze(1)
             buf.mul_(mom).add_(g)
-            p.sub_(_per_member(lr, p) * (g + mom * buf))
+            p.sub_(lr * (g + mom * buf))
             return
-        m, v = slots
+        m, v = self.slots
         b1, b2 = ADAM_BETAS
         if wd is not None:
-            p.mul_(1 - _per_member(lr * wd, p))
+            p.mul_(1 - lr * wd)
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        t = self.step.float()
-        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        denom = (v.sqrt() / bc2.sqrt()).add_(ADAM_EPS)
-        p.sub_(_per_member(lr / bc1, p) * m / denom)
+        denom = (v.sqrt() / bc2_sqrt).add_(ADAM_EPS)
+        p.sub_(step_size * m / denom)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -263,8 +290,7 @@ class StackedRun:
         graph.replay()
 
     def _state(self) -> list[torch.Tensor]:
-        return [*self.params.values(), *self.buffers.values(), *(s for pair in self.slots.values() for s in pair),
-                self.step, self.loss_sum, self.correct]
+        return [self.flat, *self.buffers.values(), *self.slots, self.step, self.loss_sum, self.correct]
 
     def _capture(self, x, y, masks):
         """Capture one training step of this batch size as a CUDA graph. The warm-up steps that
@@ -397,10 +423,10 @@ class StackedRun:
         if not self.alive:
             return
         rows = torch.tensor(keep_rows, device=self.device)
-        with torch.no_grad():
-            self.params = {k: v.detach().index_select(0, rows).requires_grad_() for k, v in self.params.items()}
+        self.flat = self.flat.index_select(0, rows)
+        self.params = self._views(self.flat)
         self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
-        self.slots = {k: [s.index_select(0, rows) for s in pair] for k, pair in self.slots.items()}
+        self.slots = [s.index_select(0, rows) for s in self.slots]
         self.hyper = {k: v.index_select(0, rows) for k, v in self.hyper.items()}
         self.loss_sum, self.correct = self.loss_sum[rows], self.correct[rows]
         self._refresh_flags()
@@ -420,10 +446,20 @@ def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], ge
                   [r for r, s in enumerate(specs) if s.augment != "none" and "crop" not in s.augment]):
         if group:
             boxes, flips = _augment_draws([specs[r] for r in group], [gens[r] for r in group], n, side, x.device)
-            # the whole population (as in `best` or `cnn`) needs no index tensor copied to the device each step
-            rows = slice(None) if len(group) == k else torch.tensor(group, device=x.device)
+            rows = _rows(tuple(group), x.device)
             maps[rows] = crop_resize_flip(maps[rows].flatten(0, 1), boxes, flips).view(len(group), n, 1, side, side)
     return x.sub_(data.mean).div_(data.std).view(k, n, -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _rows(group: tuple[int, ...], device: torch.device):
+    """Stack rows `group` as an index: a slice where they are consecutive (members are stacked by
+    variant, so they usually are), else an index tensor made once. Why: a tensor made from a list
+    each step is a host-to-device copy, and such a copy waits for every kernel queued before it,
+    so the CPU could no longer prepare the next step while the GPU runs this one."""
+    if group == tuple(range(group[0], group[-1] + 1)):
+        return slice(group[0], group[-1] + 1)
+    return torch.tensor(group, device=device)
 
 
 def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -447,11 +483,6 @@ def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) 
         sides = torch.full((len(specs) * n, 2), float(size), device=device)
         return torch.cat([torch.cat(corner), sides], 1), torch.cat(flips)
     return crop_boxes(torch.cat(area), torch.cat(log_r), torch.cat(pos), size), torch.cat(flips)
-
-
-def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-member values [k] shaped to broadcast over a stacked tensor [k, ...]."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _global_stream_copy(seed: int, device: torch.device) -> torch.Generator:

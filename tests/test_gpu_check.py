@@ -47,11 +47,12 @@ def test_the_memory_cap_step_records_splits_refusals_and_failures(tmp_path, monk
         fractions.append(f)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
 
-    def result(sizes, acc):
+    def result(populations, acc):
         run = {"history": [{"train_loss": 0.5, "seconds": 1.0}], "final": {"test_acc": acc}}
         return {"experiment": gpu_check.REPEAT, "variants": [{"runs": [run]}],
-                "provenance": {"populations": [{"size": n} for n in sizes]}}
-    outcomes = iter([result([1, 1], 0.9), population.DeviceMemoryError("one run alone (2 hidden, seed 0) does not fit")])
+                "provenance": {"populations": populations}}
+    split_run = result([{"size": 2, "split_into": [1, 1]}, {"size": 1}], 0.9)   # as runner records a split
+    outcomes = iter([split_run, population.DeviceMemoryError("one run alone (2 hidden, seed 0) does not fit")])
 
     def run_experiment(*args, **kwargs):   # the next outcome: a result, or the error it raises
         outcome = next(outcomes)
@@ -60,12 +61,12 @@ def test_the_memory_cap_step_records_splits_refusals_and_failures(tmp_path, monk
         return outcome
     monkeypatch.setattr(runner, "run_experiment", run_experiment)
     args = argparse.Namespace(device="cuda", out=tmp_path, seeds=1, quick=True, backend="batched")
-    report = gpu_check.memory_cap(args, result([2], 0.9), peak_bytes=900)
+    report = gpu_check.memory_cap(args, result([{"size": 2}], 0.9), peak_bytes=900)
     assert fractions == [0.5, 1.0, 0.3, 1.0]     # held 100 + 0.5 * 800 and + 0.25 * 800, of 1000; lifted after each
     split, refused = report["tries"]
-    assert split["populations"] == [1, 1] and split["against_uncapped"]["bit_identical"] == 1
+    assert split["populations"] == [1, 1, 1] and split["against_uncapped"]["bit_identical"] == 1
     assert refused["does_not_fit"].startswith("one run alone") and "error" not in refused
 
     outcomes = iter([RuntimeError("operation not permitted when stream is capturing")] * 2)
-    report = gpu_check.memory_cap(args, result([2], 0.9), peak_bytes=900)
+    report = gpu_check.memory_cap(args, result([{"size": 2}], 0.9), peak_bytes=900)
     assert all(t["error"].startswith("RuntimeError: operation not permitted") for t in report["tries"])

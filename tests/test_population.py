@@ -53,7 +53,9 @@ def test_cpu_defaults_to_the_exact_loop_backend_and_cuda_to_batched():
     [dict(augment="none"), dict(augment="flip"), dict(augment="crop+flip", crop_scale=(0.08, 1.0)),
      dict(augment="crop", crop_scale=(0.6, 1.0)), dict(augment="shift", max_shift=2),
      dict(augment="shift+flip", max_shift=1), dict(augment="crop+flip", crop_scale=(0.6, 1.0))],
-    [dict(augment="shift", max_shift=1)] * 3], ids=["mixed", "one group"])
+    [dict(augment="shift", max_shift=1)] * 3,
+    [dict(augment="none"), *[dict(augment="crop+flip")] * 2, *[dict(augment="flip")] * 2, dict(augment="none")]],
+    ids=["mixed", "one group", "consecutive groups"])
 def test_population_inputs_are_each_members_make_inputs_bit_for_bit(tiny, kinds):
     """train_inputs resamples every augmented member in one call per group; each member's inputs
     must still be exactly what train.inputs gives it alone, with the same generator draws."""
@@ -67,6 +69,12 @@ def test_population_inputs_are_each_members_make_inputs_bit_for_bit(tiny, kinds)
         for r, spec in enumerate(specs):
             own = inputs(tiny.train.images[idx[r]], tiny, spec, alone[r]).reshape(len(idx[r]), -1)
             assert torch.equal(together[r], own), kinds[r]
+
+
+def test_augmented_rows_are_a_slice_where_consecutive_and_an_index_tensor_made_once_otherwise():
+    assert stacked._rows((2, 3, 4), CPU) == slice(2, 5)
+    assert torch.equal(stacked._rows((1, 4), CPU), torch.tensor([1, 4]))
+    assert stacked._rows((1, 4), CPU) is stacked._rows((1, 4), CPU)   # no host-to-device copy per step
 
 
 def serial_first_step(data, spec: RunSpec, seed: int) -> dict:
@@ -98,9 +106,7 @@ def first_step_errors(data, members: list[Member]) -> list[float]:
     relative to the largest serial gradient entry of that tensor."""
     stack = StackedRun(data, members, CPU, None, use_graphs=False)
     orders = torch.stack([torch.randperm(len(data.train), generator=g) for g in stack.batch_gens])
-    objective, _, _ = stack.objective(*stack._batch(orders, 0))
-    names = list(stack.params)
-    grads = dict(zip(names, torch.autograd.grad(objective, [stack.params[n] for n in names])))
+    grads = stack._views(stack.gradients(*stack._batch(orders, 0))[0])
     return [max(((grads[name][row] - want).abs().max() / want.abs().max()).item()
                 for name, want in serial_first_step(data, m.spec, m.seed).items())
             for row, m in enumerate(members)]
