@@ -26,6 +26,7 @@ import torch
 from .catalog import RunSpec
 from .data import FashionMNIST
 from .planning import batchable
+from . import stacked
 from .stacked import StackedRun
 from .train import fit
 
@@ -130,6 +131,8 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
         if phases is not None:
             for name, seconds in {"build": built, **stack.phase_seconds}.items():
                 phases[name] = phases.get(name, 0.0) + seconds
+        if device.type == "cuda" and members[0].spec.model == "cnn" and notes is not None:
+            notes.append(f"convolutions {stacked.CONV}, cuDNN autotuning {'on' if stacked.CUDNN_BENCHMARK else 'off'}")
         if stack.graph_error and notes is not None:
             notes.append(f"CUDA graph capture failed ({stack.graph_error}): {len(rows)} member(s) trained eagerly")
     return [runs[j] for j in range(len(members))]

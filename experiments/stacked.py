@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
     from .population import Member
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defaults, as train.make_optimizer uses
+# How a CNN population's convolutions run: "grouped", one grouped convolution for all members, or
+# "split", one dense convolution per member (cuDNN's grouped kernels can be slower than k dense
+# ones); and whether cuDNN autotunes each shape on a GPU. `python -m experiments.gpu_probe` times each.
+CONV = os.environ.get("FMREPORT_CONV", "grouped")
+CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
 
 
 class StackedRun:
@@ -36,6 +42,8 @@ class StackedRun:
                  max_batches: int | None, use_graphs: bool):
         self.data, self.members, self.device, self.use_graphs = data, list(members), device, use_graphs
         self.in_features = data.train.images[0].numel()
+        if device.type == "cuda" and CUDNN_BENCHMARK:   # process-wide, as torch has it
+            torch.backends.cudnn.benchmark = True
         self.amp = autocast(members[0].spec, device)
         self.models, self.batch_gens, self.dropout_gens = [], [], []
         for m in members:
@@ -150,6 +158,9 @@ class StackedRun:
                     h = out.view(len(h), k, -1).transpose(0, 1)
                 else:
                     h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            elif isinstance(layer, nn.Conv2d) and CONV == "split":   # member j's channels, its own kernel
+                h = torch.cat([F.conv2d(part, w[j], None if b is None else b[j], layer.stride, layer.padding,
+                                        layer.dilation) for j, part in enumerate(h.split(h.shape[1] // k, 1))], 1)
             elif isinstance(layer, nn.Conv2d):
                 h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
                              layer.stride, layer.padding, layer.dilation, groups=k)

@@ -70,3 +70,17 @@ def test_the_memory_cap_step_records_splits_refusals_and_failures(tmp_path, monk
     outcomes = iter([RuntimeError("operation not permitted when stream is capturing")] * 2)
     report = gpu_check.memory_cap(args, result([{"size": 2}], 0.9), peak_bytes=900)
     assert all(t["error"].startswith("RuntimeError: operation not permitted") for t in report["tries"])
+
+
+@pytest.mark.slow
+def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
+    """The probe that chooses the CNN's convolution setting on a GPU, tried on the CPU in quick mode:
+    every setting timed, every experiment's syncs listed (none on the CPU), a fastest setting named."""
+    from experiments import gpu_probe
+    assert gpu_probe.main(["--device", "cpu", "--quick", "--out", str(tmp_path / "probe.json")]) == 0
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert {(r["conv"], r["cudnn_benchmark"]) for r in report["conv"]} == set(gpu_probe.SETTINGS)
+    assert all(r["step_ms"] > 0 for r in report["conv"])
+    assert set(report["host_syncs"]) == {e.name for e in catalog.EXPERIMENTS.values() if not e.optional}
+    assert all(v == {"steps": {}, "evaluation": {}} for v in report["host_syncs"].values())
+    assert report["fastest"]["FMREPORT_CONV"] in ("grouped", "split")

@@ -117,7 +117,9 @@ def small_cnn(**overrides) -> RunSpec:
         precision="fp32", channels=(8, 16), width=32, **overrides)
 
 
-def test_batched_cnn_first_step_gradients_match_serial_runs(tiny):
+@pytest.mark.parametrize("conv", ["grouped", "split"])
+def test_batched_cnn_first_step_gradients_match_serial_runs(tiny, conv, monkeypatch):
+    monkeypatch.setattr(stacked, "CONV", conv)
     # grouped convolutions, per-member dropout masks on channels-last feature maps, flips
     members = [Member("a", small_cnn(batchnorm=False), 0), Member("b", small_cnn(batchnorm=False, dropout=0.5), 1)]
     assert max(first_step_errors(tiny, members)) <= 1e-5

@@ -1,0 +1,113 @@
+"""Which engine settings are fastest on this device, and where its training loop waits:
+`python -m experiments.gpu_probe [--out FILE] [--device cuda] [--quick]`.
+
+1. The `cnn` experiment's population (its spec, 10 members): milliseconds per training step, the
+   step's inputs made as in training, with one grouped convolution for all members or one dense
+   convolution per member (stacked.CONV), each with cuDNN's autotuner off and on. On CUDA each step
+   is a CUDA graph captured under that setting, so the four are timed in alternating rounds.
+2. Host syncs: 20 training steps and one evaluation of the first population of every experiment
+   under torch.cuda.set_sync_debug_mode("warn"), counted by source line. A sync inside the step
+   loop makes the CPU wait for the GPU before it can queue the next step.
+The fastest setting is printed as the environment (FMREPORT_CONV, FMREPORT_CUDNN_BENCHMARK) to run
+the study with; the JSON has every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import results, stacked
+from .bench import _interleaved_median_seconds
+from .catalog import EXPERIMENTS
+from .population import Member, populations
+
+SETTINGS = [(conv, bench) for conv in ("grouped", "split") for bench in (False, True)]
+
+
+def conv_settings(data, device: torch.device, members_n: int, repeats: int) -> list[dict]:
+    """Per setting of SETTINGS: the CNN population's milliseconds per training step."""
+    spec = EXPERIMENTS["cnn"].specs()["conv 32-64, fc 256"]
+    steps, saved = [], (stacked.CONV, torch.backends.cudnn.benchmark)
+    try:
+        for conv, bench in SETTINGS:
+            stacked.CONV, torch.backends.cudnn.benchmark = conv, bench
+            stack = stacked.StackedRun(data, [Member("cnn", spec, s) for s in range(members_n)], device, None,
+                                       use_graphs=device.type == "cuda")
+            orders = torch.stack([torch.randperm(len(data.train), device=device, generator=g)
+                                  for g in stack.batch_gens])
+            stack._run_step(*stack._batch(orders, 0))            # captures under this setting
+            steps.append(lambda stack=stack, orders=orders: stack._run_step(*stack._batch(orders, 1)))
+        seconds = _interleaved_median_seconds(steps, repeats, device)
+    finally:
+        stacked.CONV, torch.backends.cudnn.benchmark = saved
+    return [{"conv": conv, "cudnn_benchmark": bench, "members": members_n, "step_ms": 1000 * s}
+            for (conv, bench), s in zip(SETTINGS, seconds)]
+
+
+def host_syncs(data, device: torch.device, steps: int) -> dict:
+    """Per experiment: the source lines that synchronised with the GPU, and how often, in `steps`
+    training steps and one evaluation of its first population (after a warm-up step)."""
+    found = {}
+    for exp in EXPERIMENTS.values():
+        if exp.optional:
+            continue
+        members = [Member(name, spec, seed) for name, spec in exp.specs().items() for seed in range(2)]
+        first = populations(members, "batched")[0]
+        stack = stacked.StackedRun(data, first, device, None, use_graphs=device.type == "cuda")
+        orders = torch.stack([torch.randperm(len(data.train), device=device, generator=g) for g in stack.batch_gens])
+        stack._run_step(*stack._batch(orders, 0))
+        found[exp.name] = {
+            "steps": _syncs(lambda: [stack._run_step(*stack._batch(orders, b)) for b in range(1, steps + 1)], device),
+            "evaluation": _syncs(lambda: stack._evaluate(data.val), device)}
+    return found
+
+
+def _syncs(fn, device: torch.device) -> dict:
+    """Source line -> how many host syncs fn made there (CUDA's sync debug mode warns at each)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
+    return dict(collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "build" / "gpu-probe.json")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="2 members, few repeats, a data subset")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    data = data_mod.load(device)
+    if args.quick:
+        data = data.subset(2048, 256)
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "quick": args.quick,
+              "conv": conv_settings(data, device, 2 if args.quick else 10, 3 if args.quick else 30),
+              "host_syncs": host_syncs(data, device, 3 if args.quick else 20)}
+    best = min(report["conv"], key=lambda r: r["step_ms"])
+    report["fastest"] = {"FMREPORT_CONV": best["conv"], "FMREPORT_CUDNN_BENCHMARK": str(int(best["cudnn_benchmark"]))}
+    results.write_atomic(args.out, report)
+    for row in report["conv"]:
+        print(f"cnn x{row['members']}: {row['conv']:>7} convolutions, cuDNN autotuning "
+              f"{'on ' if row['cudnn_benchmark'] else 'off'}: {row['step_ms']:.2f} ms a step")
+    for name, counts in report["host_syncs"].items():
+        print(f"host syncs, {name}: {counts}")
+    print(" ".join(f"{k}={v}" for k, v in report["fastest"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
