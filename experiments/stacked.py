@@ -28,10 +28,11 @@ if TYPE_CHECKING:
     from .population import Member
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defaults, as train.make_optimizer uses
-# How a CNN population's convolutions run: "grouped", one grouped convolution for all members, or
-# "split", one dense convolution per member (cuDNN's grouped kernels can be slower than k dense
-# ones); and whether cuDNN autotunes each shape on a GPU. `python -m experiments.gpu_probe` times each.
-CONV = os.environ.get("FMREPORT_CONV", "grouped")
+# How a CNN population's convolutions run: "split", one dense convolution per member, or "grouped",
+# one grouped convolution for all; and whether cuDNN autotunes each shape on a GPU. On an H200 a step
+# of `cnn`'s 10 members took 6.95 ms split and 8.35 ms grouped, and autotuning changed neither by more
+# than 2% (results/gpu-probe.json, from `python -m experiments.gpu_probe`, which times all four).
+CONV = os.environ.get("FMREPORT_CONV", "split")
 CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
 
 
@@ -197,7 +198,7 @@ class StackedRun:
         if self._any("smoothing"):                        # cross_entropy's label smoothing term
             eps = hp["smoothing"]
             loss = (1 - eps) * loss + eps * -log_p.mean(-1).mean(1)
-        weights = [w for w in params.values() if w.dim() >= 3]   # the serial run's dim >= 2
+        weights = [w for w in params.values() if w.dim() >= 3]   # the serial run's dim >= 2 (cf. _weights)
         objective = loss
         if self._any("l1"):
             objective = objective + hp["l1"] * sum(w.abs().flatten(1).sum(1) for w in weights)
@@ -221,9 +222,10 @@ class StackedRun:
         with torch.no_grad():
             self._update(g, lr, hp["step_size_table"].index_select(1, at), self.bc2_sqrt_table.index_select(0, at))
             self.step.add_(1)
-            if self._any("l1_prox"):                               # weights only: biases get a threshold of 0
-                p, thr = self.flat, (lr * hp["l1_prox"].unsqueeze(1)) * self.decays
-                p.copy_(p.sign() * (p.abs() - thr).clamp_min(0))
+            if self._any("l1_prox"):                               # soft threshold, weights only
+                thr = (lr * hp["l1_prox"].unsqueeze(1)).unsqueeze(2)
+                for w in self._weights():
+                    w.copy_(w.sign() * (w.abs() - thr).clamp_min(0))
             self.loss_sum.add_(loss.detach() * y.shape[1])
             self.correct.add_((logits.argmax(-1) == y).sum(1))
 
@@ -235,16 +237,23 @@ class StackedRun:
         self._flags = {k: bool((self.hyper[k] != 0).any().item())
                        for k in ("l1", "l1_prox", "l2", "smoothing", "weight_decay")}
 
+    def _weights(self) -> list[torch.Tensor]:
+        """The views of the weights [k, out, in, ...]: what the serial run decays and penalises."""
+        return [w for w in self.params.values() if w.dim() >= 3]
+
     def _update(self, g: torch.Tensor, lr: torch.Tensor, step_size: torch.Tensor, bc2_sqrt: torch.Tensor) -> None:
         """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
         train.make_optimizer configures them, with a learning rate and decay per member ([k, 1]),
-        on every parameter at once; only weights decay (self.decays)."""
-        p = self.flat
-        wd = (self.hyper["weight_decay"].unsqueeze(1) * self.decays) if self._any("weight_decay") else None
+        on every parameter at once; only weights decay, each weight view scaled in place (a
+        [k, P] decay tensor would cost several passes over all parameters on each step)."""
+        p, wd = self.flat, self.hyper["weight_decay"].view(-1, 1, 1) if self._any("weight_decay") else None
         if self.sgd:
             buf = self.slots[0]
             if wd is not None:
-                g = g + wd * p
+                g = g.clone()
+                for gw, w in zip(self._views(g).values(), self.params.values()):
+                    if w.dim() >= 3:
+                        gw.add_(wd * w)
             mom = self.hyper["momentum"].unsqueeze(1)
             buf.mul_(mom).add_(g)
             p.sub_(lr * (g + mom * buf))
@@ -252,11 +261,13 @@ class StackedRun:
         m, v = self.slots
         b1, b2 = ADAM_BETAS
         if wd is not None:
-            p.mul_(1 - lr * wd)
+            keep = 1 - lr.unsqueeze(2) * wd                       # [k, 1, 1]
+            for w in self._weights():
+                w.mul_(keep)
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v.sqrt() / bc2_sqrt).add_(ADAM_EPS)
-        p.sub_(step_size * m / denom)
+        denom = v.sqrt().div_(bc2_sqrt).add_(ADAM_EPS)
+        p.addcdiv_(step_size * m, denom, value=-1)
 
     # -- the loop ---------------------------------------------------------------------------------------
 

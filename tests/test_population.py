@@ -152,6 +152,17 @@ def test_batched_population_matches_serial_runs(tiny):
         assert sum(map(sum, got["final"]["confusion"])) == len(tiny.test)
 
 
+def test_batched_sgd_with_coupled_weight_decay_per_member_matches_serial_runs(tiny):
+    """SGD adds each member's decay to its weights' gradients (not its biases'), as torch.optim.SGD."""
+    members = [Member(f"wd {wd}", RunSpec(precision="fp32", epochs=2, width=64, optimizer="sgd", lr=0.05,
+                                          weight_decay=wd), seed) for seed, wd in enumerate((0.0, 0.05))]
+    for m, got in zip(members, fit_population(tiny, members, CPU, backend="batched")):
+        want = fit(tiny, m.spec, m.seed, CPU)
+        for g, w in zip(got["history"], want["history"]):
+            assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-4), m.name
+            assert g["val_loss"] == pytest.approx(w["val_loss"], rel=1e-4), m.name
+
+
 @pytest.mark.parametrize("spec", [
     RunSpec(precision="fp32", width=64, batchnorm=True, dropout=0.3, test_time_shifts=True),
     RunSpec(precision="fp32", model="cnn", channels=(4, 8), width=32, test_time_shifts=True)], ids=["mlp", "cnn"])
