@@ -304,6 +304,24 @@ def gpu_agreement(check: dict) -> dict:
             "below": sum(r["diff"] < 0 for r in rows), "mean_diff": summary([r["diff"] for r in rows])["mean"]}
 
 
+def gpu_time(check: dict) -> dict:
+    """Where the GPU check's study spent its time, summed over experiments (each population records
+    its build, training steps, per-epoch evaluation and finishing: stacked.StackedRun.train), its
+    two slowest experiments, and the memory-cap step's outcome per cap: populations as trained after
+    splits, or the refusal or failure it ended with. Empty parts where the check predates them."""
+    phases: dict = {}
+    for exp in check.get("experiments", {}).values():
+        for name, seconds in exp.get("phase_seconds", {}).items():
+            phases[name] = phases.get(name, 0.0) + seconds
+    timed = [(name, e["seconds"]) for name, e in check.get("experiments", {}).items() if "seconds" in e]
+    caps = [{"share": t["share"], "populations": len(t["populations"]), "smallest": min(t["populations"]),
+             "identical": t["against_uncapped"]["bit_identical"], "runs": t["against_uncapped"]["runs"],
+             "largest_difference": t["against_uncapped"]["largest_train_loss_difference"]} if "populations" in t
+            else {"share": t["share"], "refused": t.get("does_not_fit"), "error": t.get("error")}
+            for t in check.get("memory_cap", {}).get("tries", [])]
+    return {"phases": phases, "slowest": sorted(timed, key=lambda nt: -nt[1])[:2], "caps": caps}
+
+
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
@@ -311,4 +329,4 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "against_control": against_control, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
            "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se,
-           "gpu_agreement": gpu_agreement}
+           "gpu_agreement": gpu_agreement, "gpu_time": gpu_time}

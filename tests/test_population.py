@@ -77,6 +77,36 @@ def test_augmented_rows_are_a_slice_where_consecutive_and_an_index_tensor_made_o
     assert stacked._rows((1, 4), CPU) is stacked._rows((1, 4), CPU)   # no host-to-device copy per step
 
 
+def test_a_training_step_is_a_few_dozen_operations_whatever_the_number_of_tensors(tiny):
+    """On a GPU a step's time is mostly its kernel count: the optimizer updates every tensor of the
+    population at once, so a deeper network adds its layers' operations, not a dozen per tensor.
+    (Counted with a dispatch mode: non-view ATen operations, forward, backward and update.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func._schema.name.startswith(("aten::view", "aten::_unsafe_view", "aten::t", "aten::transpose",
+                                                  "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::detach",
+                                                  "aten::slice", "aten::select", "aten::alias", "aten::_reshape_alias")):
+                Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops_per_step(depth: int) -> int:
+        stack = StackedRun(tiny, [Member("a", RunSpec(precision="fp32", depth=depth), s) for s in range(3)], CPU, None,
+                           use_graphs=False)
+        orders = torch.stack([torch.randperm(len(tiny.train), generator=g) for g in stack.batch_gens])
+        x, y, masks = stack._batch(orders, 0)
+        Count.ops = 0
+        with Count():
+            stack._train_step(x, y, masks)
+        return Count.ops
+    two, four = ops_per_step(2), ops_per_step(4)
+    assert two <= 60, two                 # 152 when each of the 6 tensors had its own Adam update
+    assert four - two <= 20, (two, four)  # two more hidden layers: forward and backward ops, no optimizer ops
+
+
 def serial_first_step(data, spec: RunSpec, seed: int) -> dict:
     """Gradients of the serial run's first step (train.fit's objective), by parameter name."""
     gen = seed_everything(seed, CPU)

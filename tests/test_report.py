@@ -782,6 +782,10 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
            "(−0.30 pp, two standard errors 0.20 pp)." in page
     assert "2 of the 3 GPU means lie below the CPU’s, by −0.10 pp on average" in page
     assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40, in 12.0 s a run against 8.5 s" in page
+    assert "training steps (CUDA-graph captures included) took 29.0 s" in page and "evaluation 4.0 s" in page
+    assert "the slowest experiments were depth (30.0 s) and cnn (12.0 s)" in page
+    assert "at 50%, it trained in 3 populations (the smallest of 2 members), 0 of 40 runs bit for bit as uncapped, " \
+           "the largest training-loss difference 0.0017; at 25%, a run alone did not fit (one run alone" in page
 
 
 GPU_CHECK = {"device": "cuda", "quick": False, "study_seconds": 42.0,
@@ -791,7 +795,15 @@ GPU_CHECK = {"device": "cuda", "quick": False, "study_seconds": 42.0,
                  {"variant": "3 hidden", "diff": -0.001, "two_se": 0.002, "agrees": True},
                  {"variant": "4 hidden", "agrees": None, "why": "no committed or no finished runs"}]},
              "repeatability": {"experiment": "depth", "runs": 40, "bit_identical": 39, "seconds": [9.0, 8.5]},
-             "deterministic": {"experiment": "depth", "runs": 40, "bit_identical": 40, "seconds": [12.2, 12.0]}}
+             "deterministic": {"experiment": "depth", "runs": 40, "bit_identical": 40, "seconds": [12.2, 12.0]},
+             "experiments": {"depth": {"seconds": 30.0, "phase_seconds": {"build": 1.0, "steps": 20.0, "evaluate": 3.0,
+                                                                         "finish": 5.0}},
+                             "cnn": {"seconds": 12.0, "phase_seconds": {"build": 0.5, "steps": 9.0, "evaluate": 1.0,
+                                                                       "finish": 1.0}}},
+             "memory_cap": {"tries": [
+                 {"share": 0.5, "populations": [5, 5, 2],
+                  "against_uncapped": {"runs": 40, "bit_identical": 0, "largest_train_loss_difference": 0.00173}},
+                 {"share": 0.25, "does_not_fit": "one run alone (1 hidden, seed 0) does not fit"}]}}
 
 
 def test_the_gpu_check_is_read_only_when_complete_and_summarised_by_one_rule(tmp_path):
