@@ -77,8 +77,9 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
                    max_batches: int | None = None, on_finish=None, cuda_graphs: bool | None = None,
                    log=print, trained_as: list | None = None, notes: list | None = None,
                    phases: dict | None = None) -> list[dict]:
-    """Train `members` (one population) and return their runs in order; `on_finish(member, run)` is
-    called as each member finishes, so a caller can save it before the others are done.
+    """Train `members` (one population) and return their runs in order; `on_finish([(member, run),
+    ...])` is called with the members that finish together (in one epoch of a stacked population,
+    or one serial run), so a caller can save them, in one write, before the others are done.
 
     A population that runs out of device memory is split in two and its unfinished members start
     again (from their seeds: a restarted member repeats its draws exactly); finished members are
@@ -89,15 +90,15 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
     backend = resolve_backend(backend, device)
     runs: dict[int, dict] = {}
 
-    def finished(j, run):
-        runs[j] = run
+    def finished(done: list[tuple[int, dict]]):
+        runs.update(done)
         if on_finish:
-            on_finish(members[j], run)
+            on_finish([(members[j], run) for j, run in done])
 
     if backend == "loop" or not all(batchable(m.spec) for m in members):
         for j, m in enumerate(members):
-            finished(j, fit(data, m.spec, m.seed, device, max_batches=max_batches,
-                            desc=f"{m.name} | seed {m.seed}"))
+            finished([(j, fit(data, m.spec, m.seed, device, max_batches=max_batches,
+                              desc=f"{m.name} | seed {m.seed}"))])
             if trained_as is not None:
                 trained_as.append(1)
         return [runs[j] for j in range(len(members))]
@@ -111,7 +112,7 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
             built = time.perf_counter()
             stack = StackedRun(data, [members[j] for j in rows], device, max_batches, use_graphs)
             built = time.perf_counter() - built
-            stack.train(lambda r, run, rows=rows: finished(rows[r], run))
+            stack.train(lambda done, rows=rows: finished([(rows[r], run) for r, run in done]))
         except torch.cuda.OutOfMemoryError as err:
             left = [j for j in rows if j not in runs]
             if device.type == "cuda":

@@ -54,16 +54,21 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         threads = threads or torch.get_num_threads()
         torch.set_num_threads(threads)   # float sums depend on it: same threads, bit-identical runs
 
-        def record(name, seed, run):
+        def record(name, seed, run, save=True):
             """Log a finished run and save it to the progress file at once, so a killed run resumes."""
             f = run["final"]
             status = "DIVERGED" if f["diverged"] else \
                 f"val {f['val_acc']:.2%}  test {f['test_acc']:.2%}  train {f['train_acc']:.2%}"
             log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
             done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
-            # compact, through json's C encoder: with indentation the pure-Python one re-encodes
-            # every saved run each time, seconds when a population of 100 finishes at once
-            results.write_atomic(progress_path, json.dumps({"fingerprint": fp, "runs": done}, allow_nan=False))
+            if save:   # compact, through json's C encoder (the indenting encoder is pure Python)
+                results.write_atomic(progress_path, json.dumps({"fingerprint": fp, "runs": done}, allow_nan=False))
+
+        def record_together(finished):
+            """The members of a population that finished in one epoch, saved in one write: a write
+            per member re-encodes every run saved so far (100 members: 4 s against 0.05 s)."""
+            for i, (m, run) in enumerate(finished):
+                record(m.name, m.seed, run, save=i == len(finished) - 1)
 
         pops = []               # what trained together in this process, for the provenance
         if executor == "ray":   # one Ray task per run; the loop below then only does what Ray left
@@ -81,7 +86,7 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
                 log(f"  population of {len(members)}: {', '.join(sorted({m.name for m in members}))}")
                 sizes, notes, phases = [], [], {}
                 population.fit_population(data, members, device, backend, log=log, trained_as=sizes, notes=notes,
-                                          phases=phases, on_finish=lambda m, run: record(m.name, m.seed, run))
+                                          phases=phases, on_finish=record_together)
                 pops.append({"size": len(members), "members": [f"{m.name} / seed {m.seed}" for m in members],
                              "seconds": phases,
                              **({"split_into": sizes} if sizes != [len(members)] else {}),

@@ -360,11 +360,12 @@ class StackedRun:
     def _finish(self, finishing: list[tuple], finished) -> None:
         """Finish the members that stopped this epoch, [(member index, state, diverged, seconds)]:
         the ones with the same test-time views are evaluated together, then each is finished as a
-        serial run is."""
+        serial run is; finished([(member index, run), ...]) then gets them all at once."""
         by_views: dict[tuple, list] = {}
+        runs = []
         for j, state, diverged, seconds in finishing:
             if diverged:
-                finished(j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, None))
+                runs.append((j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, None)))
                 continue
             views = SHIFTED_VIEWS if self.members[j].spec.test_time_shifts else SINGLE_VIEW
             by_views.setdefault(views, []).append((j, state, seconds))
@@ -376,14 +377,17 @@ class StackedRun:
                     e[split] = (loss, acc, pred)
             for (j, state, seconds), e in zip(group, evaluated):
                 self.models[j].load_state_dict(state)
-                finished(j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, e))
+                runs.append((j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, e)))
+        if runs:
+            finished(runs)
 
     def member_state(self, row: int) -> dict:
         """The state dict of the member at stack row `row`, for its plain module."""
         return {k: v[row].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
 
     def train(self, finished) -> None:
-        """Train every member to its end, calling finished(member index, run) as each ends.
+        """Train every member to its end, calling finished([(member index, run), ...]) with the
+        members that end in each epoch.
         self.phase_seconds then holds where the wall time went: training steps (CUDA graph
         captures included), the per-epoch evaluation, and finishing members (each phase ends at a
         host sync, so GPU work is counted in the phase that queued it)."""

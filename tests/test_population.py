@@ -6,10 +6,13 @@ learning rates), so it is held to a tolerance, in fp32: first-step gradients wit
 per-epoch training losses within 1e-3 relative after two epochs, final accuracies within 1 point
 (the 1,000-image evaluation slices' binomial standard error is ~1.4 points).
 """
+import json
 import math
 import shutil
 import subprocess
 import sys
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,7 +171,8 @@ def test_batched_population_matches_serial_runs(tiny):
              RunSpec(precision="fp32", epochs=3, width=64, dropout=0.3, l1=1e-4, l1_proximal=True, lr=3e-3)]
     members = [Member(f"m{i}", s, seed) for i, (s, seed) in enumerate(zip(specs, (0, 1, 2)))]
     finished = []
-    pop = fit_population(tiny, members, CPU, backend="batched", on_finish=lambda m, run: finished.append(m.name))
+    pop = fit_population(tiny, members, CPU, backend="batched",
+                         on_finish=lambda done: finished.extend(m.name for m, _ in done))
     assert sorted(finished) == ["m0", "m1", "m2"] and finished[-1] == "m2"   # the 3-epoch member last
     for m, got in zip(members, pop):
         want = fit(tiny, m.spec, m.seed, CPU)
@@ -320,6 +324,27 @@ def test_cuda_graphs_give_the_eager_batched_result(fmnist):
         assert abs(g["final"]["test_acc"] - e["final"]["test_acc"]) <= 0.01
 
 
+def test_members_that_finish_together_are_saved_in_one_progress_write(tmp_path, monkeypatch):
+    """A stacked population's members that stop in one epoch reach the progress file in one write
+    (a write per member re-encodes every run saved so far); each epoch's finishers are still saved
+    before the next epoch trains, so a killed run resumes from them."""
+    monkeypatch.setattr(runner, "PROGRESS_DIR", tmp_path / "progress")
+    writes = []
+    real = results.write_atomic
+
+    def counting(path, obj):
+        if Path(path).parent == tmp_path / "progress":
+            writes.append(len(json.loads(obj)["runs"].get("early stopping", {})) +
+                          len(json.loads(obj)["runs"].get("no early stopping", {})))
+        real(path, obj)
+    monkeypatch.setattr(results, "write_atomic", counting)
+    result = runner.run_experiment(EXPERIMENTS["early_stopping"], tmp_path / "es.json", ["test"], seeds=3, quick=True,
+                                   device_name="cpu", fresh=True, backend="batched", log=lambda *a: None)
+    stops = sorted({r["final"]["epochs"] for v in result["variants"] for r in v["runs"]})
+    assert len(writes) == len(stops) and writes[-1] == 6, (writes, stops)   # one write per epoch with finishers
+    assert writes == sorted(writes)
+
+
 def test_a_population_that_runs_out_of_memory_is_split_and_keeps_its_finished_members(tiny, monkeypatch):
     specs = [RunSpec(precision="fp32", width=64, epochs=e) for e in (1, 2, 2, 2)]
     members = [Member(f"m{i}", s, i) for i, s in enumerate(specs)]
@@ -333,7 +358,7 @@ def test_a_population_that_runs_out_of_memory_is_split_and_keeps_its_finished_me
     monkeypatch.setattr(StackedRun, "_run_step", step)
     finished, sizes, lines = [], [], []
     split = fit_population(tiny, members, CPU, "batched", trained_as=sizes, log=lines.append,
-                           on_finish=lambda m, run: finished.append(m.name))
+                           on_finish=lambda done: finished.extend(m.name for m, _ in done))
     assert finished.count("m0") == 1 and sorted(finished) == ["m0", "m1", "m2", "m3"]   # m0 not retrained
     assert sizes == [2, 1] and "split into populations of 2 and 1" in lines[0]
     assert [without_times(r) for r in split] == [without_times(r) for r in whole]

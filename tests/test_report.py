@@ -772,7 +772,7 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     rows = {cells[i]: cells[i + 1:i + 3] for i in range(0, len(cells), 3)}
     assert rows["The recipe’s 5 seeds as one population"] == ["—", "1.4 s"]
     assert rows["Member-epoch in a population of 32"] == ["—", "3.7 ms"]
-    assert rows["Fixed 89% recipe, one seed trained alone"][1] == "0.8 s" and rows["Every experiment make all runs"][1] == "42.0 s"
+    assert rows["Fixed 89% recipe, one seed trained alone"][1] == "0.80 s" and rows["Every experiment make all runs"][1] == "42.0 s"
     assert "The whole study on the GPU" not in page
     (res / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
     assert render(res, tmp_path / "checked") == 0
@@ -781,10 +781,10 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert "2 of 3 agree within two standard errors of the difference; outside are depth / 2 hidden " \
            "(−0.30 pp, two standard errors 0.20 pp)." in page
     assert "2 of the 3 GPU means lie below the CPU’s, by −0.10 pp on average" in page
-    assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40, in 12.0 s a run against 8.5 s" in page
+    assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40; each such rerun of its 40 runs took 12.0 s, against 8.5 s and 9.0 s by default" in page
     assert "training steps (CUDA-graph captures included) took 29.0 s" in page and "evaluation 4.0 s" in page
     assert "the slowest experiments were depth (30.0 s) and cnn (12.0 s)" in page
-    assert "at 50%, it trained in 3 populations (the smallest of 2 members), 0 of 40 runs bit for bit as uncapped, " \
+    assert "at 50%, it trained in 3 populations (down to 2 members), 0 of 40 runs bit for bit as uncapped, " \
            "the largest training-loss difference 0.0017; at 25%, a run alone did not fit (one run alone" in page
 
 
