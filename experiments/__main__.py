@@ -22,7 +22,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr (exit 2), not a usage dump."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see `python -m experiments {self.prog.split()[-1]} --help`)\n")
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")   # prog: `python -m experiments [command]`
 
 
 def positive_int(text: str) -> int:

@@ -17,6 +17,8 @@ from experiments import results
     (["run", "depth", "--seeds", "0"], "integer >= 1"),
     (["run", "depth", "--device", "tpu"], "unknown device 'tpu'"),
     (["frobnicate"], "invalid choice"),
+    (["frobnicate"], "(see `python -m experiments --help`)"),
+    (["run", "depth", "--seeds", "0"], "(see `python -m experiments run --help`)"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, fragment):
     proc = run_cli(*args)
