@@ -76,6 +76,9 @@ class StackedRun:
                                  for shape in self.shapes.values()])
         specs = [m.spec for m in members]
         per = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
+        steps = max(x.epochs for x in specs) * self.steps_per_epoch
+        schedules = {s: [lr_at(t, s.epochs * self.steps_per_epoch, s) for t in range(steps)]   # once per variant,
+                     for s in set(specs)}                                                      # not per seed
         self.hyper = {
             "weight_decay": per([s.weight_decay for s in specs]),
             "l1": per([s.l1 if not s.l1_proximal else 0.0 for s in specs]),
@@ -83,8 +86,7 @@ class StackedRun:
             "l2": per([s.l2 for s in specs]),
             "smoothing": per([s.label_smoothing for s in specs]),
             "momentum": per([s.momentum for s in specs]),
-            "lr_table": per([[lr_at(t, s.epochs * self.steps_per_epoch, s)
-                              for t in range(max(x.epochs for x in specs) * self.steps_per_epoch)] for s in specs]),
+            "lr_table": per([schedules[s] for s in specs]),
         }
         # Adam's bias corrections by step, computed once with the ops the update used to run each
         # step (the same fp32 values): step t (1-based) reads column t - 1
