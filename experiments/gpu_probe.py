@@ -89,8 +89,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="2 members, few repeats, a data subset")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    data = data_mod.load(device)
+    from .runner import pick_device
+    try:
+        device = pick_device(args.device)
+        data = data_mod.load(device)
+    except (data_mod.DataError, ValueError) as err:   # no CUDA here, or no data: one line, as the CLI says it
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if args.quick:
         data = data.subset(2048, 256)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

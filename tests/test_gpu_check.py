@@ -84,3 +84,11 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     assert set(report["host_syncs"]) == {e.name for e in catalog.EXPERIMENTS.values() if not e.optional}
     assert all(v == {"steps": {}, "evaluation": {}} for v in report["host_syncs"].values())
     assert report["fastest"]["FMREPORT_CONV"] in ("grouped", "split")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no CUDA")
+def test_the_gpu_probe_without_cuda_exits_1_with_one_line(capsys):
+    from experiments import gpu_probe
+    assert gpu_probe.main(["--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA device is available here" in err[0]
