@@ -71,9 +71,6 @@ class StackedRun:
         self.params = self._views(self.flat)
         self.buffers = {k: v for k, v in state.items() if k not in self.shapes}
         self.slots = [torch.zeros_like(self.flat) for _ in range(2)]   # Adam m, v / SGD momentum buffer
-        # 1 where the serial optimizer decays (weights, dim >= 2 there), 0 for biases and batch norm
-        self.decays = torch.cat([torch.full((shape.numel(),), float(len(shape) >= 2), device=device)
-                                 for shape in self.shapes.values()])
         specs = [m.spec for m in members]
         per = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
         steps = max(x.epochs for x in specs) * self.steps_per_epoch
@@ -225,9 +222,9 @@ class StackedRun:
             self._update(g, lr, hp["step_size_table"].index_select(1, at), self.bc2_sqrt_table.index_select(0, at))
             self.step.add_(1)
             if self._any("l1_prox"):                               # soft threshold, weights only
-                thr = (lr * hp["l1_prox"].unsqueeze(1)).unsqueeze(2)
+                thr = lr.squeeze(1) * hp["l1_prox"]
                 for w in self._weights():
-                    w.copy_(w.sign() * (w.abs() - thr).clamp_min(0))
+                    w.copy_(w.sign() * (w.abs() - _per_member(thr, w)).clamp_min(0))
             self.loss_sum.add_(loss.detach() * y.shape[1])
             self.correct.add_((logits.argmax(-1) == y).sum(1))
 
@@ -248,14 +245,15 @@ class StackedRun:
         train.make_optimizer configures them, with a learning rate and decay per member ([k, 1]),
         on every parameter at once; only weights decay, each weight view scaled in place (a
         [k, P] decay tensor would cost several passes over all parameters on each step)."""
-        p, wd = self.flat, self.hyper["weight_decay"].view(-1, 1, 1) if self._any("weight_decay") else None
+        p = self.flat
+        wd = self.hyper["weight_decay"] if self._any("weight_decay") else None
         if self.sgd:
             buf = self.slots[0]
             if wd is not None:
                 g = g.clone()
                 for gw, w in zip(self._views(g).values(), self.params.values()):
                     if w.dim() >= 3:
-                        gw.add_(wd * w)
+                        gw.add_(_per_member(wd, w) * w)
             mom = self.hyper["momentum"].unsqueeze(1)
             buf.mul_(mom).add_(g)
             p.sub_(lr * (g + mom * buf))
@@ -263,9 +261,9 @@ class StackedRun:
         m, v = self.slots
         b1, b2 = ADAM_BETAS
         if wd is not None:
-            keep = 1 - lr.unsqueeze(2) * wd                       # [k, 1, 1]
+            keep = 1 - lr.squeeze(1) * wd                          # [k]
             for w in self._weights():
-                w.mul_(keep)
+                w.mul_(_per_member(keep, w))
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = v.sqrt().div_(bc2_sqrt).add_(ADAM_EPS)
@@ -488,6 +486,12 @@ def _rows(group: tuple[int, ...], device: torch.device):
     if group == tuple(range(group[0], group[-1] + 1)):
         return slice(group[0], group[-1] + 1)
     return torch.tensor(group, device=device)
+
+
+def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-member values [k] shaped to broadcast over a stacked tensor [k, ...] (a CNN's weights
+    have five dimensions, an MLP's three)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:

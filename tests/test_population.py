@@ -197,6 +197,28 @@ def test_batched_sgd_with_coupled_weight_decay_per_member_matches_serial_runs(ti
             assert g["val_loss"] == pytest.approx(w["val_loss"], rel=1e-4), m.name
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_weight_decay_scales_each_members_weights_and_leaves_biases(tiny, optimizer):
+    """One update with zero gradients leaves only the decay: each member's weights, of every rank
+    (a convolution's [k, out, in, h, w] as a linear layer's [k, out, in]), shrink by its own factor
+    (AdamW: 1 - lr * wd; SGD's coupled decay: 1 - lr * (1 + momentum) * wd); biases do not move."""
+    members = [Member(f"wd {wd}", small_cnn(batchnorm=False, optimizer=optimizer, lr=0.01, weight_decay=wd), seed)
+               for seed, wd in enumerate((0.0, 0.1))]
+    stack = StackedRun(tiny, members, CPU, None, use_graphs=False)
+    before = {name: v.clone() for name, v in stack.params.items()}
+    lr = torch.full((2, 1), 0.01)
+    with torch.no_grad():
+        stack._update(torch.zeros_like(stack.flat), lr, lr / (1 - 0.9), torch.ones(1))
+    for name, v in stack.params.items():
+        if v.dim() < 3:
+            assert torch.equal(v, before[name]), name
+            continue
+        shrink = 0.01 * 0.1 * ((1 + members[1].spec.momentum) if optimizer == "sgd" else 1)
+        assert torch.equal(v[0], before[name][0]), name
+        assert torch.allclose(v[1], before[name][1] * (1 - shrink), rtol=1e-6, atol=0), name
+    assert {v.dim() for v in stack.params.values()} >= {2, 3, 5}   # biases, linear and conv weights
+
+
 @pytest.mark.parametrize("spec", [
     RunSpec(precision="fp32", width=64, batchnorm=True, dropout=0.3, test_time_shifts=True),
     RunSpec(precision="fp32", model="cnn", channels=(4, 8), width=32, test_time_shifts=True)], ids=["mlp", "cnn"])
