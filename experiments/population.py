@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import stacked
 from .catalog import RunSpec
 from .data import FashionMNIST
 from .planning import batchable
-from . import stacked
 from .stacked import StackedRun
 from .train import fit
 
