@@ -8,6 +8,11 @@
 2. Host syncs: 20 training steps and one evaluation of the first population of every experiment
    under torch.cuda.set_sync_debug_mode("warn"), counted by source line. A sync inside the step
    loop makes the CPU wait for the GPU before it can queue the next step.
+3. Where a step's time goes, for the same populations: milliseconds, each timed to a device sync,
+   to make one step's inputs (batch, augmentation, dropout masks), to run the step on ready inputs
+   (a graph replay on CUDA), and both in a row. The training loop overlaps the two: where the
+   inputs take about as long as the step, the CPU feeding the GPU bounds it (one graph per epoch
+   would help); where the step takes far longer, the GPU's kernels do.
 The fastest setting is printed as the environment (FMREPORT_CONV, FMREPORT_CUDNN_BENCHMARK) to run
 the study with; the JSON has every figure.
 """
@@ -51,10 +56,12 @@ def conv_settings(data, device: torch.device, members_n: int, repeats: int) -> l
             for (conv, bench), s in zip(SETTINGS, seconds)]
 
 
-def host_syncs(data, device: torch.device, steps: int) -> dict:
-    """Per experiment: the source lines that synchronised with the GPU, and how often, in `steps`
-    training steps and one evaluation of its first population (after a warm-up step)."""
-    found = {}
+def experiment_probes(data, device: torch.device, steps: int) -> dict:
+    """Per experiment, its first population (2 seeds per variant): the source lines that
+    synchronised with the GPU, and how often, in `steps` training steps and one evaluation (after a
+    warm-up step), under "host_syncs"; and under "step_ms" the milliseconds to make a step's
+    inputs, to run the step on ready inputs, and both (medians over `steps` alternating rounds)."""
+    found = {"host_syncs": {}, "step_ms": {}}
     for exp in EXPERIMENTS.values():
         if exp.optional:
             continue
@@ -63,9 +70,15 @@ def host_syncs(data, device: torch.device, steps: int) -> dict:
         stack = stacked.StackedRun(data, first, device, None, use_graphs=device.type == "cuda")
         orders = torch.stack([torch.randperm(len(data.train), device=device, generator=g) for g in stack.batch_gens])
         stack._run_step(*stack._batch(orders, 0))
-        found[exp.name] = {
+        found["host_syncs"][exp.name] = {
             "steps": _syncs(lambda: [stack._run_step(*stack._batch(orders, b)) for b in range(1, steps + 1)], device),
             "evaluation": _syncs(lambda: stack._evaluate(data.val), device)}
+        ready = stack._batch(orders, 1)
+        inputs_s, step_s, both_s = _interleaved_median_seconds(
+            [lambda: stack._batch(orders, 2), lambda: stack._run_step(*ready),
+             lambda: stack._run_step(*stack._batch(orders, 3))], steps, device)
+        found["step_ms"][exp.name] = {"members": len(first), "inputs": 1000 * inputs_s, "step_on_ready_inputs":
+                                      1000 * step_s, "inputs_and_step": 1000 * both_s}
     return found
 
 
@@ -101,15 +114,18 @@ def main(argv=None) -> int:
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "quick": args.quick,
               "conv": conv_settings(data, device, 2 if args.quick else 10, 3 if args.quick else 30),
-              "host_syncs": host_syncs(data, device, 3 if args.quick else 20)}
+              **experiment_probes(data, device, 3 if args.quick else 20)}
     best = min(report["conv"], key=lambda r: r["step_ms"])
     report["fastest"] = {"FMREPORT_CONV": best["conv"], "FMREPORT_CUDNN_BENCHMARK": str(int(best["cudnn_benchmark"]))}
     results.write_atomic(args.out, report)
     for row in report["conv"]:
         print(f"cnn x{row['members']}: {row['conv']:>7} convolutions, cuDNN autotuning "
               f"{'on ' if row['cudnn_benchmark'] else 'off'}: {row['step_ms']:.2f} ms a step")
-    for name, counts in report["host_syncs"].items():
-        print(f"host syncs, {name}: {counts}")
+    for name, found in report["host_syncs"].items():
+        ms = report["step_ms"][name]
+        print(f"{name} ({ms['members']} members): inputs {ms['inputs']:.2f} ms, step on ready inputs "
+              f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; host syncs: "
+              f"steps {found['steps'] or 'none'}, evaluation {found['evaluation'] or 'none'}")
     print(" ".join(f"{k}={v}" for k, v in report["fastest"].items()))
     return 0
 

@@ -82,7 +82,10 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     assert {(r["conv"], r["cudnn_benchmark"]) for r in report["conv"]} == set(gpu_probe.SETTINGS)
     assert all(r["step_ms"] > 0 for r in report["conv"])
     assert set(report["host_syncs"]) == {e.name for e in catalog.EXPERIMENTS.values() if not e.optional}
-    assert all(v == {"steps": {}, "evaluation": {}} for v in report["host_syncs"].values())
+    assert all(v["steps"] == {} and v["evaluation"] == {} for v in report["host_syncs"].values())
+    assert set(report["step_ms"]) == set(report["host_syncs"])
+    for ms in report["step_ms"].values():   # where a step's time goes, per experiment
+        assert ms["members"] >= 1 and all(ms[k] > 0 for k in ("inputs", "step_on_ready_inputs", "inputs_and_step"))
     assert report["fastest"]["FMREPORT_CONV"] in ("grouped", "split")
 
 
