@@ -197,7 +197,7 @@ class StackedRun:
         if self._any("smoothing"):                        # cross_entropy's label smoothing term
             eps = hp["smoothing"]
             loss = (1 - eps) * loss + eps * -log_p.mean(-1).mean(1)
-        weights = [w for w in params.values() if w.dim() >= 3]   # the serial run's dim >= 2 (cf. _weights)
+        weights = self._weights(params)
         objective = loss
         if self._any("l1"):
             objective = objective + hp["l1"] * sum(w.abs().flatten(1).sum(1) for w in weights)
@@ -236,9 +236,10 @@ class StackedRun:
         self._flags = {k: bool((self.hyper[k] != 0).any().item())
                        for k in ("l1", "l1_prox", "l2", "smoothing", "weight_decay")}
 
-    def _weights(self) -> list[torch.Tensor]:
-        """The views of the weights [k, out, in, ...]: what the serial run decays and penalises."""
-        return [w for w in self.params.values() if w.dim() >= 3]
+    def _weights(self, params: dict | None = None) -> list[torch.Tensor]:
+        """The weights [k, out, in, ...] of stacked `params` (default self.params): what the serial
+        run decays and penalises (its tensors of dim >= 2)."""
+        return [w for w in (params or self.params).values() if w.dim() >= 3]
 
     def _update(self, g: torch.Tensor, lr: torch.Tensor, step_size: torch.Tensor, bc2_sqrt: torch.Tensor) -> None:
         """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
@@ -250,10 +251,8 @@ class StackedRun:
         if self.sgd:
             buf = self.slots[0]
             if wd is not None:
-                g = g.clone()
-                for gw, w in zip(self._views(g).values(), self.params.values()):
-                    if w.dim() >= 3:
-                        gw.add_(_per_member(wd, w) * w)
+                for gw, w in zip(self._weights(self._views(g)), self._weights()):   # g is ours (gradients)
+                    gw.add_(_per_member(wd, w) * w)
             mom = self.hyper["momentum"].unsqueeze(1)
             buf.mul_(mom).add_(g)
             p.sub_(lr * (g + mom * buf))
