@@ -13,6 +13,12 @@
    (a graph replay on CUDA), and both in a row. The training loop overlaps the two: where the
    inputs take about as long as the step, the CPU feeding the GPU bounds it (one graph per epoch
    would help); where the step takes far longer, the GPU's kernels do.
+4. What a step's kernels do, for each experiment's first population as the study trains it (all its
+   seeds; 1 in --quick): milliseconds for the forward pass and loss, for those and the backward
+   pass, and for the whole step (the optimizer update is the difference), each captured as its own
+   CUDA graph; the step's matrix-multiply and convolution FLOPs (torch.utils.flop_counter) and the
+   rate they reach. For fp32 populations on CUDA the whole step again with TF32 matrix multiplies:
+   what that setting would buy (the study's specs say fp32, so it is a what-if, never used).
 The fastest setting is printed as the environment (FMREPORT_CONV, FMREPORT_CUDNN_BENCHMARK) to run
 the study with; the JSON has every figure.
 """
@@ -83,6 +89,64 @@ def experiment_probes(data, device: torch.device, steps: int) -> dict:
     return found
 
 
+def step_parts(data, device: torch.device, quick: bool, repeats: int) -> dict:
+    """Per experiment (section 4 of the module's docstring): milliseconds of the step's parts, its
+    FLOPs and their rate, and on CUDA for fp32 populations the step under TF32."""
+    from torch.utils.flop_counter import FlopCounterMode
+    found = {}
+    for exp in EXPERIMENTS.values():
+        if exp.optional:
+            continue
+        members = [Member(name, spec, seed) for name, spec in exp.specs().items()
+                   for seed in range(1 if quick else exp.seeds)]
+        first = populations(members, "batched")[0]
+        stack = stacked.StackedRun(data, first, device, None, use_graphs=device.type == "cuda")
+        orders = torch.stack([torch.randperm(len(data.train), device=device, generator=g) for g in stack.batch_gens])
+        x, y, masks = stack._batch(orders, 0)
+
+        def forward(x=x, y=y, masks=masks, stack=stack):
+            with torch.no_grad():
+                stack.objective(x, y, masks)
+        with FlopCounterMode(display=False) as counter:
+            stack.gradients(x, y, masks)
+        flops = counter.get_total_flops()
+        parts = [_graphed(forward, device), _graphed(lambda: stack.gradients(x, y, masks), device),
+                 lambda: stack._run_step(x, y, masks)]
+        fwd_s, grad_s, step_s = _interleaved_median_seconds(parts, repeats, device)
+        row = {"members": len(first), "precision": first[0].spec.precision, "forward_ms": 1000 * fwd_s,
+               "forward_backward_ms": 1000 * grad_s, "step_ms": 1000 * step_s, "update_ms": 1000 * (step_s - grad_s),
+               "flops_per_step": flops, "tflops_per_second": flops / step_s / 1e12}
+        if device.type == "cuda" and first[0].spec.precision == "fp32":
+            saved = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("high")      # TF32 matrix multiplies, captured afresh
+            try:
+                stack.graphs.clear()
+                row["step_ms_tf32"] = 1000 * _interleaved_median_seconds([lambda: stack._run_step(x, y, masks)],
+                                                                         repeats, device)[0]
+            finally:
+                torch.set_float32_matmul_precision(saved)
+        found[exp.name] = row
+        del stack
+    return found
+
+
+def _graphed(fn, device: torch.device):
+    """fn as a CUDA graph's replay on CUDA (its kernels without their launch cost, as the training
+    step runs), fn itself elsewhere."""
+    if device.type != "cuda":
+        return fn
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def _syncs(fn, device: torch.device) -> dict:
     """Source line -> how many host syncs fn made there (CUDA's sync debug mode warns at each)."""
     with warnings.catch_warnings(record=True) as caught:
@@ -116,7 +180,8 @@ def main(argv=None) -> int:
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "quick": args.quick,
               "conv": conv_settings(data, device, 2 if args.quick else 10, 3 if args.quick else 30),
-              **experiment_probes(data, device, 3 if args.quick else 20)}
+              **experiment_probes(data, device, 3 if args.quick else 20),
+              "step_parts": step_parts(data, device, args.quick, 3 if args.quick else 20)}
     report["wall_seconds"] = time.perf_counter() - started   # after loading the data
     best = min(report["conv"], key=lambda r: r["step_ms"])
     report["fastest"] = {"FMREPORT_CONV": best["conv"], "FMREPORT_CUDNN_BENCHMARK": str(int(best["cudnn_benchmark"]))}
@@ -129,6 +194,11 @@ def main(argv=None) -> int:
         print(f"{name} ({ms['members']} members): inputs {ms['inputs']:.2f} ms, step on ready inputs "
               f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; host syncs: "
               f"steps {found['steps'] or 'none'}, evaluation {found['evaluation'] or 'none'}")
+    for name, row in report["step_parts"].items():
+        print(f"{name} ({row['members']} members, {row['precision']}): forward {row['forward_ms']:.2f} ms, "
+              f"+ backward {row['forward_backward_ms']:.2f} ms, whole step {row['step_ms']:.2f} ms "
+              f"({row['tflops_per_second']:.3g} TFLOP/s)"
+              + (f", with TF32 {row['step_ms_tf32']:.2f} ms" if "step_ms_tf32" in row else ""))
     print(" ".join(f"{k}={v}" for k, v in report["fastest"].items()))
     return 0
 

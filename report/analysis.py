@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta
 
 from experiments import stats
+from experiments.catalog import EXPERIMENTS
 from experiments.results import by_seed
 
 from .text import _na
@@ -297,11 +298,24 @@ def order(items: list[dict], key: str = "value", reverse: bool = False) -> list[
 def gpu_agreement(check: dict) -> dict:
     """The GPU check's comparison of each variant's mean test accuracy with the committed CPU result:
     how many agree within two standard errors of the difference, which do not (largest first), how
-    many GPU means lie below the CPU's and the mean difference (a shared offset shows there)."""
+    many GPU means lie below the CPU's and the mean difference (a shared offset shows there).
+    Variants that repeat another experiment's setup (the same spec and seeds in the catalog) are
+    listed under `repeats` and counted once under `setups` / `setups_agree`: they are no new check."""
     rows = [{"experiment": e, **r} for e, rs in check["agreement"].items() for r in rs if r["agrees"] is not None]
     outside = sorted((r for r in rows if not r["agrees"]), key=lambda r: -abs(r["diff"]))
+    first: dict = {}
+    repeats = []
+    for r in rows:
+        exp = EXPERIMENTS.get(r["experiment"])
+        spec = exp.specs().get(r["variant"]) if exp else None
+        key = (spec, exp.seeds) if spec else (r["experiment"], r["variant"])
+        if key in first:
+            repeats.append({**r, "repeats": first[key]})
+        else:
+            first[key] = r
     return {"n": len(rows), "agree": len(rows) - len(outside), "outside": outside,
-            "below": sum(r["diff"] < 0 for r in rows), "mean_diff": summary([r["diff"] for r in rows])["mean"]}
+            "below": sum(r["diff"] < 0 for r in rows), "mean_diff": summary([r["diff"] for r in rows])["mean"],
+            "repeats": repeats, "setups": len(first), "setups_agree": sum(bool(r["agrees"]) for r in first.values())}
 
 
 def gpu_time(check: dict) -> dict:

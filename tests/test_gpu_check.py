@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from experiments import catalog, gpu_check
+from experiments import bench, catalog, gpu_check
 
 
 @pytest.mark.slow
@@ -87,6 +87,13 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     for ms in report["step_ms"].values():   # where a step's time goes, per experiment
         assert ms["members"] >= 1 and all(ms[k] > 0 for k in ("inputs", "step_on_ready_inputs", "inputs_and_step"))
     assert report["fastest"]["FMREPORT_CONV"] in ("grouped", "split") and report["wall_seconds"] > 0
+    parts = report["step_parts"]   # what a step's kernels do: its parts, FLOPs and their rate
+    assert set(parts) == set(report["host_syncs"])
+    assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 and r["step_ms"] > 0 for r in parts.values())
+    assert not any("step_ms_tf32" in r for r in parts.values())   # the TF32 what-if is for CUDA only
+    reg = parts["regularization"]   # one seed of each of the 10 variants, 2x256: the bench's count per member
+    assert reg["members"] == 10 and reg["flops_per_step"] == 10 * bench.mlp_step_flops(256, 256, 2)
+    assert reg["tflops_per_second"] == pytest.approx(reg["flops_per_step"] / reg["step_ms"] / 1e9)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no CUDA")

@@ -817,6 +817,21 @@ def test_the_gpu_check_is_read_only_when_complete_and_summarised_by_one_rule(tmp
     a = analysis.gpu_agreement(sections.load_gpu_check(tmp_path))
     assert (a["n"], a["agree"], a["below"]) == (3, 2, 2)                   # the row without a comparison is left out
     assert [r["variant"] for r in a["outside"]] == ["2 hidden"] and abs(a["mean_diff"] + 0.001) < 1e-12
+    assert (a["setups"], a["setups_agree"], a["repeats"]) == (3, 2, [])
+
+
+def test_a_variant_that_repeats_another_experiments_setup_counts_once():
+    """`augmentation` / none is `depth` / 2 hidden (same spec, same seeds) and `l1_proximal`'s
+    control is `regularization` / L1 0.0001: the agreement lists them but counts each setup once."""
+    from report import analysis
+    row = lambda variant, agrees: {"variant": variant, "diff": -0.001, "two_se": 0.002, "agrees": agrees}  # noqa: E731
+    a = analysis.gpu_agreement({"agreement": {
+        "depth": [row("1 hidden", True), row("2 hidden", False)], "augmentation": [row("none", False), row("flip", True)],
+        "regularization": [row("L1 0.0001", True)], "l1_proximal": [row("L1 penalty 1e-4", True)]}})
+    assert (a["n"], a["agree"], a["setups"], a["setups_agree"]) == (6, 4, 4, 3)
+    assert [(r["experiment"], r["variant"], r["repeats"]["experiment"], r["repeats"]["variant"])
+            for r in a["repeats"]] == [("augmentation", "none", "depth", "2 hidden"),
+                                       ("l1_proximal", "L1 penalty 1e-4", "regularization", "L1 0.0001")]
 
 
 def test_every_figure_and_table_is_cited_in_the_text_and_captions_differ(rendered):
