@@ -7,8 +7,9 @@ Lookup order (the first that applies wins, and the run says which it used):
   3. Debian's package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist);
   4. torchvision's download, where there is internet.
 Every file is checked by the SHA-256 of its uncompressed bytes against the published originals,
-then copied (uncompressed) into data/FashionMNIST/raw so torchvision's own FashionMNIST class and
-reader work on it.  Never a synthetic stand-in.
+then copied (uncompressed) into data/FashionMNIST/raw so torchvision's own FashionMNIST class works
+on it (the bench's tutorial loop). The engine parses the verified bytes itself: importing
+torchvision costs seconds a process.  Never a synthetic stand-in.
 """
 from __future__ import annotations
 
@@ -70,21 +71,28 @@ def _read_verified(path: Path, name: str) -> bytes:
     return data
 
 
-def _copy_in(folder: Path, label: str) -> str:
+def _copy_in(folder: Path, label: str) -> tuple[str, dict[str, bytes]]:
     missing = [n for n in SHA256 if _find_file(folder, n) is None]
     if missing:
         raise DataError(f"{label} {folder} lacks {', '.join(missing)} (plain or .gz). {FIX}")
+    files = {}
     for name in SHA256:
-        data = _read_verified(_find_file(folder, name), name)
+        files[name] = _read_verified(_find_file(folder, name), name)
         if folder.resolve() != RAW_DIR.resolve():
-            write_atomic(RAW_DIR / name, data)
+            write_atomic(RAW_DIR / name, files[name])
     # inside the project, say where relative to it: a result should not name the clone's path
     shown = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
-    return f"{label} {shown}"
+    return f"{label} {shown}", files
 
 
 def ensure_data() -> str:
     """Make data/FashionMNIST/raw hold the four verified originals; return where they came from."""
+    return verified_files()[0]
+
+
+def verified_files() -> tuple[str, dict[str, bytes]]:
+    """(where the data came from, file name -> its verified uncompressed bytes), after making
+    data/FashionMNIST/raw hold the four originals."""
     if os.environ.get(ENV_VAR):
         folder = Path(os.environ[ENV_VAR]).expanduser()
         if not folder.is_dir():
@@ -102,6 +110,20 @@ def ensure_data() -> str:
         raise DataError(f"Fashion-MNIST was not found (looked in ${ENV_VAR}, {RAW_DIR}, {DEBIAN_DIR}) "
                         f"and torchvision's download failed ({type(err).__name__}). {FIX}") from None
     return _copy_in(RAW_DIR, "torchvision download into")
+
+
+def idx_array(raw: bytes) -> torch.Tensor:
+    """The uint8 array an IDX file holds (what torchvision's MNIST readers return): a magic of two
+    zero bytes, the type 0x08 (unsigned byte) and the number of dimensions, then each dimension as
+    a big-endian int32, then the values."""
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise DataError(f"not an IDX file of unsigned bytes (it starts {raw[:4].hex()}). {FIX}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if len(raw) != 4 + 4 * ndim + math.prod(dims):
+        raise DataError(f"an IDX file of shape {dims} should hold {4 + 4 * ndim + math.prod(dims)} bytes, "
+                        f"not {len(raw)}. {FIX}")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).view(*dims)
 
 
 @dataclass
@@ -147,11 +169,9 @@ def stratified_split(labels: torch.Tensor, per_class: int, seed: int) -> tuple[t
 
 def load(device: str | torch.device = "cpu") -> FashionMNIST:
     """Verified Fashion-MNIST on `device`, split 54k / 6k / 10k."""
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
-    source = ensure_data()
-    read = {n: (read_image_file if "images" in n else read_label_file)(str(RAW_DIR / n)) for n in SHA256}
-    train_x, train_y = read["train-images-idx3-ubyte"], read["train-labels-idx1-ubyte"]
+    source, files = verified_files()
+    read = {name: idx_array(raw) for name, raw in files.items()}
+    train_x, train_y = read["train-images-idx3-ubyte"], read["train-labels-idx1-ubyte"].long()
     train_idx, val_idx = stratified_split(train_y, VAL_PER_CLASS, SPLIT_SEED)
     # Pixel mean/std from exact integer sums: a float32 mean depends on the thread count in its
     # last bit, and every input (hence every loss) with it; a Ray task must match a serial run.
@@ -163,7 +183,7 @@ def load(device: str | torch.device = "cpu") -> FashionMNIST:
     return FashionMNIST(
         train=on(train_x[train_idx], train_y[train_idx]),
         val=on(train_x[val_idx], train_y[val_idx]),
-        test=on(read["t10k-images-idx3-ubyte"], read["t10k-labels-idx1-ubyte"]),
+        test=on(read["t10k-images-idx3-ubyte"], read["t10k-labels-idx1-ubyte"].long()),
         mean=mean, std=std, source=source)
 
 

@@ -84,6 +84,22 @@ def test_env_folder_missing_file_is_named_and_no_fallback(isolated, tmp_path, mo
     assert not raw.exists()
 
 
+def test_idx_reader_matches_torchvision_and_refuses_bad_bytes():
+    """The engine parses the verified bytes itself (no torchvision import, seconds a process):
+    exactly the arrays torchvision's readers give, and a clear error for bytes that are no IDX file."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    for name in data.SHA256:
+        ours = data.idx_array((REAL_RAW / name).read_bytes())
+        theirs = (read_image_file if "images" in name else read_label_file)(str(REAL_RAW / name))
+        assert ours.dtype == torch.uint8 and ours.shape == theirs.shape
+        assert torch.equal(ours.long() if "labels" in name else ours, theirs)
+    labels = (REAL_RAW / "t10k-labels-idx1-ubyte").read_bytes()
+    with pytest.raises(data.DataError, match="not an IDX file of unsigned bytes"):
+        data.idx_array(b"PK\x03\x04" + labels[4:])
+    with pytest.raises(data.DataError, match=r"shape \[10000\] should hold 10008 bytes, not 9998"):
+        data.idx_array(labels[:-10])
+
+
 def test_split_sizes_disjoint_and_stratified(fmnist):
     assert (len(fmnist.train), len(fmnist.val), len(fmnist.test)) == (54000, 6000, 10000)
     assert torch.bincount(fmnist.val.labels).tolist() == [600] * 10
