@@ -9,10 +9,11 @@
    under torch.cuda.set_sync_debug_mode("warn"), counted by source line. A sync inside the step
    loop makes the CPU wait for the GPU before it can queue the next step.
 3. Where a step's time goes, for the same populations: milliseconds, each timed to a device sync,
-   to make one step's inputs (batch, augmentation, dropout masks), to run the step on ready inputs
-   (a graph replay on CUDA), and both in a row. The training loop overlaps the two: where the
-   inputs take about as long as the step, the CPU feeding the GPU bounds it (one graph per epoch
-   would help); where the step takes far longer, the GPU's kernels do.
+   to make one step's inputs (batch, augmentation, dropout masks) on the host, to run the step on
+   ready inputs (a graph replay on CUDA), both in a row (stacked.INPUTS "host"), and the step as
+   the training loop runs it (`training_step`: with INPUTS "graph", the default, one replay of a
+   graph that makes its inputs too; `inputs_made` says where they were made). Where the host's
+   inputs take about as long as the step, the CPU feeding the GPU bounds the "host" loop.
 4. What a step's kernels do, for each experiment's first population as the study trains it (all its
    seeds; 1 in --quick): milliseconds for the forward pass and loss, for those and the backward
    pass, and for the whole step (the optimizer update is the difference), each captured as its own
@@ -75,17 +76,21 @@ def experiment_probes(data, device: torch.device, steps: int) -> dict:
         members = [Member(name, spec, seed) for name, spec in exp.specs().items() for seed in range(2)]
         first = populations(members, "batched")[0]
         stack = stacked.StackedRun(data, first, device, None, use_graphs=device.type == "cuda")
-        orders = torch.stack([torch.randperm(len(data.train), device=device, generator=g) for g in stack.batch_gens])
-        stack._run_step(*stack._batch(orders, 0))
+        stack.start_epoch()
+        full = stack.batch
+        stack._step(full)                                        # captures, as the first step of training does
         found["host_syncs"][exp.name] = {
-            "steps": _syncs(lambda: [stack._run_step(*stack._batch(orders, b)) for b in range(1, steps + 1)], device),
+            "steps": _syncs(lambda: [stack._step(full) for _ in range(steps)], device),
             "evaluation": _syncs(lambda: stack._evaluate(data.val), device)}
+        stack.start_epoch()                                      # the timed steps stay within one epoch
+        orders = stack.orders
         ready = stack._batch(orders, 1)
-        inputs_s, step_s, both_s = _interleaved_median_seconds(
+        inputs_s, step_s, both_s, loop_s = _interleaved_median_seconds(
             [lambda: stack._batch(orders, 2), lambda: stack._run_step(*ready),
-             lambda: stack._run_step(*stack._batch(orders, 3))], steps, device)
+             lambda: stack._run_step(*stack._batch(orders, 3)), lambda: stack._step(full)], steps, device)
         found["step_ms"][exp.name] = {"members": len(first), "inputs": 1000 * inputs_s, "step_on_ready_inputs":
-                                      1000 * step_s, "inputs_and_step": 1000 * both_s}
+                                      1000 * step_s, "inputs_and_step": 1000 * both_s, "training_step": 1000 * loop_s,
+                                      "inputs_made": "in the graph" if stack.inputs_in_graph else "on the host"}
     return found
 
 
@@ -192,7 +197,8 @@ def main(argv=None) -> int:
     for name, found in report["host_syncs"].items():
         ms = report["step_ms"][name]
         print(f"{name} ({ms['members']} members): inputs {ms['inputs']:.2f} ms, step on ready inputs "
-              f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; host syncs: "
+              f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; as trained (inputs made "
+              f"{ms['inputs_made']}) {ms['training_step']:.2f} ms; host syncs: "
               f"steps {found['steps'] or 'none'}, evaluation {found['evaluation'] or 'none'}")
     for name, row in report["step_parts"].items():
         print(f"{name} ({row['members']} members, {row['precision']}): forward {row['forward_ms']:.2f} ms, "

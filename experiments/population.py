@@ -134,6 +134,9 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
                 phases[name] = phases.get(name, 0.0) + seconds
         if device.type == "cuda" and members[0].spec.model == "cnn" and notes is not None:
             notes.append(f"convolutions {stacked.CONV}, cuDNN autotuning {'on' if stacked.CUDNN_BENCHMARK else 'off'}")
+        if stack.inputs_error and notes is not None:
+            notes.append(f"CUDA graph capture with the step's inputs inside failed ({stack.inputs_error}): "
+                         f"{len(rows)} member(s) had them made on the host")
         if stack.graph_error and notes is not None:
             notes.append(f"CUDA graph capture failed ({stack.graph_error}): {len(rows)} member(s) trained eagerly")
     return [runs[j] for j in range(len(members))]

@@ -34,6 +34,14 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defa
 # than 2% (results/gpu-probe.json, from `python -m experiments.gpu_probe`, which times all four).
 CONV = os.environ.get("FMREPORT_CONV", "split")
 CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
+# Where a CUDA-graphed training step gets its inputs (batch rows, augmentation, dropout masks):
+# "graph": made inside the captured step from each member's registered generators, so a step costs
+# the host one replay; "host": made eagerly before each replay and copied in. On an H200 at 46b833d
+# (host), `augmentation`'s 40 members took 3.5 ms a step against 1.4 ms for `l1_proximal`'s 40 of
+# the same shape without augmentation (results/gpu-check.json: steps seconds / 2,110 steps); its
+# ~150 small kernel launches a step for the members' draws looked like the difference. gpu_probe
+# times both ways.
+INPUTS = os.environ.get("FMREPORT_INPUTS", "graph")
 
 
 class StackedRun:
@@ -42,6 +50,9 @@ class StackedRun:
     def __init__(self, data: FashionMNIST, members: list[Member], device: torch.device,
                  max_batches: int | None, use_graphs: bool):
         self.data, self.members, self.device, self.use_graphs = data, list(members), device, use_graphs
+        if INPUTS not in ("graph", "host"):
+            raise ValueError(f"FMREPORT_INPUTS={INPUTS!r} is not one of graph, host")
+        self.inputs_in_graph = use_graphs and INPUTS == "graph"
         self.in_features = data.train.images[0].numel()
         if device.type == "cuda" and CUDNN_BENCHMARK:   # process-wide, as torch has it
             torch.backends.cudnn.benchmark = True
@@ -92,11 +103,16 @@ class StackedRun:
         self.hyper["step_size_table"] = self.hyper["lr_table"] / (1 - b1 ** t)
         self.bc2_sqrt_table = (1 - b2 ** t).sqrt()
         self.step = torch.zeros((), dtype=torch.long, device=device)   # steps taken (the same for all)
+        self.orders = None                                               # [k, n] batch orders of the epoch
+        self.batch_index = torch.zeros((), dtype=torch.long, device=device)   # the epoch's next step
+        self._cols = torch.arange(self.batch, device=device)
         self.loss_sum = torch.zeros(len(members), device=device)
         self.correct = torch.zeros(len(members), dtype=torch.long, device=device)
         self.sgd = specs[0].optimizer == "sgd"
-        self.graphs: dict[int, tuple] = {}
+        self.graphs: dict[int, tuple] = {}              # batch size -> graph of a step on copied-in inputs
+        self.input_graphs: dict = {}                     # batch size -> graph of a step that makes its inputs
         self.graph_error = None                          # why capture failed, if it did (then eager)
+        self.inputs_error = None                         # why capture with the inputs failed (then host)
         self._refresh_flags()
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -270,10 +286,31 @@ class StackedRun:
 
     # -- the loop ---------------------------------------------------------------------------------------
 
+    def start_epoch(self) -> None:
+        """Draw each live member's batch order for the next epoch from its own generator (as its
+        serial run does), and zero the epoch's step counter and metrics."""
+        n = len(self.data.train)
+        orders = torch.stack([torch.randperm(n, device=self.device, generator=self.batch_gens[j]) for j in self.alive])
+        if self.orders is None or self.orders.shape != orders.shape:
+            self.orders = orders            # a new buffer only after _shrink, which drops the graphs reading it
+        else:
+            self.orders.copy_(orders)       # in place: captured steps read it
+        self.batch_index.zero_()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
     def _batch(self, orders: torch.Tensor, b: int):
-        """Inputs [k, B, features], labels [k, B] and dropout masks of step b, each member's drawn
-        from its own generators in the serial run's order."""
-        idx = orders[:, b * self.batch:(b + 1) * self.batch]
+        """Inputs [k, B, features], labels [k, B] and dropout masks of step b of `orders`."""
+        return self._inputs(orders[:, b * self.batch:(b + 1) * self.batch])
+
+    def _step_inputs(self, size: int):
+        """The inputs of the epoch's next step, `size` rows per member: what _batch(self.orders, b)
+        gives, with b read on the device (self.batch_index), so a CUDA graph can make them too."""
+        return self._inputs(self.orders.index_select(1, self.batch_index * self.batch + self._cols[:size]))
+
+    def _inputs(self, idx: torch.Tensor):
+        """Inputs [k, B, features], labels [k, B] and dropout masks of the rows idx [k, B], each
+        member's drawn from its own generators in the serial run's order."""
         specs = [self.members[j].spec for j in self.alive]
         x = train_inputs(self.data, idx, specs, [self.batch_gens[j] for j in self.alive])
         masks = {}
@@ -288,7 +325,29 @@ class StackedRun:
                 torch.stack(per_member, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
         return x, self.data.train.labels[idx], masks
 
+    def _step(self, size: int) -> None:
+        """The epoch's next training step for every member, `size` rows each: with the inputs in
+        the graph one replay; else its inputs made here, then _run_step."""
+        if not self.inputs_in_graph:
+            self._run_step(*self._step_inputs(size))
+            self.batch_index.add_(1)
+            return
+        if size not in self.input_graphs:
+            try:
+                self.input_graphs[size] = self._capture_with_inputs(size)
+            except torch.cuda.OutOfMemoryError:
+                raise                                   # fit_population splits the population
+            except RuntimeError as err:                 # the inputs are then made on the host, and it says so
+                self.inputs_in_graph, self.inputs_error = False, f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                self.input_graphs.clear()
+                print(f"  warning: CUDA graph capture with the step's inputs failed ({self.inputs_error}); "
+                      "this population makes them on the host")
+                self._step(size)
+                return
+        self.input_graphs[size].replay()
+
     def _run_step(self, x, y, masks) -> None:
+        """One training step on ready inputs: on CUDA a graph replay with the inputs copied in."""
         if not self.use_graphs:
             self._train_step(x, y, masks)
             return
@@ -311,7 +370,45 @@ class StackedRun:
         graph.replay()
 
     def _state(self) -> list[torch.Tensor]:
-        return [self.flat, *self.buffers.values(), *self.slots, self.step, self.loss_sum, self.correct]
+        return [self.flat, *self.buffers.values(), *self.slots, self.step, self.loss_sum, self.correct,
+                self.batch_index]
+
+    def _capture_with_inputs(self, size: int):
+        """Capture the epoch's next step, its inputs made inside, as a CUDA graph. Each live member's
+        generators are registered with it, so every replay draws what the eager step would draw
+        next (CUDA graphs advance a registered generator by the graph's draws at each replay); the
+        warm-up steps run on a copy of the state and the generators are put back after them."""
+        gens = [g for j in self.alive for g in (self.batch_gens[j], self.dropout_gens[j])]
+        saved, drawn = [t.detach().clone() for t in self._state()], [g.get_state() for g in gens]
+
+        def put_back():
+            with torch.no_grad():
+                for t, s in zip(self._state(), saved):
+                    t.copy_(s)
+            for g, state in zip(gens, drawn):
+                g.set_state(state)
+
+        def step():
+            self._train_step(*self._step_inputs(size))
+            self.batch_index.add_(1)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            put_back()
+            graph = torch.cuda.CUDAGraph()
+            for g in gens:
+                graph.register_generator_state(g)
+            with torch.cuda.graph(graph):
+                step()
+        except RuntimeError:
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            put_back()
+            raise
+        return graph
 
     def _capture(self, x, y, masks):
         """Capture one training step of this batch size as a CUDA graph. The warm-up steps that
@@ -398,15 +495,12 @@ class StackedRun:
         while self.alive:
             epoch += 1
             epoch_start = time.perf_counter()
-            orders = torch.stack([torch.randperm(n, device=self.device, generator=self.batch_gens[j])
-                                  for j in self.alive])
-            self.loss_sum.zero_()
-            self.correct.zero_()
+            self.start_epoch()
             seen = 0
             for b in range(self.steps_per_epoch):
-                x, y, masks = self._batch(orders, b)
-                self._run_step(x, y, masks)
-                seen += y.shape[1]
+                size = min(self.batch, n - b * self.batch)
+                self._step(size)
+                seen += size
             train_loss = (self.loss_sum / seen).tolist()
             train_acc = (self.correct.double() / seen).tolist()
             evaluated = time.perf_counter()
@@ -454,8 +548,10 @@ class StackedRun:
         self.slots = [s.index_select(0, rows) for s in self.slots]
         self.hyper = {k: v.index_select(0, rows) for k, v in self.hyper.items()}
         self.loss_sum, self.correct = self.loss_sum[rows], self.correct[rows]
+        self.orders = None
         self._refresh_flags()
         self.graphs.clear()
+        self.input_graphs.clear()
 
 
 def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], gens: list) -> torch.Tensor:

@@ -85,7 +85,9 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     assert all(v["steps"] == {} and v["evaluation"] == {} for v in report["host_syncs"].values())
     assert set(report["step_ms"]) == set(report["host_syncs"])
     for ms in report["step_ms"].values():   # where a step's time goes, per experiment
-        assert ms["members"] >= 1 and all(ms[k] > 0 for k in ("inputs", "step_on_ready_inputs", "inputs_and_step"))
+        assert ms["members"] >= 1 and all(ms[k] > 0 for k in ("inputs", "step_on_ready_inputs", "inputs_and_step",
+                                                               "training_step"))
+        assert ms["inputs_made"] == "on the host"   # no CUDA graph on the CPU
     assert report["fastest"]["FMREPORT_CONV"] in ("grouped", "split") and report["wall_seconds"] > 0
     parts = report["step_parts"]   # what a step's kernels do: its parts, FLOPs and their rate
     assert set(parts) == set(report["host_syncs"])

@@ -246,11 +246,14 @@ def test_a_failed_graph_capture_trains_eagerly_and_says_so(tiny, monkeypatch):
 
     def capture(*args):
         raise RuntimeError("operation not permitted when stream is capturing")
-    monkeypatch.setattr(StackedRun, "_capture", capture)
+    monkeypatch.setattr(StackedRun, "_capture_with_inputs", capture)   # first the step with its inputs,
+    monkeypatch.setattr(StackedRun, "_capture", capture)               # then the step on copied-in inputs
     notes = []
     tried = fit_population(tiny, members, CPU, "batched", cuda_graphs=True, notes=notes)
     assert [without_times(r) for r in tried] == [without_times(r) for r in eager]
-    assert notes == ["CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing): "
+    assert notes == ["CUDA graph capture with the step's inputs inside failed (RuntimeError: operation not "
+                     "permitted when stream is capturing): 2 member(s) had them made on the host",
+                     "CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing): "
                      "2 member(s) trained eagerly"]
 
 
@@ -344,6 +347,48 @@ def test_cuda_graphs_give_the_eager_batched_result(fmnist):
         for hg, he in zip(g["history"], e["history"]):
             assert hg["train_loss"] == pytest.approx(he["train_loss"], rel=1e-4)
         assert abs(g["final"]["test_acc"] - e["final"]["test_acc"]) <= 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_with_the_inputs_inside_draw_what_the_eager_step_draws(fmnist, monkeypatch):
+    """stacked.INPUTS "graph": the captured step makes its own inputs from the members' registered
+    generators. Each replay must feed the step exactly the rows, augmented pixels, labels and
+    dropout masks the eager step gets, over two epochs with a last, shorter batch each."""
+    cuda = torch.device("cuda")
+    data = fmnist.subset(1000, 500)
+    data = type(data)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (data.train, data.val, data.test)),
+                      data.mean, data.std, data.source)
+    monkeypatch.setattr(stacked, "INPUTS", "graph")
+    base = RunSpec(precision="fp32", epochs=2, dropout=0.3)
+    members = [Member("crop", base.with_overrides(augment="crop+flip"), 0),
+               Member("shift", base.with_overrides(augment="shift+flip", dropout=0.5), 1), Member("none", base, 2)]
+    fed = {}
+    real = StackedRun._train_step
+
+    def recording(self, x, y, masks):   # the graphed run's tensors are the captured ones, refilled by each replay
+        fed.setdefault(id(self), []).append((x, y, masks))
+        return real(self, x, y, masks)
+    monkeypatch.setattr(StackedRun, "_train_step", recording)
+    graphed = StackedRun(data, members, cuda, None, use_graphs=True)
+    eager = StackedRun(data, members, cuda, None, use_graphs=False)
+    assert graphed.inputs_in_graph and not eager.inputs_in_graph
+    captured = {}
+    for _ in range(2):
+        graphed.start_epoch()
+        eager.start_epoch()
+        for b in range(graphed.steps_per_epoch):
+            size = min(graphed.batch, len(data.train) - b * graphed.batch)
+            had = len(graphed.input_graphs)
+            graphed._step(size)
+            if len(graphed.input_graphs) > had:
+                captured[size] = fed[id(graphed)][-1]
+            eager._step(size)
+            x, y, masks = captured[size]
+            want_x, want_y, want_masks = fed[id(eager)][-1]
+            assert torch.equal(x, want_x) and torch.equal(y, want_y)
+            assert masks.keys() == want_masks.keys() and all(torch.equal(masks[i], want_masks[i]) for i in masks)
+    assert set(captured) == {256, 1000 - 3 * 256} and graphed.inputs_error is None
+    torch.testing.assert_close(graphed.flat, eager.flat, rtol=1e-4, atol=1e-6)
 
 
 def test_members_that_finish_together_are_saved_in_one_progress_write(tmp_path, monkeypatch):
