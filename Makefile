@@ -108,7 +108,7 @@ bench: | $(SETUP) $(DATA) ## measure speed -> results/bench.json, or results/ben
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check: ## on a CUDA machine (< 8 min): the probe, the study into build/gpu-check, compared with results/, rerun, bench
 	$(GPU_PY) -m experiments.gpu_probe --out build/gpu-check/gpu-probe.json
-	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check
+	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check --probe build/gpu-check/gpu-probe.json
 
 test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke, CLI, report in a browser)
 	$(PY) -m pytest -q

@@ -1,4 +1,4 @@
-"""The prepared GPU check: `python -m experiments.gpu_check [--out DIR] [--quick] [--device cuda]`.
+"""The prepared GPU check: `python -m experiments.gpu_check [--out DIR] [--quick] [--device cuda] [--probe FILE]`.
 
 One command for a machine with a GPU but perhaps no package registry (it needs only torch,
 torchvision, numpy, matplotlib, jinja2 and tqdm, not the project's virtualenv):
@@ -15,13 +15,16 @@ torchvision, numpy, matplotlib, jinja2 and tqdm, not the project's virtualenv):
    (torch.cuda.set_per_process_memory_fraction) at a half and a quarter of the memory its
    populations used: whether they split and still agree with the uncapped run, or the error that
    names a run too large to fit alone (issue 17's item 3 on a real card).
-Everything lands in DIR/gpu-check.json; the exit code is 1 only when something failed to run.
+Everything lands in DIR/gpu-check.json, with the engine settings it ran under (`settings`: those
+gpu_probe found fastest when --probe names its JSON); the exit code is 1 only when something failed
+to run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +35,29 @@ from . import results
 from .catalog import EXPERIMENTS
 
 REPEAT = "depth"     # the experiment run twice for the repeatability check
+SETTINGS = ("FMREPORT_CONV", "FMREPORT_CUDNN_BENCHMARK", "FMREPORT_INPUTS")   # stacked.py's switches
+
+
+def engine_settings(probe: Path | None) -> dict:
+    """Set the engine switches gpu_probe found fastest (its JSON's `fastest`), for this process and
+    the ones it starts, and return the settings in force and where they came from. A probe file
+    that is absent or unreadable leaves the defaults and says why (the check still runs)."""
+    from . import stacked
+    source = "defaults (no --probe)"
+    if probe is not None:
+        try:
+            fastest = json.loads(Path(probe).read_text())["fastest"]
+            chosen = {k: str(fastest[k]) for k in SETTINGS if k in fastest}
+            os.environ.update(chosen)
+            source = f"gpu_probe's fastest ({probe})"
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            source = f"defaults (the probe file {probe} could not be read: {type(err).__name__})"
+            print(f"warning: {source}", file=sys.stderr)
+    stacked.CONV = os.environ.get("FMREPORT_CONV", stacked.CONV)
+    stacked.CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "1" if stacked.CUDNN_BENCHMARK else "0") == "1"
+    stacked.INPUTS = os.environ.get("FMREPORT_INPUTS", stacked.INPUTS)
+    return {"FMREPORT_CONV": stacked.CONV, "FMREPORT_CUDNN_BENCHMARK": "1" if stacked.CUDNN_BENCHMARK else "0",
+            "FMREPORT_INPUTS": stacked.INPUTS, "from": source}
 
 
 def compare_to_committed(result: dict, committed: dict) -> list[dict]:
@@ -137,10 +163,12 @@ def main(argv=None) -> int:
                         help="only the study, its agreement with the committed results and the bench")
     parser.add_argument("--seeds", type=int, help="seeds per variant for every experiment (default the catalog's; "
                                                   "fewer only to try the script)")
+    parser.add_argument("--probe", type=Path, help="gpu_probe's JSON: run with the engine settings it found fastest")
     args = parser.parse_args(argv)
     from . import bench, runner
     from . import data as data_mod
     report = {"device": args.device, "quick": args.quick, "seeds": args.seeds, "backend": args.backend,
+              "settings": engine_settings(args.probe),
               "experiments": {}, "agreement": {}}   # seeds None: each experiment's catalog seeds
     failed = False
     t_study = time.perf_counter()

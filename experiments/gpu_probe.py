@@ -10,10 +10,9 @@
    loop makes the CPU wait for the GPU before it can queue the next step.
 3. Where a step's time goes, for the same populations: milliseconds, each timed to a device sync,
    to make one step's inputs (batch, augmentation, dropout masks) on the host, to run the step on
-   ready inputs (a graph replay on CUDA), both in a row (stacked.INPUTS "host"), and the step as
-   the training loop runs it (`training_step`: with INPUTS "graph", the default, one replay of a
-   graph that makes its inputs too; `inputs_made` says where they were made). Where the host's
-   inputs take about as long as the step, the CPU feeding the GPU bounds the "host" loop.
+   ready inputs (a graph replay on CUDA) and both in a row; then a step of 10 in a row as the
+   training loop runs them, with the inputs made on the host (`host_loop`, stacked.INPUTS "host")
+   and, on CUDA, inside the graph (`graph_loop`, INPUTS "graph"). The faster in sum is named.
 4. What a step's kernels do, for each experiment's first population as the study trains it (all its
    seeds; 1 in --quick): milliseconds for the forward pass and loss, for those and the backward
    pass, and for the whole step (the optimizer update is the difference), each captured as its own
@@ -75,22 +74,38 @@ def experiment_probes(data, device: torch.device, steps: int) -> dict:
             continue
         members = [Member(name, spec, seed) for name, spec in exp.specs().items() for seed in range(2)]
         first = populations(members, "batched")[0]
-        stack = stacked.StackedRun(data, first, device, None, use_graphs=device.type == "cuda")
+        cuda = device.type == "cuda"
+        stack = stacked.StackedRun(data, first, device, None, use_graphs=cuda)
         stack.start_epoch()
-        full = stack.batch
-        stack._step(full)                                        # captures, as the first step of training does
+        orders, full, run = stack.orders, stack.batch, 2 if steps < 10 else 10
+        stack._run_step(*stack._batch(orders, 0))                # captures, as the first step of training does
         found["host_syncs"][exp.name] = {
-            "steps": _syncs(lambda: [stack._step(full) for _ in range(steps)], device),
+            "steps": _syncs(lambda: [stack._run_step(*stack._batch(orders, b)) for b in range(1, steps + 1)], device),
             "evaluation": _syncs(lambda: stack._evaluate(data.val), device)}
-        stack.start_epoch()                                      # the timed steps stay within one epoch
-        orders = stack.orders
         ready = stack._batch(orders, 1)
-        inputs_s, step_s, both_s, loop_s = _interleaved_median_seconds(
-            [lambda: stack._batch(orders, 2), lambda: stack._run_step(*ready),
-             lambda: stack._run_step(*stack._batch(orders, 3)), lambda: stack._step(full)], steps, device)
-        found["step_ms"][exp.name] = {"members": len(first), "inputs": 1000 * inputs_s, "step_on_ready_inputs":
-                                      1000 * step_s, "inputs_and_step": 1000 * both_s, "training_step": 1000 * loop_s,
-                                      "inputs_made": "in the graph" if stack.inputs_in_graph else "on the host"}
+
+        def host_loop():
+            for b in range(run):
+                stack._run_step(*stack._batch(orders, b))
+        timed = [lambda: stack._batch(orders, 2), lambda: stack._run_step(*ready),
+                 lambda: stack._run_step(*stack._batch(orders, 3)), host_loop]
+        if cuda:                                                 # the same steps with the inputs in the graph
+            stack.inputs_in_graph = True
+            stack._step(full)
+
+            def graph_loop():
+                stack.batch_index.zero_()                        # every round within the epoch
+                for _ in range(run):
+                    stack._step(full)
+            timed.append(graph_loop)
+        seconds = _interleaved_median_seconds(timed, steps, device)
+        row = {"members": len(first), "inputs": 1000 * seconds[0], "step_on_ready_inputs": 1000 * seconds[1],
+               "inputs_and_step": 1000 * seconds[2], "host_loop": 1000 * seconds[3] / run}
+        if cuda:
+            row["graph_loop"] = 1000 * seconds[4] / run
+            if stack.inputs_error:                               # the capture with the inputs failed: host again
+                row["graph_error"] = stack.inputs_error
+        found["step_ms"][exp.name] = row
     return found
 
 
@@ -189,7 +204,11 @@ def main(argv=None) -> int:
               "step_parts": step_parts(data, device, args.quick, 3 if args.quick else 20)}
     report["wall_seconds"] = time.perf_counter() - started   # after loading the data
     best = min(report["conv"], key=lambda r: r["step_ms"])
-    report["fastest"] = {"FMREPORT_CONV": best["conv"], "FMREPORT_CUDNN_BENCHMARK": str(int(best["cudnn_benchmark"]))}
+    rows = report["step_ms"].values()
+    graph_faster = all("graph_loop" in r and "graph_error" not in r for r in rows) and \
+        sum(r["graph_loop"] for r in rows) < sum(r["host_loop"] for r in rows)
+    report["fastest"] = {"FMREPORT_CONV": best["conv"], "FMREPORT_CUDNN_BENCHMARK": str(int(best["cudnn_benchmark"])),
+                         "FMREPORT_INPUTS": "graph" if graph_faster else "host"}
     results.write_atomic(args.out, report)
     for row in report["conv"]:
         print(f"cnn x{row['members']}: {row['conv']:>7} convolutions, cuDNN autotuning "
@@ -197,8 +216,10 @@ def main(argv=None) -> int:
     for name, found in report["host_syncs"].items():
         ms = report["step_ms"][name]
         print(f"{name} ({ms['members']} members): inputs {ms['inputs']:.2f} ms, step on ready inputs "
-              f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; as trained (inputs made "
-              f"{ms['inputs_made']}) {ms['training_step']:.2f} ms; host syncs: "
+              f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; in a row "
+              f"{ms['host_loop']:.2f} ms a step with host inputs"
+              + (f", {ms['graph_loop']:.2f} ms with inputs in the graph" if "graph_loop" in ms else "")
+              + f"; host syncs: "
               f"steps {found['steps'] or 'none'}, evaluation {found['evaluation'] or 'none'}")
     for name, row in report["step_parts"].items():
         print(f"{name} ({row['members']} members, {row['precision']}): forward {row['forward_ms']:.2f} ms, "

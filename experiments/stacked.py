@@ -35,13 +35,14 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defa
 CONV = os.environ.get("FMREPORT_CONV", "split")
 CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
 # Where a CUDA-graphed training step gets its inputs (batch rows, augmentation, dropout masks):
-# "graph": made inside the captured step from each member's registered generators, so a step costs
-# the host one replay; "host": made eagerly before each replay and copied in. On an H200 at 46b833d
-# (host), `augmentation`'s 40 members took 3.5 ms a step against 1.4 ms for `l1_proximal`'s 40 of
-# the same shape without augmentation (results/gpu-check.json: steps seconds / 2,110 steps); its
-# ~150 small kernel launches a step for the members' draws looked like the difference. gpu_probe
-# times both ways.
-INPUTS = os.environ.get("FMREPORT_INPUTS", "graph")
+# "host": made eagerly before each replay and copied in (the default, as measured at 46b833d);
+# "graph": made inside the captured step from the members' registered generators, so the host's
+# work a step is one replay (plus two small launches per registered generator, torch's own). On an
+# H200 at 46b833d `augmentation`'s 40 members took 3.5 ms a step against 1.4 ms for `l1_proximal`'s
+# 40 of the same shape without augmentation (results/gpu-check.json: steps seconds / 2,110 steps),
+# so the ~150 small launches a step for their draws may bound it. gpu_probe times both and names
+# the faster; `gpu_check --probe` runs the study with its choice. Not yet run on a GPU.
+INPUTS = os.environ.get("FMREPORT_INPUTS", "host")
 
 
 class StackedRun:
@@ -128,7 +129,9 @@ class StackedRun:
     def _dropout_inputs(self) -> dict[int, tuple]:
         """Dropout layer -> (dtype, features, attribute of the spec with its rate) of what it sees in
         the serial model (bf16 after an autocast Linear), so masks are drawn exactly as F.dropout
-        draws them there."""
+        draws them there on the CPU. (On CUDA, F.dropout runs torch's fused native_dropout kernel,
+        which draws otherwise: there a member's masks come from its own stream, seeded as its serial
+        run's, but are not its serial run's masks.)"""
         kinds, hooks, seen_weights = {}, [], False
         for i, layer in enumerate(self.template):
             seen_weights = seen_weights or isinstance(layer, (nn.Linear, nn.Conv2d))
@@ -317,7 +320,7 @@ class StackedRun:
         for i, (dtype, shape, rate, fmt) in self.mask_kinds.items():   # in layer order, as the serial forward
             per_member = []
             for j, s in zip(self.alive, specs):
-                keep = 1 - getattr(s, rate)   # F.dropout: empty_like(input).bernoulli_(keep).div_(keep)
+                keep = 1 - getattr(s, rate)   # F.dropout on the CPU: empty_like(input).bernoulli_(keep).div_(keep)
                 per_member.append(torch.empty(idx.shape[1], *shape, dtype=dtype, device=self.device, memory_format=fmt)
                                   .bernoulli_(keep, generator=self.dropout_gens[j]).div_(keep))
             # rows [k, B, F]; maps [B, k*C, H, W]
@@ -373,61 +376,74 @@ class StackedRun:
         return [self.flat, *self.buffers.values(), *self.slots, self.step, self.loss_sum, self.correct,
                 self.batch_index]
 
-    def _capture_with_inputs(self, size: int):
-        """Capture the epoch's next step, its inputs made inside, as a CUDA graph. Each live member's
-        generators are registered with it, so every replay draws what the eager step would draw
-        next (CUDA graphs advance a registered generator by the graph's draws at each replay); the
-        warm-up steps run on a copy of the state and the generators are put back after them."""
-        gens = [g for j in self.alive for g in (self.batch_gens[j], self.dropout_gens[j])]
-        saved, drawn = [t.detach().clone() for t in self._state()], [g.get_state() for g in gens]
+    def _step_generators(self) -> list[torch.Generator]:
+        """The generators a step draws from: each live member's batch generator where it augments,
+        its dropout generator where the network has dropout. Only these are registered with a graph
+        (each costs the host two small launches a replay)."""
+        drawn = [self.batch_gens[j] for j in self.alive if self.members[j].spec.augment != "none"]
+        return drawn + ([self.dropout_gens[j] for j in self.alive] if self.mask_kinds else [])
 
-        def put_back():
+    def _warm_up(self, step, gens: list[torch.Generator] = ()) -> None:
+        """Run `step` three times, as capture needs, then put back every tensor of the state and
+        every generator in `gens`: the warm-up changes nothing. Each run starts from the first
+        step of an epoch, so no learning-rate table or batch index runs past its end, wherever in
+        training the capture happens (the last batch of the last epoch included)."""
+        saved, drawn = [t.detach().clone() for t in self._state()], [g.get_state() for g in gens]
+        try:
+            for _ in range(3):
+                self.step.zero_()
+                self.batch_index.zero_()
+                step()
+        finally:
             with torch.no_grad():
                 for t, s in zip(self._state(), saved):
                     t.copy_(s)
             for g, state in zip(gens, drawn):
                 g.set_state(state)
 
-        def step():
-            self._train_step(*self._step_inputs(size))
-            self.batch_index.add_(1)
+    def _graph_of(self, step, gens: list[torch.Generator] = ()) -> torch.cuda.CUDAGraph:
+        """`step` warmed up on a side stream and captured as a CUDA graph, with `gens` registered
+        (a replay then advances each by the graph's draws, so replays draw what eager steps would).
+        A capture that fails leaves no generator in capture mode and the stream as it was (torch
+        2.11 would otherwise refuse every later draw and capture), then raises."""
+        current = torch.cuda.current_stream(self.device)
+        default = torch.cuda.default_generators[self.device.index if self.device.index is not None
+                                                else torch.cuda.current_device()]
+        states = [(g, g.get_state()) for g in [default, *gens]]
         stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            self._warm_up(step, gens)
+        current.wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    step()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            put_back()
-            graph = torch.cuda.CUDAGraph()
-            for g in gens:
-                graph.register_generator_state(g)
+            if hasattr(graph, "register_generator_state"):   # torch 2.14 registers on first use (a no-op there)
+                for g in gens:
+                    graph.register_generator_state(g)
             with torch.cuda.graph(graph):
                 step()
         except RuntimeError:
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            put_back()
+            torch.cuda.set_stream(current)
+            for g, state in states:                       # a fresh state object: out of capture mode
+                fresh = torch.Generator(device=self.device)
+                fresh.set_state(state)
+                if hasattr(g, "graphsafe_set_state"):
+                    g.graphsafe_set_state(fresh)
             raise
         return graph
 
+    def _capture_with_inputs(self, size: int) -> torch.cuda.CUDAGraph:
+        """The epoch's next step, its inputs made inside, as a CUDA graph."""
+        def step():
+            self._train_step(*self._step_inputs(size))
+            self.batch_index.add_(1)
+        return self._graph_of(step, self._step_generators())
+
     def _capture(self, x, y, masks):
-        """Capture one training step of this batch size as a CUDA graph. The warm-up steps that
-        capture needs run on a copy of the state, which is then put back: they change nothing."""
+        """One training step of this batch size on inputs copied into static tensors, as a CUDA graph."""
         static_x, static_y = x.clone(), y.clone()
         static_masks = {i: m.clone() for i, m in masks.items()}
-        saved = [t.detach().clone() for t in self._state()]
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._train_step(static_x, static_y, static_masks)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        with torch.no_grad():
-            for t, s in zip(self._state(), saved):
-                t.copy_(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._train_step(static_x, static_y, static_masks)
+        graph = self._graph_of(lambda: self._train_step(static_x, static_y, static_masks))
         return graph, static_x, static_y, static_masks
 
     @torch.no_grad()
@@ -614,7 +630,8 @@ def _augment_draws(specs: list[RunSpec], gens: list, n: int, size: int, device) 
 
 def _global_stream_copy(seed: int, device: torch.device) -> torch.Generator:
     """A generator in the state of the global stream right now (after the member's model was built
-    under manual_seed(seed)): the stream from which its serial run draws dropout masks."""
+    under manual_seed(seed)): the stream from which its serial run draws dropout masks (on CUDA with
+    another kernel: _dropout_inputs)."""
     if device.type == "cpu":
         gen = torch.Generator()
         gen.set_state(torch.get_rng_state())

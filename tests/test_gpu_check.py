@@ -26,6 +26,32 @@ def test_the_gpu_check_runs_on_the_cpu_and_measures_repeatability(tmp_path, monk
     assert "--deterministic" in made["provenance"]["command"]
 
 
+def test_the_check_runs_with_the_settings_the_probe_found_fastest(tmp_path, monkeypatch):
+    """`make gpu-check` hands the probe's JSON to the check: its `fastest` settings are set for this
+    process (stacked's switches) and for the processes it starts (the environment), and recorded;
+    an unreadable probe file leaves the defaults and says why."""
+    from experiments import stacked
+    for name in gpu_check.SETTINGS:
+        monkeypatch.delenv(name, raising=False)        # restored after the test, as are the switches
+    monkeypatch.setattr(stacked, "CONV", "split")
+    monkeypatch.setattr(stacked, "CUDNN_BENCHMARK", False)
+    monkeypatch.setattr(stacked, "INPUTS", "host")
+    probe = tmp_path / "gpu-probe.json"
+    probe.write_text(json.dumps({"fastest": {"FMREPORT_CONV": "grouped", "FMREPORT_CUDNN_BENCHMARK": "1",
+                                             "FMREPORT_INPUTS": "graph"}}))
+    settings = gpu_check.engine_settings(probe)
+    assert (stacked.CONV, stacked.CUDNN_BENCHMARK, stacked.INPUTS) == ("grouped", True, "graph")
+    assert {k: settings[k] for k in gpu_check.SETTINGS} == {"FMREPORT_CONV": "grouped", "FMREPORT_CUDNN_BENCHMARK": "1",
+                                                            "FMREPORT_INPUTS": "graph"}
+    assert settings["from"].startswith("gpu_probe's fastest") and __import__("os").environ["FMREPORT_INPUTS"] == "graph"
+    for name in gpu_check.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(stacked, "INPUTS", "host")
+    probe.write_text("{not json")
+    settings = gpu_check.engine_settings(probe)
+    assert settings["FMREPORT_INPUTS"] == "host" and settings["from"].startswith("defaults (the probe file")
+
+
 def test_the_memory_cap_step_records_splits_refusals_and_failures(tmp_path, monkeypatch):
     """The step's bookkeeping, with CUDA's memory calls faked: the caps it sets (and lifts), a run
     that split, the one-line refusal of a run too large alone, and an engine failure (exit 1)."""
@@ -86,8 +112,9 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     assert set(report["step_ms"]) == set(report["host_syncs"])
     for ms in report["step_ms"].values():   # where a step's time goes, per experiment
         assert ms["members"] >= 1 and all(ms[k] > 0 for k in ("inputs", "step_on_ready_inputs", "inputs_and_step",
-                                                               "training_step"))
-        assert ms["inputs_made"] == "on the host"   # no CUDA graph on the CPU
+                                                               "host_loop"))
+        assert "graph_loop" not in ms                   # inputs inside a graph: CUDA only
+    assert report["fastest"]["FMREPORT_INPUTS"] == "host"
     assert report["fastest"]["FMREPORT_CONV"] in ("grouped", "split") and report["wall_seconds"] > 0
     parts = report["step_parts"]   # what a step's kernels do: its parts, FLOPs and their rate
     assert set(parts) == set(report["host_syncs"])

@@ -246,6 +246,7 @@ def test_a_failed_graph_capture_trains_eagerly_and_says_so(tiny, monkeypatch):
 
     def capture(*args):
         raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(stacked, "INPUTS", "graph")
     monkeypatch.setattr(StackedRun, "_capture_with_inputs", capture)   # first the step with its inputs,
     monkeypatch.setattr(StackedRun, "_capture", capture)               # then the step on copied-in inputs
     notes = []
@@ -347,6 +348,33 @@ def test_cuda_graphs_give_the_eager_batched_result(fmnist):
         for hg, he in zip(g["history"], e["history"]):
             assert hg["train_loss"] == pytest.approx(he["train_loss"], rel=1e-4)
         assert abs(g["final"]["test_acc"] - e["final"]["test_acc"]) <= 0.01
+
+
+@pytest.mark.parametrize("last_batch", [256, 232])
+def test_a_capture_warm_up_at_the_last_step_of_training_stays_in_bounds_and_changes_nothing(fmnist, last_batch):
+    """A CUDA graph capture first runs the step three times (on a side stream; the same warm-up runs
+    here on the CPU). Captured at the last step of training (a last, shorter batch, or a population
+    recaptured after members stopped), the warm-up must not read past the learning-rate tables or
+    the batch orders, and must leave every tensor and the members' generators as they were."""
+    data = fmnist.subset(3 * 256 + last_batch, 500)
+    spec = RunSpec(precision="fp32", epochs=1, width=32, augment="crop+flip", dropout=0.2)
+    stack = StackedRun(data, [Member("a", spec, 0), Member("b", spec.with_overrides(augment="none"), 1)], CPU,
+                       None, use_graphs=False)
+    stack.start_epoch()
+    last = stack.steps_per_epoch - 1
+    stack.step.fill_(last)
+    stack.batch_index.fill_(last)
+    gens = stack._step_generators()
+    assert gens == [stack.batch_gens[0], *stack.dropout_gens]   # member b draws no augmentation
+    before, drawn = [t.clone() for t in stack._state()], [g.get_state() for g in gens]
+
+    def step():
+        stack._train_step(*stack._step_inputs(last_batch))
+        stack.batch_index.add_(1)
+    stack._warm_up(step, gens)
+    assert all(torch.equal(a, b) for a, b in zip(before, stack._state()))
+    assert all(torch.equal(g.get_state(), d) for g, d in zip(gens, drawn))
+    step()   # and the real step is where it was: the last one, in bounds
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
