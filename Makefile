@@ -106,8 +106,9 @@ bench: | $(SETUP) $(DATA) ## measure speed -> results/bench.json, or results/ben
 # A GPU host may have its own torch and no package registry: this target uses .venv where it
 # exists and the machine's python3 otherwise, and finds the data through FASHION_MNIST_DIR too.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
-gpu-check: ## on a CUDA machine (< 8 min): the probe, the study into build/gpu-check, compared with results/, rerun, bench
+gpu-check: ## on a CUDA machine (< 8 min): the probe, the CUDA-graph tests, the study into build/gpu-check, compared with results/, rerun, bench
 	$(GPU_PY) -m experiments.gpu_probe --out build/gpu-check/gpu-probe.json
+	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k cuda_graphs
 	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check --probe build/gpu-check/gpu-probe.json
 
 test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke, CLI, report in a browser)

@@ -10,17 +10,20 @@
    loop makes the CPU wait for the GPU before it can queue the next step.
 3. Where a step's time goes, for the same populations: milliseconds, each timed to a device sync,
    to make one step's inputs (batch, augmentation, dropout masks) on the host, to run the step on
-   ready inputs (a graph replay on CUDA) and both in a row; then a step of 10 in a row as the
-   training loop runs them, with the inputs made on the host (`host_loop`, stacked.INPUTS "host")
-   and, on CUDA, inside the graph (`graph_loop`, INPUTS "graph"). The faster in sum is named.
+   ready inputs (a graph replay on CUDA) and both in a row.
 4. What a step's kernels do, for each experiment's first population as the study trains it (all its
    seeds; 1 in --quick): milliseconds for the forward pass and loss, for those and the backward
    pass, and for the whole step (the optimizer update is the difference), each captured as its own
    CUDA graph; the step's matrix-multiply and convolution FLOPs (torch.utils.flop_counter) and the
-   rate they reach. For fp32 populations on CUDA the whole step again with TF32 matrix multiplies:
-   what that setting would buy (the study's specs say fp32, so it is a what-if, never used).
-The fastest setting is printed as the environment (FMREPORT_CONV, FMREPORT_CUDNN_BENCHMARK) to run
-the study with; the JSON has every figure.
+   rate they reach; a step of 10 in a row as training runs them, with the inputs made on the host
+   (`host_loop_ms`, stacked.INPUTS "host") and, on CUDA, inside the graph (`graph_loop_ms`, INPUTS
+   "graph"): the faster in sum over the experiments is named. For fp32 populations on CUDA the
+   whole step again with TF32 matrix multiplies: what that setting would buy (the study's specs
+   say fp32, so it is a what-if, never used; cuDNN's convolutions use TF32 by torch's default).
+The JSON is written after each section, so a time limit keeps what was measured.
+The fastest settings are printed as the environment to run the study with (FMREPORT_CONV,
+FMREPORT_CUDNN_BENCHMARK, FMREPORT_INPUTS) and saved under `fastest`, which `gpu_check --probe`
+applies; the JSON has every figure.
 """
 from __future__ import annotations
 
@@ -74,80 +77,92 @@ def experiment_probes(data, device: torch.device, steps: int) -> dict:
             continue
         members = [Member(name, spec, seed) for name, spec in exp.specs().items() for seed in range(2)]
         first = populations(members, "batched")[0]
-        cuda = device.type == "cuda"
-        stack = stacked.StackedRun(data, first, device, None, use_graphs=cuda)
+        stack = stacked.StackedRun(data, first, device, None, use_graphs=device.type == "cuda")
         stack.start_epoch()
-        orders, full, run = stack.orders, stack.batch, 2 if steps < 10 else 10
+        orders = stack.orders
         stack._run_step(*stack._batch(orders, 0))                # captures, as the first step of training does
         found["host_syncs"][exp.name] = {
             "steps": _syncs(lambda: [stack._run_step(*stack._batch(orders, b)) for b in range(1, steps + 1)], device),
             "evaluation": _syncs(lambda: stack._evaluate(data.val), device)}
         ready = stack._batch(orders, 1)
-
-        def host_loop():
-            for b in range(run):
-                stack._run_step(*stack._batch(orders, b))
-        timed = [lambda: stack._batch(orders, 2), lambda: stack._run_step(*ready),
-                 lambda: stack._run_step(*stack._batch(orders, 3)), host_loop]
-        if cuda:                                                 # the same steps with the inputs in the graph
-            stack.inputs_in_graph = True
-            stack._step(full)
-
-            def graph_loop():
-                stack.batch_index.zero_()                        # every round within the epoch
-                for _ in range(run):
-                    stack._step(full)
-            timed.append(graph_loop)
-        seconds = _interleaved_median_seconds(timed, steps, device)
-        row = {"members": len(first), "inputs": 1000 * seconds[0], "step_on_ready_inputs": 1000 * seconds[1],
-               "inputs_and_step": 1000 * seconds[2], "host_loop": 1000 * seconds[3] / run}
-        if cuda:
-            row["graph_loop"] = 1000 * seconds[4] / run
-            if stack.inputs_error:                               # the capture with the inputs failed: host again
-                row["graph_error"] = stack.inputs_error
-        found["step_ms"][exp.name] = row
+        inputs_s, step_s, both_s = _interleaved_median_seconds(
+            [lambda: stack._batch(orders, 2), lambda: stack._run_step(*ready),
+             lambda: stack._run_step(*stack._batch(orders, 3))], steps, device)
+        found["step_ms"][exp.name] = {"members": len(first), "inputs": 1000 * inputs_s, "step_on_ready_inputs":
+                                      1000 * step_s, "inputs_and_step": 1000 * both_s}
     return found
 
 
 def step_parts(data, device: torch.device, quick: bool, repeats: int) -> dict:
     """Per experiment (section 4 of the module's docstring): milliseconds of the step's parts, its
-    FLOPs and their rate, and on CUDA for fp32 populations the step under TF32."""
-    from torch.utils.flop_counter import FlopCounterMode
+    FLOPs and their rate, a step of several in a row with the inputs made on the host and (CUDA)
+    inside the graph, and on CUDA for fp32 populations the step under TF32. An experiment whose
+    probe fails records its error; the others still run."""
     found = {}
     for exp in EXPERIMENTS.values():
         if exp.optional:
             continue
-        members = [Member(name, spec, seed) for name, spec in exp.specs().items()
-                   for seed in range(1 if quick else exp.seeds)]
-        first = populations(members, "batched")[0]
-        stack = stacked.StackedRun(data, first, device, None, use_graphs=device.type == "cuda")
-        orders = torch.stack([torch.randperm(len(data.train), device=device, generator=g) for g in stack.batch_gens])
-        x, y, masks = stack._batch(orders, 0)
-
-        def forward(x=x, y=y, masks=masks, stack=stack):
-            with torch.no_grad():
-                stack.objective(x, y, masks)
-        with FlopCounterMode(display=False) as counter:
-            stack.gradients(x, y, masks)
-        flops = counter.get_total_flops()
-        parts = [_graphed(forward, device), _graphed(lambda: stack.gradients(x, y, masks), device),
-                 lambda: stack._run_step(x, y, masks)]
-        fwd_s, grad_s, step_s = _interleaved_median_seconds(parts, repeats, device)
-        row = {"members": len(first), "precision": first[0].spec.precision, "forward_ms": 1000 * fwd_s,
-               "forward_backward_ms": 1000 * grad_s, "step_ms": 1000 * step_s, "update_ms": 1000 * (step_s - grad_s),
-               "flops_per_step": flops, "tflops_per_second": flops / step_s / 1e12}
-        if device.type == "cuda" and first[0].spec.precision == "fp32":
-            saved = torch.get_float32_matmul_precision()
-            torch.set_float32_matmul_precision("high")      # TF32 matrix multiplies, captured afresh
-            try:
-                stack.graphs.clear()
-                row["step_ms_tf32"] = 1000 * _interleaved_median_seconds([lambda: stack._run_step(x, y, masks)],
-                                                                         repeats, device)[0]
-            finally:
-                torch.set_float32_matmul_precision(saved)
-        found[exp.name] = row
-        del stack
+        try:
+            found[exp.name] = _parts_of(exp, data, device, quick, repeats)
+        except Exception as err:   # a probe reports and goes on: the study still wants the others
+            found[exp.name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            print(f"step_parts {exp.name}: {found[exp.name]['error']}", file=sys.stderr)
     return found
+
+
+def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dict:
+    """step_parts for one experiment's first population as the study trains it (1 seed in --quick)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cuda = device.type == "cuda"
+    members = [Member(name, spec, seed) for name, spec in exp.specs().items()
+               for seed in range(1 if quick else exp.seeds)]
+    first = populations(members, "batched")[0]
+    stack = stacked.StackedRun(data, first, device, None, use_graphs=cuda)
+    stack.start_epoch()
+    orders, full, run = stack.orders, stack.batch, 2 if quick else 10
+    x, y, masks = stack._batch(orders, 0)
+
+    def forward():
+        with torch.no_grad():
+            stack.objective(x, y, masks)
+    with FlopCounterMode(display=False) as counter:
+        stack.gradients(x, y, masks)
+    flops = counter.get_total_flops()
+
+    def host_loop():                                   # as training runs steps: the inputs made on the host
+        for b in range(run):
+            stack._run_step(*stack._batch(orders, b))
+    timed = [_graphed(forward, device), _graphed(lambda: stack.gradients(x, y, masks), device),
+             lambda: stack._run_step(x, y, masks), host_loop]
+    if cuda:                                           # and made inside the graph (stacked.INPUTS "graph")
+        stack.inputs_in_graph = True
+        stack._step(full)
+
+        def graph_loop():
+            stack.batch_index.zero_()                  # every round within the epoch
+            for _ in range(run):
+                stack._step(full)
+        timed.append(graph_loop)
+    seconds = _interleaved_median_seconds(timed, repeats, device)
+    fwd_s, grad_s, step_s = seconds[:3]
+    row = {"members": len(first), "precision": first[0].spec.precision, "forward_ms": 1000 * fwd_s,
+           "forward_backward_ms": 1000 * grad_s, "step_ms": 1000 * step_s, "update_ms": 1000 * (step_s - grad_s),
+           "flops_per_step": flops, "tflops_per_second": flops / step_s / 1e12,
+           "host_loop_ms": 1000 * seconds[3] / run}
+    if cuda:
+        row["graph_loop_ms"] = 1000 * seconds[4] / run
+        if stack.inputs_error:                         # the capture with the inputs failed: they were made on the host
+            row["graph_error"] = stack.inputs_error
+    if cuda and first[0].spec.precision == "fp32":
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")     # TF32 matrix multiplies, captured afresh
+        try:
+            stack.graphs.clear()
+            row["step_ms_tf32"] = 1000 * _interleaved_median_seconds([lambda: stack._run_step(x, y, masks)],
+                                                                     repeats, device)[0]
+        finally:
+            torch.set_float32_matmul_precision(saved)
+    return row
 
 
 def _graphed(fn, device: torch.device):
@@ -199,16 +214,17 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "quick": args.quick,
-              "conv": conv_settings(data, device, 2 if args.quick else 10, 3 if args.quick else 30),
-              **experiment_probes(data, device, 3 if args.quick else 20),
-              "step_parts": step_parts(data, device, args.quick, 3 if args.quick else 20)}
-    report["wall_seconds"] = time.perf_counter() - started   # after loading the data
+              "conv": conv_settings(data, device, 2 if args.quick else 10, 3 if args.quick else 30)}
     best = min(report["conv"], key=lambda r: r["step_ms"])
-    rows = report["step_ms"].values()
-    graph_faster = all("graph_loop" in r and "graph_error" not in r for r in rows) and \
-        sum(r["graph_loop"] for r in rows) < sum(r["host_loop"] for r in rows)
     report["fastest"] = {"FMREPORT_CONV": best["conv"], "FMREPORT_CUDNN_BENCHMARK": str(int(best["cudnn_benchmark"])),
-                         "FMREPORT_INPUTS": "graph" if graph_faster else "host"}
+                         "FMREPORT_INPUTS": "host"}   # until step_parts has timed both
+    save = lambda: results.write_atomic(args.out, {**report, "wall_seconds": time.perf_counter() - started})  # noqa: E731
+    save()                                            # each section is kept as it is done
+    report.update(experiment_probes(data, device, 3 if args.quick else 20))
+    save()
+    report["step_parts"] = step_parts(data, device, args.quick, 3 if args.quick else 20)
+    report["fastest"]["FMREPORT_INPUTS"] = faster_inputs(report["step_parts"])
+    report["wall_seconds"] = time.perf_counter() - started   # after loading the data
     results.write_atomic(args.out, report)
     for row in report["conv"]:
         print(f"cnn x{row['members']}: {row['conv']:>7} convolutions, cuDNN autotuning "
@@ -216,18 +232,26 @@ def main(argv=None) -> int:
     for name, found in report["host_syncs"].items():
         ms = report["step_ms"][name]
         print(f"{name} ({ms['members']} members): inputs {ms['inputs']:.2f} ms, step on ready inputs "
-              f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; in a row "
-              f"{ms['host_loop']:.2f} ms a step with host inputs"
-              + (f", {ms['graph_loop']:.2f} ms with inputs in the graph" if "graph_loop" in ms else "")
-              + f"; host syncs: "
+              f"{ms['step_on_ready_inputs']:.2f} ms, both {ms['inputs_and_step']:.2f} ms; host syncs: "
               f"steps {found['steps'] or 'none'}, evaluation {found['evaluation'] or 'none'}")
     for name, row in report["step_parts"].items():
-        print(f"{name} ({row['members']} members, {row['precision']}): forward {row['forward_ms']:.2f} ms, "
+        print(f"{name}: {row['error']}" if "error" in row else
+              f"{name} ({row['members']} members, {row['precision']}): forward {row['forward_ms']:.2f} ms, "
               f"+ backward {row['forward_backward_ms']:.2f} ms, whole step {row['step_ms']:.2f} ms "
               f"({row['tflops_per_second']:.3g} TFLOP/s)"
-              + (f", with TF32 {row['step_ms_tf32']:.2f} ms" if "step_ms_tf32" in row else ""))
+              + (f", with TF32 {row['step_ms_tf32']:.2f} ms" if "step_ms_tf32" in row else "")
+              + f"; in a row {row['host_loop_ms']:.2f} ms a step with host inputs"
+              + (f", {row['graph_loop_ms']:.2f} ms with inputs in the graph" if "graph_loop_ms" in row else ""))
     print(" ".join(f"{k}={v}" for k, v in report["fastest"].items()))
     return 0
+
+
+def faster_inputs(parts: dict) -> str:
+    """"graph" where every experiment timed its steps with the inputs inside the graph without a
+    failure and their sum beats the host-made inputs', else "host"."""
+    rows = parts.values()
+    timed = all("graph_loop_ms" in r and "graph_error" not in r for r in rows)
+    return "graph" if timed and sum(r["graph_loop_ms"] for r in rows) < sum(r["host_loop_ms"] for r in rows) else "host"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
 # so the ~150 small launches a step for their draws may bound it. gpu_probe times both and names
 # the faster; `gpu_check --probe` runs the study with its choice. Not yet run on a GPU.
 INPUTS = os.environ.get("FMREPORT_INPUTS", "host")
+_FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.11's allocator keeps a pointer)
 
 
 class StackedRun:
@@ -412,9 +413,11 @@ class StackedRun:
         states = [(g, g.get_state()) for g in [default, *gens]]
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            self._warm_up(step, gens)
-        current.wait_stream(stream)
+        try:
+            with torch.cuda.stream(stream):
+                self._warm_up(step, gens)
+        finally:                                          # its state restore too, before anything else reads it
+            current.wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         try:
             if hasattr(graph, "register_generator_state"):   # torch 2.14 registers on first use (a no-op there)
@@ -423,6 +426,7 @@ class StackedRun:
             with torch.cuda.graph(graph):
                 step()
         except RuntimeError:
+            _FAILED_GRAPHS.append(graph)                 # torch's allocator may still point at it
             torch.cuda.set_stream(current)
             for g, state in states:                       # a fresh state object: out of capture mode
                 fresh = torch.Generator(device=self.device)

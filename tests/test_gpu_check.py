@@ -111,18 +111,42 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     assert all(v["steps"] == {} and v["evaluation"] == {} for v in report["host_syncs"].values())
     assert set(report["step_ms"]) == set(report["host_syncs"])
     for ms in report["step_ms"].values():   # where a step's time goes, per experiment
-        assert ms["members"] >= 1 and all(ms[k] > 0 for k in ("inputs", "step_on_ready_inputs", "inputs_and_step",
-                                                               "host_loop"))
-        assert "graph_loop" not in ms                   # inputs inside a graph: CUDA only
-    assert report["fastest"]["FMREPORT_INPUTS"] == "host"
+        assert ms["members"] >= 1 and all(ms[k] > 0 for k in ("inputs", "step_on_ready_inputs", "inputs_and_step"))
     assert report["fastest"]["FMREPORT_CONV"] in ("grouped", "split") and report["wall_seconds"] > 0
     parts = report["step_parts"]   # what a step's kernels do: its parts, FLOPs and their rate
     assert set(parts) == set(report["host_syncs"])
-    assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 and r["step_ms"] > 0 for r in parts.values())
-    assert not any("step_ms_tf32" in r for r in parts.values())   # the TF32 what-if is for CUDA only
+    assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 and r["step_ms"] > 0 and r["host_loop_ms"] > 0
+               for r in parts.values())
+    assert not any("step_ms_tf32" in r or "graph_loop_ms" in r for r in parts.values())   # CUDA only
+    assert report["fastest"]["FMREPORT_INPUTS"] == "host"
     reg = parts["regularization"]   # one seed of each of the 10 variants, 2x256: the bench's count per member
     assert reg["members"] == 10 and reg["flops_per_step"] == 10 * bench.mlp_step_flops(256, 256, 2)
     assert reg["tflops_per_second"] == pytest.approx(reg["flops_per_step"] / reg["step_ms"] / 1e9)
+
+
+def test_the_probe_names_graph_inputs_only_where_every_experiment_timed_them_faster():
+    from experiments import gpu_probe
+    fast = {"a": {"host_loop_ms": 2.0, "graph_loop_ms": 1.0}, "b": {"host_loop_ms": 1.0, "graph_loop_ms": 1.5}}
+    assert gpu_probe.faster_inputs(fast) == "graph"                                     # 2.5 ms against 3.0
+    assert gpu_probe.faster_inputs({**fast, "b": {"host_loop_ms": 1.0, "graph_loop_ms": 2.5}}) == "host"
+    assert gpu_probe.faster_inputs({**fast, "c": {"error": "RuntimeError: ..."}}) == "host"   # one not timed
+    assert gpu_probe.faster_inputs({**fast, "c": {"host_loop_ms": 9.0, "graph_loop_ms": 0.1,
+                                                  "graph_error": "capture failed"}}) == "host"
+    assert gpu_probe.faster_inputs({"a": {"host_loop_ms": 1.0}}) == "host"            # the CPU: no graphs
+
+
+def test_a_failing_step_parts_probe_is_recorded_and_the_others_still_run(monkeypatch):
+    """The device run has one try: a probe that fails for one experiment must not lose the others."""
+    from experiments import gpu_probe
+
+    def parts(exp, *args):
+        if exp.name == "cnn":
+            raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
+        return {"host_loop_ms": 1.0}
+    monkeypatch.setattr(gpu_probe, "_parts_of", parts)
+    found = gpu_probe.step_parts(None, None, True, 1)
+    assert found.pop("cnn") == {"error": "RuntimeError: CUDA error: out of memory"}
+    assert found and all(row == {"host_loop_ms": 1.0} for row in found.values())
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no CUDA")
