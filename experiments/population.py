@@ -134,6 +134,8 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
                 phases[name] = phases.get(name, 0.0) + seconds
         if device.type == "cuda" and members[0].spec.model == "cnn" and notes is not None:
             notes.append(f"convolutions {stacked.CONV}, cuDNN autotuning {'on' if stacked.CUDNN_BENCHMARK else 'off'}")
+        if stack.inputs_in_graph and notes is not None:
+            notes.append("each step's inputs (rows, augmentation, dropout masks) made inside its CUDA graph")
         if stack.inputs_error and notes is not None:
             notes.append(f"CUDA graph capture with the step's inputs inside failed ({stack.inputs_error}): "
                          f"{len(rows)} member(s) had them made on the host")

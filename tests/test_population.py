@@ -350,6 +350,34 @@ def test_cuda_graphs_give_the_eager_batched_result(fmnist):
         assert abs(g["final"]["test_acc"] - e["final"]["test_acc"]) <= 0.01
 
 
+def test_steps_that_make_their_own_inputs_train_as_steps_on_host_made_inputs(tiny, monkeypatch):
+    """stacked.INPUTS "graph" on the CPU, with each captured step stood in for by the same function
+    run eagerly at every replay: the loop's bookkeeping (the device-side step counter, a last,
+    shorter batch, a population that shrinks) gives bit for bit the runs of host-made inputs, and
+    the provenance says where the inputs were made."""
+    base = RunSpec(precision="fp32", width=32, dropout=0.2, augment="crop+flip", schedule="constant")
+    members = [Member("a", base.with_overrides(epochs=2), 0), Member("b", base.with_overrides(epochs=3), 1),
+               Member("c", base.with_overrides(epochs=3, augment="none"), 2)]
+    data = tiny.subset(3 * 256 + 100, 500)
+    host = fit_population(data, members, CPU, "batched", cuda_graphs=False)
+
+    class Replay:                     # what a captured step does at each replay, run eagerly
+        def __init__(self, stack, size):
+            self.stack, self.size = stack, size
+
+        def replay(self):
+            self.stack._train_step(*self.stack._step_inputs(self.size))
+            self.stack.batch_index.add_(1)
+    captures = []
+    monkeypatch.setattr(stacked, "INPUTS", "graph")
+    monkeypatch.setattr(StackedRun, "_capture_with_inputs", lambda self, size: captures.append(size) or Replay(self, size))
+    notes = []
+    graphed = fit_population(data, members, CPU, "batched", cuda_graphs=True, notes=notes)
+    assert [without_times(r) for r in graphed] == [without_times(r) for r in host]
+    assert captures == [256, 100, 256, 100]   # both sizes, and again after member a finished
+    assert notes == ["each step's inputs (rows, augmentation, dropout masks) made inside its CUDA graph"]
+
+
 @pytest.mark.parametrize("last_batch", [256, 232])
 def test_a_capture_warm_up_at_the_last_step_of_training_stays_in_bounds_and_changes_nothing(fmnist, last_batch):
     """A CUDA graph capture first runs the step three times (on a side stream; the same warm-up runs
