@@ -119,7 +119,7 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
     first = populations(members, "batched")[0]
     stack = stacked.StackedRun(data, first, device, None, use_graphs=cuda)
     stack.start_epoch()
-    orders, full, run = stack.orders, stack.batch, 2 if quick else 10
+    orders, run = stack.orders, 2 if quick else 10
     x, y, masks = stack._batch(orders, 0)
 
     def forward():
@@ -132,16 +132,17 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
     def host_loop():                                   # as training runs steps: the inputs made on the host
         for b in range(run):
             stack._run_step(*stack._batch(orders, b))
-    timed = [_graphed(forward, device), _graphed(lambda: stack.gradients(x, y, masks), device),
+    graphed = (lambda fn: stack._graph_of(fn).replay) if cuda else (lambda fn: fn)   # kernels without launches
+    timed = [graphed(forward), graphed(lambda: stack.gradients(x, y, masks)),
              lambda: stack._run_step(x, y, masks), host_loop]
     if cuda:                                           # and made inside the graph (stacked.INPUTS "graph")
         stack.inputs_in_graph = True
-        stack._step(full)
+        stack._step(0)
 
         def graph_loop():
             stack.batch_index.zero_()                  # every round within the epoch
-            for _ in range(run):
-                stack._step(full)
+            for b in range(run):
+                stack._step(b)
         timed.append(graph_loop)
     seconds = _interleaved_median_seconds(timed, repeats, device)
     fwd_s, grad_s, step_s = seconds[:3]
@@ -163,23 +164,6 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
         finally:
             torch.set_float32_matmul_precision(saved)
     return row
-
-
-def _graphed(fn, device: torch.device):
-    """fn as a CUDA graph's replay on CUDA (its kernels without their launch cost, as the training
-    step runs), fn itself elsewhere."""
-    if device.type != "cuda":
-        return fn
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def _syncs(fn, device: torch.device) -> dict:

@@ -329,13 +329,14 @@ class StackedRun:
                 torch.stack(per_member, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
         return x, self.data.train.labels[idx], masks
 
-    def _step(self, size: int) -> None:
-        """The epoch's next training step for every member, `size` rows each: with the inputs in
-        the graph one replay; else its inputs made here, then _run_step."""
+    def _step(self, b: int) -> int:
+        """Training step b of the epoch for every member; returns its rows per member. With the
+        inputs in the graph one replay (the graph reads b from self.batch_index, which its replays
+        advance); else the inputs made here from b, a view of the orders, then _run_step."""
+        size = min(self.batch, len(self.data.train) - b * self.batch)
         if not self.inputs_in_graph:
-            self._run_step(*self._step_inputs(size))
-            self.batch_index.add_(1)
-            return
+            self._run_step(*self._batch(self.orders, b))
+            return size
         if size not in self.input_graphs:
             try:
                 self.input_graphs[size] = self._capture_with_inputs(size)
@@ -346,9 +347,9 @@ class StackedRun:
                 self.input_graphs.clear()
                 print(f"  warning: CUDA graph capture with the step's inputs failed ({self.inputs_error}); "
                       "this population makes them on the host")
-                self._step(size)
-                return
+                return self._step(b)
         self.input_graphs[size].replay()
+        return size
 
     def _run_step(self, x, y, masks) -> None:
         """One training step on ready inputs: on CUDA a graph replay with the inputs copied in."""
@@ -507,7 +508,6 @@ class StackedRun:
         self.phase_seconds then holds where the wall time went: training steps (CUDA graph
         captures included), the per-epoch evaluation, and finishing members (each phase ends at a
         host sync, so GPU work is counted in the phase that queued it)."""
-        n = len(self.data.train)
         phases = self.phase_seconds = {"steps": 0.0, "evaluate": 0.0, "finish": 0.0}
         self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
                                   "started": time.perf_counter()} for j in self.alive}
@@ -516,11 +516,7 @@ class StackedRun:
             epoch += 1
             epoch_start = time.perf_counter()
             self.start_epoch()
-            seen = 0
-            for b in range(self.steps_per_epoch):
-                size = min(self.batch, n - b * self.batch)
-                self._step(size)
-                seen += size
+            seen = sum(self._step(b) for b in range(self.steps_per_epoch))
             train_loss = (self.loss_sum / seen).tolist()
             train_acc = (self.correct.double() / seen).tolist()
             evaluated = time.perf_counter()
