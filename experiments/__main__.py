@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if refused else 0
         try:   # check the whole request before any work: a bad device is exit 2
             device = runner.pick_device(args.device)
+            runner.stacked.check_settings()
             specs, _, _, _ = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set),
                                          runner.population.resolve_backend(args.backend, device), args.executor)
             if args.executor == "ray":

@@ -48,12 +48,13 @@ def check_reachable(address: str | None, timeout: float = 3.0) -> None:
 _DATA = {}   # per worker process: (device, quick) -> data, so a reused worker loads once
 
 
-def train_one(spec, seed: int, device: str, threads: int, quick: bool, plan: tuple) -> dict:
+def train_one(spec, seed: int, device: str, threads: int, quick: bool, plan: tuple, matmul: str | None = None) -> dict:
     """The Ray task: train one run with `threads` torch threads (the serial run's count, so the
-    float sums and hence the histories are bit-identical to it)."""
+    float sums and hence the histories are bit-identical to it), on CUDA with the driver's fp32
+    matrix-multiply setting `matmul` (stacked.cuda_matmul)."""
     from .train import fit   # first: train sets the denormal flush before torch starts its threads
     import torch
-    from . import data as data_mod, planning, results
+    from . import data as data_mod, planning, results, stacked
     *args, fp = plan
     if results.fingerprint(*args) != fp:   # a node with other engine code would mislabel its result
         raise RayError(f"node {platform.node()} has different engine code than the driver; "
@@ -65,10 +66,11 @@ def train_one(spec, seed: int, device: str, threads: int, quick: bool, plan: tup
     if (device, quick) not in _DATA:
         data = data_mod.load(device)
         _DATA[device, quick] = data.subset(planning.QUICK_TRAIN, planning.QUICK_EVAL) if quick else data
-    return fit(_DATA[device, quick], spec, seed, torch.device(device))
+    with stacked.cuda_matmul(torch.device(device), matmul):
+        return fit(_DATA[device, quick], spec, seed, torch.device(device))
 
 
-def run_on_ray(todo: list, device, threads: int, quick: bool, plan: tuple, log=print):
+def run_on_ray(todo: list, device, threads: int, quick: bool, plan: tuple, log=print, matmul: str | None = None):
     """Yield (variant, seed, run) for each (variant, spec, seed) of `todo` as its task finishes.
 
     Connects to $RAY_ADDRESS (`ray://host:10001`, `auto`) or starts a local Ray instance."""
@@ -87,7 +89,8 @@ def run_on_ray(todo: list, device, threads: int, quick: bool, plan: tuple, log=p
                        f"pass --threads {int(biggest) or 1} (results are bit-identical only at equal thread counts)")
     task = ray.remote(train_one).options(num_cpus=threads, num_gpus=1 if device.type == "cuda" else 0,
                                          max_retries=RETRIES)
-    pending = {task.remote(spec, seed, str(device), threads, quick, plan): (name, seed) for name, spec, seed in todo}
+    pending = {task.remote(spec, seed, str(device), threads, quick, plan, matmul): (name, seed)
+               for name, spec, seed in todo}
     log(f"ray: {len(pending)} task(s) of {threads} CPU(s) each on {len(nodes)} node(s) "
         f"with {ray.cluster_resources().get('CPU', 0):g} CPUs")
     while pending:

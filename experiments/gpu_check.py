@@ -35,7 +35,7 @@ from . import results
 from .catalog import EXPERIMENTS
 
 REPEAT = "depth"     # the experiment run twice for the repeatability check
-SETTINGS = ("FMREPORT_CONV", "FMREPORT_CUDNN_BENCHMARK", "FMREPORT_INPUTS")   # stacked.py's switches
+SETTINGS = ("FMREPORT_CONV", "FMREPORT_CUDNN_BENCHMARK", "FMREPORT_INPUTS", "FMREPORT_MATMUL")   # stacked.py's switches
 
 
 def engine_settings(probe: Path | None) -> dict:
@@ -56,8 +56,10 @@ def engine_settings(probe: Path | None) -> dict:
     stacked.CONV = os.environ.get("FMREPORT_CONV", stacked.CONV)
     stacked.CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "1" if stacked.CUDNN_BENCHMARK else "0") == "1"
     stacked.INPUTS = os.environ.get("FMREPORT_INPUTS", stacked.INPUTS)
+    stacked.MATMUL = os.environ.get("FMREPORT_MATMUL", stacked.MATMUL)
+    stacked.check_settings()
     return {"FMREPORT_CONV": stacked.CONV, "FMREPORT_CUDNN_BENCHMARK": "1" if stacked.CUDNN_BENCHMARK else "0",
-            "FMREPORT_INPUTS": stacked.INPUTS, "from": source}
+            "FMREPORT_INPUTS": stacked.INPUTS, "FMREPORT_MATMUL": stacked.MATMUL, "from": source}
 
 
 def compare_to_committed(result: dict, committed: dict) -> list[dict]:
@@ -167,9 +169,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from . import bench, runner
     from . import data as data_mod
+    try:
+        settings = engine_settings(args.probe)
+    except ValueError as err:   # a switch the engine does not know, from the probe or the environment
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     report = {"device": args.device, "quick": args.quick, "seeds": args.seeds, "backend": args.backend,
-              "settings": engine_settings(args.probe),
-              "experiments": {}, "agreement": {}}   # seeds None: each experiment's catalog seeds
+              "settings": settings, "experiments": {}, "agreement": {}}   # seeds None: each experiment's catalog seeds
     failed = False
     t_study = time.perf_counter()
     try:

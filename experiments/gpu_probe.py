@@ -18,12 +18,14 @@
    rate they reach; a step of 10 in a row as training runs them, with the inputs made on the host
    (`host_loop_ms`, stacked.INPUTS "host") and, on CUDA, inside the graph (`graph_loop_ms`, INPUTS
    "graph"): the faster in sum over the experiments is named. For fp32 populations on CUDA the
-   whole step again with TF32 matrix multiplies: what that setting would buy (the study's specs
-   say fp32, so it is a what-if, never used; cuDNN's convolutions use TF32 by torch's default).
+   whole step again with TF32 matrix multiplies (stacked.MATMUL "tf32"); TF32 is named when it
+   takes at most TF32_GAIN of the fp32 steps' time (cuDNN's convolutions use TF32 by torch's
+   default either way).
 The JSON is written after each section, so a time limit keeps what was measured.
 The fastest settings are printed as the environment to run the study with (FMREPORT_CONV,
-FMREPORT_CUDNN_BENCHMARK, FMREPORT_INPUTS) and saved under `fastest`, which `gpu_check --probe`
-applies; the JSON has every figure.
+FMREPORT_CUDNN_BENCHMARK, FMREPORT_INPUTS, FMREPORT_MATMUL) and saved under `fastest`, which
+`gpu_check --probe` applies (and then checks the study's accuracies against the CPU's); the JSON
+has every figure.
 """
 from __future__ import annotations
 
@@ -155,14 +157,10 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
         if stack.inputs_error:                         # the capture with the inputs failed: they were made on the host
             row["graph_error"] = stack.inputs_error
     if cuda and first[0].spec.precision == "fp32":
-        saved = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("high")     # TF32 matrix multiplies, captured afresh
-        try:
+        with stacked.cuda_matmul(device, "tf32"):      # TF32 matrix multiplies, captured afresh
             stack.graphs.clear()
             row["step_ms_tf32"] = 1000 * _interleaved_median_seconds([lambda: stack._run_step(x, y, masks)],
                                                                      repeats, device)[0]
-        finally:
-            torch.set_float32_matmul_precision(saved)
     return row
 
 
@@ -201,13 +199,14 @@ def main(argv=None) -> int:
               "conv": conv_settings(data, device, 2 if args.quick else 10, 3 if args.quick else 30)}
     best = min(report["conv"], key=lambda r: r["step_ms"])
     report["fastest"] = {"FMREPORT_CONV": best["conv"], "FMREPORT_CUDNN_BENCHMARK": str(int(best["cudnn_benchmark"])),
-                         "FMREPORT_INPUTS": "host"}   # until step_parts has timed both
+                         "FMREPORT_INPUTS": "host", "FMREPORT_MATMUL": "ieee"}   # until step_parts has timed both
     save = lambda: results.write_atomic(args.out, {**report, "wall_seconds": time.perf_counter() - started})  # noqa: E731
     save()                                            # each section is kept as it is done
     report.update(experiment_probes(data, device, 3 if args.quick else 20))
     save()
     report["step_parts"] = step_parts(data, device, args.quick, 3 if args.quick else 20)
     report["fastest"]["FMREPORT_INPUTS"] = faster_inputs(report["step_parts"])
+    report["fastest"]["FMREPORT_MATMUL"] = faster_matmul(report["step_parts"])
     report["wall_seconds"] = time.perf_counter() - started   # after loading the data
     results.write_atomic(args.out, report)
     for row in report["conv"]:
@@ -236,6 +235,18 @@ def faster_inputs(parts: dict) -> str:
     rows = parts.values()
     timed = all("graph_loop_ms" in r and "graph_error" not in r for r in rows)
     return "graph" if timed and sum(r["graph_loop_ms"] for r in rows) < sum(r["host_loop_ms"] for r in rows) else "host"
+
+
+TF32_GAIN = 0.9   # TF32 rounds every fp32 matrix multiply's inputs: taken only for a clear gain
+
+
+def faster_matmul(parts: dict) -> str:
+    """"tf32" where every experiment was probed and its fp32 populations' steps, summed, take at
+    most TF32_GAIN of their true-fp32 time with TF32 matrix multiplies, else "ieee"."""
+    rows = [r for r in parts.values() if r.get("precision") == "fp32"]
+    if not rows or any("error" in r for r in parts.values()) or not all("step_ms_tf32" in r for r in rows):
+        return "ieee"
+    return "tf32" if sum(r["step_ms_tf32"] for r in rows) <= TF32_GAIN * sum(r["step_ms"] for r in rows) else "ieee"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import describe, locks, population, results
+from . import describe, locks, population, results, stacked
 from .planning import QUICK_EVAL, QUICK_TRAIN, plan
 from .catalog import Experiment
 from .train import fit  # importing train sets the denormal flush before torch starts its threads
@@ -42,8 +42,11 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     device = pick_device(device_name)
     specs, seed_list, fp, backend = plan(exp, seeds, epochs, quick, sets,
                                          population.resolve_backend(backend, device), executor)
-    progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}-{fp[:16]}.json"
-    with locks.exclusive(progress_path, log):   # one writer per progress file, even across --out paths
+    matmul = stacked.MATMUL if device.type == "cuda" else None   # CUDA's fp32 matrix multiplies: ieee or tf32
+    # runs made under TF32 never share a progress file with true-fp32 ones
+    progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}{'-tf32' if matmul == 'tf32' else ''}-{fp[:16]}.json"
+    # one writer per progress file, even across --out paths; TF32 or not for this experiment only
+    with locks.exclusive(progress_path, log), stacked.cuda_matmul(device, matmul):
         done = {} if fresh else read_progress(progress_path, fp, specs, log)
         started, t0 = results.now(), time.perf_counter()
         data = data if data is not None else data_mod.load(device)
@@ -75,7 +78,8 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
             from . import executors
             todo = [(name, spec, seed) for name, spec in specs.items() for seed in seed_list
                     if str(seed) not in done.get(name, {}) and spec.model != "transfer"]  # transfer: prepared here
-            for name, seed, run in executors.run_on_ray(todo, device, threads, quick, (specs, seed_list, quick, fp), log):
+            for name, seed, run in executors.run_on_ray(todo, device, threads, quick, (specs, seed_list, quick, fp), log,
+                                                        matmul):
                 pops.append({"size": 1, "members": [f"{name} / seed {seed}"]})
                 record(name, seed, run)
 
@@ -108,6 +112,8 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         prov["data_source"] = data.source
         prov["executor"], prov["torch_threads"] = executor, threads
         prov["backend"], prov["populations"] = backend, pops   # the runs trained by this process
+        if matmul:
+            prov["cuda_matmul"] = matmul
         variants = []
         for name, spec in specs.items():
             runs = [done[name][str(s)] for s in seed_list]

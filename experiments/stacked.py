@@ -8,6 +8,7 @@ members that stop in one epoch are evaluated together and finished as serial run
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -43,7 +44,46 @@ CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
 # so the ~150 small launches a step for their draws may bound it. gpu_probe times both and names
 # the faster; `gpu_check --probe` runs the study with its choice. Not yet run on a GPU.
 INPUTS = os.environ.get("FMREPORT_INPUTS", "host")
+# How CUDA runs fp32 matrix multiplies: "ieee", true fp32 as on the CPU (PyTorch's default), or
+# "tf32", on tensor cores with inputs rounded to TF32's 10-bit mantissa and fp32 sums. On an H200
+# at 46b833d the fp32 populations' steps were most of the study's time (`regularization`'s 100
+# members: 31 GFLOP in 3.4 ms a step, ~9 TFLOP/s, against 51 TFLOP/s for one large fp32 torch.mm).
+# gpu_probe times both; `gpu_check --probe` runs the study with the faster and compares its
+# accuracies with the CPU's. cuDNN's convolutions (the CNN's) use TF32 by torch's own default
+# either way. Not yet run on a GPU.
+MATMUL = os.environ.get("FMREPORT_MATMUL", "ieee")
+MATMUL_CHOICES = ("ieee", "tf32")
 _FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.11's allocator keeps a pointer)
+
+
+def check_settings() -> None:
+    """A ValueError naming each FMREPORT_* switch above whose value the engine does not know."""
+    bad = [f"{name}={value!r} is not one of {', '.join(allowed)}"
+           for name, value, allowed in (("FMREPORT_CONV", CONV, ("split", "grouped")),
+                                        ("FMREPORT_INPUTS", INPUTS, ("host", "graph")),
+                                        ("FMREPORT_MATMUL", MATMUL, MATMUL_CHOICES)) if value not in allowed]
+    if bad:
+        raise ValueError("; ".join(bad) + " (README: 'On a GPU: populations')")
+
+
+@contextlib.contextmanager
+def cuda_matmul(device: torch.device, mode: str | None = None):
+    """Run the block with CUDA's fp32 matrix multiplies as `mode` says (default MATMUL), and put
+    torch's process-wide setting back after it; yields the mode in force, None off CUDA, where
+    nothing changes (the CPU's results stay bit for bit)."""
+    mode = MATMUL if mode is None else mode
+    if mode not in MATMUL_CHOICES:
+        raise ValueError(f"FMREPORT_MATMUL={mode!r} is not one of {', '.join(MATMUL_CHOICES)} "
+                         "(ieee: true fp32, the default; tf32: CUDA's tensor cores)")
+    if device.type != "cuda":
+        yield None
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    try:
+        yield mode
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class StackedRun:

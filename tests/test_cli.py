@@ -90,6 +90,17 @@ def test_quick_depth_run_writes_a_valid_result_and_is_then_fresh(tmp_path):
     assert again.returncode == 0 and "up to date" in again.stdout and out.read_bytes() == before
 
 
+def test_an_engine_switch_the_engine_does_not_know_exits_2_before_any_work(tmp_path):
+    """FMREPORT_CONV, FMREPORT_INPUTS and FMREPORT_MATMUL come from the environment: a typo there is
+    named in one line, not silently taken as another setting."""
+    proc = run_cli("run", "depth", "--quick", "--device", "cpu", "--out", str(tmp_path / "x.json"),
+                   env={**os.environ, "FMREPORT_MATMUL": "fp16", "FMREPORT_CONV": "Split"})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "FMREPORT_CONV='Split' is not one of split, grouped" in proc.stderr
+    assert "FMREPORT_MATMUL='fp16' is not one of ieee, tf32" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_a_driver_without_a_usable_cuda_device_is_still_refused(monkeypatch):
     """Where a GPU driver is loaded but torch finds no device, the refusal comes from torch's answer."""
     import torch

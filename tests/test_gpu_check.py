@@ -36,20 +36,26 @@ def test_the_check_runs_with_the_settings_the_probe_found_fastest(tmp_path, monk
     monkeypatch.setattr(stacked, "CONV", "split")
     monkeypatch.setattr(stacked, "CUDNN_BENCHMARK", False)
     monkeypatch.setattr(stacked, "INPUTS", "host")
+    monkeypatch.setattr(stacked, "MATMUL", "ieee")
     probe = tmp_path / "gpu-probe.json"
     probe.write_text(json.dumps({"fastest": {"FMREPORT_CONV": "grouped", "FMREPORT_CUDNN_BENCHMARK": "1",
-                                             "FMREPORT_INPUTS": "graph"}}))
+                                             "FMREPORT_INPUTS": "graph", "FMREPORT_MATMUL": "tf32"}}))
     settings = gpu_check.engine_settings(probe)
-    assert (stacked.CONV, stacked.CUDNN_BENCHMARK, stacked.INPUTS) == ("grouped", True, "graph")
+    assert (stacked.CONV, stacked.CUDNN_BENCHMARK, stacked.INPUTS, stacked.MATMUL) == ("grouped", True, "graph", "tf32")
     assert {k: settings[k] for k in gpu_check.SETTINGS} == {"FMREPORT_CONV": "grouped", "FMREPORT_CUDNN_BENCHMARK": "1",
-                                                            "FMREPORT_INPUTS": "graph"}
+                                                            "FMREPORT_INPUTS": "graph", "FMREPORT_MATMUL": "tf32"}
     assert settings["from"].startswith("gpu_probe's fastest") and __import__("os").environ["FMREPORT_INPUTS"] == "graph"
     for name in gpu_check.SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(stacked, "INPUTS", "host")
+    monkeypatch.setattr(stacked, "MATMUL", "ieee")
     probe.write_text("{not json")
     settings = gpu_check.engine_settings(probe)
     assert settings["FMREPORT_INPUTS"] == "host" and settings["from"].startswith("defaults (the probe file")
+    assert settings["FMREPORT_MATMUL"] == "ieee"
+    probe.write_text(json.dumps({"fastest": {"FMREPORT_MATMUL": "fp16"}}))   # a value the engine does not know
+    with pytest.raises(ValueError, match="FMREPORT_MATMUL='fp16' is not one of ieee, tf32"):
+        gpu_check.engine_settings(probe)
 
 
 def test_the_memory_cap_step_records_splits_refusals_and_failures(tmp_path, monkeypatch):
@@ -118,7 +124,7 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 and r["step_ms"] > 0 and r["host_loop_ms"] > 0
                for r in parts.values())
     assert not any("step_ms_tf32" in r or "graph_loop_ms" in r for r in parts.values())   # CUDA only
-    assert report["fastest"]["FMREPORT_INPUTS"] == "host"
+    assert report["fastest"]["FMREPORT_INPUTS"] == "host" and report["fastest"]["FMREPORT_MATMUL"] == "ieee"
     reg = parts["regularization"]   # one seed of each of the 10 variants, 2x256: the bench's count per member
     assert reg["members"] == 10 and reg["flops_per_step"] == 10 * bench.mlp_step_flops(256, 256, 2)
     assert reg["tflops_per_second"] == pytest.approx(reg["flops_per_step"] / reg["step_ms"] / 1e9)
@@ -133,6 +139,18 @@ def test_the_probe_names_graph_inputs_only_where_every_experiment_timed_them_fas
     assert gpu_probe.faster_inputs({**fast, "c": {"host_loop_ms": 9.0, "graph_loop_ms": 0.1,
                                                   "graph_error": "capture failed"}}) == "host"
     assert gpu_probe.faster_inputs({"a": {"host_loop_ms": 1.0}}) == "host"            # the CPU: no graphs
+
+
+def test_the_probe_names_tf32_only_for_a_clear_gain_timed_on_every_fp32_population():
+    from experiments import gpu_probe
+    parts = {"a": {"precision": "fp32", "step_ms": 3.0, "step_ms_tf32": 1.0},
+             "b": {"precision": "fp32", "step_ms": 1.0, "step_ms_tf32": 1.0},
+             "bf": {"precision": "bf16", "step_ms": 9.0}}                    # not an fp32 population: not counted
+    assert gpu_probe.faster_matmul(parts) == "tf32"                          # 2.0 ms against 4.0
+    assert gpu_probe.faster_matmul({**parts, "a": {**parts["a"], "step_ms_tf32": 2.7}}) == "ieee"   # 3.7 > 0.9 x 4.0
+    assert gpu_probe.faster_matmul({**parts, "c": {"precision": "fp32", "step_ms": 1.0}}) == "ieee"  # one not timed
+    assert gpu_probe.faster_matmul({**parts, "c": {"error": "RuntimeError: ..."}}) == "ieee"        # one not probed
+    assert gpu_probe.faster_matmul({"bf": parts["bf"]}) == "ieee"            # nothing in fp32
 
 
 def test_a_failing_step_parts_probe_is_recorded_and_the_others_still_run(monkeypatch):

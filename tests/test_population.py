@@ -289,6 +289,28 @@ def test_a_member_with_patience_stops_like_its_serial_run_and_keeps_its_best_wei
     assert got["history"][-1]["val_loss"] > best["val_loss"]
 
 
+def test_tf32_is_set_for_a_cuda_block_only_and_put_back_after_it():
+    """stacked.cuda_matmul: CUDA's fp32 matrix multiplies as FMREPORT_MATMUL says for one
+    experiment, torch's process-wide flag restored after it (the bench that follows in gpu_check
+    measures true fp32), even when the block fails; nothing changes on the CPU; a typo is named."""
+    flag = lambda: torch.backends.cuda.matmul.allow_tf32   # noqa: E731 (a flag even without a GPU)
+    before = flag()
+    with stacked.cuda_matmul(torch.device("cuda"), "tf32") as mode:
+        assert mode == "tf32" and flag() is True
+        with stacked.cuda_matmul(torch.device("cuda"), "ieee"):
+            assert flag() is False
+        assert flag() is True
+    assert flag() is before
+    with pytest.raises(RuntimeError, match="boom"), stacked.cuda_matmul(torch.device("cuda"), "tf32"):
+        raise RuntimeError("boom")
+    assert flag() is before
+    with stacked.cuda_matmul(torch.device("cpu"), "tf32") as mode:
+        assert mode is None and flag() is before
+    with pytest.raises(ValueError, match="FMREPORT_MATMUL='TF32' is not one of ieee, tf32"):
+        with stacked.cuda_matmul(torch.device("cpu"), "TF32"):
+            pass
+
+
 def test_populations_group_members_by_shape():
     exp = EXPERIMENTS["batchnorm"]
     members = [Member(n, s, seed) for n, s in exp.specs().items() for seed in range(3)]

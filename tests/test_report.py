@@ -778,6 +778,8 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert render(res, tmp_path / "checked") == 0
     page = visible_text((tmp_path / "checked" / "report.html").read_text())
     assert "took 42.0 s on the card" in page and "the run that measured the figures above" in page
+    assert "Its fp32 matrix multiplies ran on the card’s tensor cores in TF32 (FMREPORT_MATMUL=tf32, the " \
+           "setting gpu_probe timed faster), which rounds their inputs to a 10-bit mantissa; the CPU’s are true fp32." in page
     assert "2 of 3 agree within two standard errors of the difference; outside are depth / 2 hidden " \
            "(−0.30 pp, two standard errors 0.20 pp)." in page
     assert "2 of the 3 GPU means lie below the CPU’s, by −0.10 pp on average" in page
@@ -789,6 +791,8 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
 
 
 GPU_CHECK = {"device": "cuda", "quick": False, "study_seconds": 42.0,
+             "settings": {"FMREPORT_CONV": "split", "FMREPORT_CUDNN_BENCHMARK": "0", "FMREPORT_INPUTS": "host",
+                          "FMREPORT_MATMUL": "tf32", "from": "gpu_probe's fastest (build/gpu-check/gpu-probe.json)"},
              "agreement": {"depth": [
                  {"variant": "1 hidden", "diff": 0.001, "two_se": 0.002, "agrees": True},
                  {"variant": "2 hidden", "diff": -0.003, "two_se": 0.002, "agrees": False},
