@@ -3,8 +3,9 @@
 
 1. The `cnn` experiment's population (its spec, 10 members): milliseconds per training step, the
    step's inputs made as in training, with one grouped convolution for all members or one dense
-   convolution per member (stacked.CONV), each with cuDNN's autotuner off and on. On CUDA each step
-   is a CUDA graph captured under that setting, so the four are timed in alternating rounds.
+   convolution per member (stacked.CONV), each with cuDNN's autotuner off and on, or each layer as
+   one batched matrix multiply over im2col columns ("unfold"). On CUDA each step is a CUDA graph
+   captured under that setting, so the five are timed in alternating rounds.
 2. Host syncs: 20 training steps and one evaluation of the first population of every experiment
    under torch.cuda.set_sync_debug_mode("warn"), counted by source line. A sync inside the step
    loop makes the CPU wait for the GPU before it can queue the next step.
@@ -45,7 +46,8 @@ from .bench import _interleaved_median_seconds
 from .catalog import EXPERIMENTS
 from .population import Member, populations
 
-SETTINGS = [(conv, bench) for conv in ("grouped", "split") for bench in (False, True)]
+# cuDNN's autotuner off and on for its convolutions; "unfold" runs none (matrix multiplies)
+SETTINGS = [(conv, bench) for conv in ("grouped", "split") for bench in (False, True)] + [("unfold", False)]
 
 
 def conv_settings(data, device: torch.device, members_n: int, repeats: int) -> list[dict]:

@@ -32,8 +32,13 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defa
 # How a CNN population's convolutions run: "split", one dense convolution per member, or "grouped",
 # one grouped convolution for all; and whether cuDNN autotunes each shape on a GPU. On an H200 a step
 # of `cnn`'s 10 members took 6.95 ms split and 8.35 ms grouped, and autotuning changed neither by more
-# than 2% (results/gpu-probe.json, from `python -m experiments.gpu_probe`, which times all four).
+# than 2% (results/gpu-probe.json, from `python -m experiments.gpu_probe`, which times them all).
+# "unfold" (not yet run on a GPU): each layer's convolution as one batched matrix multiply of every
+# member's kernel with its im2col columns (F.unfold), [k, C*3*3, B*H*W]: few large matrix multiplies
+# (TF32 under FMREPORT_MATMUL=tf32) instead of a few small cuDNN kernels per member, at the cost of
+# copying the columns (~0.6 GB a step for `cnn`'s second layer).
 CONV = os.environ.get("FMREPORT_CONV", "split")
+CONV_CHOICES = ("split", "grouped", "unfold")
 CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
 # Where a CUDA-graphed training step gets its inputs (batch rows, augmentation, dropout masks):
 # "host": made eagerly before each replay and copied in (the default, as measured at 46b833d);
@@ -59,7 +64,7 @@ _FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.1
 def check_settings() -> None:
     """A ValueError naming each FMREPORT_* switch above whose value the engine does not know."""
     bad = [f"{name}={value!r} is not one of {', '.join(allowed)}"
-           for name, value, allowed in (("FMREPORT_CONV", CONV, ("split", "grouped")),
+           for name, value, allowed in (("FMREPORT_CONV", CONV, CONV_CHOICES),
                                         ("FMREPORT_INPUTS", INPUTS, ("host", "graph")),
                                         ("FMREPORT_MATMUL", MATMUL, MATMUL_CHOICES)) if value not in allowed]
     if bad:
@@ -221,6 +226,8 @@ class StackedRun:
             elif isinstance(layer, nn.Conv2d) and CONV == "split":   # member j's channels, its own kernel
                 h = torch.cat([F.conv2d(part, w[j], None if b is None else b[j], layer.stride, layer.padding,
                                         layer.dilation) for j, part in enumerate(h.split(h.shape[1] // k, 1))], 1)
+            elif isinstance(layer, nn.Conv2d) and CONV == "unfold":
+                h = conv_as_matmul(h, w, b, layer)
             elif isinstance(layer, nn.Conv2d):
                 h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
                              layer.stride, layer.padding, layer.dilation, groups=k)
@@ -608,6 +615,21 @@ class StackedRun:
         self._refresh_flags()
         self.graphs.clear()
         self.input_graphs.clear()
+
+
+def conv_as_matmul(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, layer: nn.Conv2d) -> torch.Tensor:
+    """What the grouped convolution of the maps h [B, k*C, H, W] with member j's kernel w[j] [O, C, kh,
+    kw] on its channels gives, [B, k*O, H', W'], as one batched matrix multiply over the members:
+    kernels [k, O, C*kh*kw] times im2col columns [k, C*kh*kw, B*H'*W']."""
+    k, out_channels = w.shape[:2]
+    cols = F.unfold(h, layer.kernel_size, layer.dilation, layer.padding, layer.stride)   # [B, k*C*kh*kw, L]
+    n, _, positions = cols.shape
+    cols = cols.view(n, k, -1, positions).permute(1, 2, 0, 3).reshape(k, -1, n * positions)
+    kernels = w.reshape(k, out_channels, -1)
+    out = torch.bmm(kernels, cols) if b is None else torch.baddbmm(b.unsqueeze(-1), kernels, cols)
+    size = [(side + 2 * pad - dil * (ks - 1) - 1) // st + 1 for side, pad, dil, ks, st in
+            zip(h.shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride)]
+    return out.view(k, out_channels, n, *size).permute(2, 0, 1, 3, 4).reshape(n, k * out_channels, *size)
 
 
 def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], gens: list) -> torch.Tensor:

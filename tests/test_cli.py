@@ -96,7 +96,7 @@ def test_an_engine_switch_the_engine_does_not_know_exits_2_before_any_work(tmp_p
     proc = run_cli("run", "depth", "--quick", "--device", "cpu", "--out", str(tmp_path / "x.json"),
                    env={**os.environ, "FMREPORT_MATMUL": "fp16", "FMREPORT_CONV": "Split"})
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "FMREPORT_CONV='Split' is not one of split, grouped" in proc.stderr
+    assert "FMREPORT_CONV='Split' is not one of split, grouped, unfold" in proc.stderr
     assert "FMREPORT_MATMUL='fp16' is not one of ieee, tf32" in proc.stderr
     assert not (tmp_path / "x.json").exists()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from experiments import models, penalties, planning, population, results, runner, stacked
 from experiments.catalog import EXPERIMENTS, RunSpec
@@ -150,7 +151,28 @@ def small_cnn(**overrides) -> RunSpec:
         precision="fp32", channels=(8, 16), width=32, **overrides)
 
 
-@pytest.mark.parametrize("conv", ["grouped", "split"])
+def test_a_convolution_as_one_batched_matrix_multiply_is_the_grouped_convolution():
+    """stacked.conv_as_matmul (FMREPORT_CONV=unfold) against F.conv2d with groups=k: outputs and
+    gradients, with and without bias, padding, a stride and a non-square kernel."""
+    gen = torch.Generator().manual_seed(0)
+    k, c, o = 3, 4, 5
+    for layer in (nn.Conv2d(c, o, 3, padding=1), nn.Conv2d(c, o, (3, 2), stride=2, padding=(1, 0))):
+        for bias in (True, False):
+            w = torch.randn(k, o, c, *layer.kernel_size, generator=gen, requires_grad=True)
+            b = torch.randn(k, o, generator=gen, requires_grad=True) if bias else None
+            h = torch.randn(6, k * c, 11, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+            h.requires_grad_(True)
+            outs = [stacked.conv_as_matmul(h, w, b, layer),
+                    F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                             layer.stride, layer.padding, layer.dilation, groups=k)]
+            grads = [torch.autograd.grad(out.square().sum(), [h, w, *([b] if bias else [])]) for out in outs]
+            assert outs[0].shape == outs[1].shape
+            assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+            for got, want in zip(*grads):
+                assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+
+
+@pytest.mark.parametrize("conv", stacked.CONV_CHOICES)
 def test_batched_cnn_first_step_gradients_match_serial_runs(tiny, conv, monkeypatch):
     monkeypatch.setattr(stacked, "CONV", conv)
     # grouped convolutions, per-member dropout masks on channels-last feature maps, flips
