@@ -34,9 +34,10 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8          # torch.optim.Adam/AdamW defa
 # of `cnn`'s 10 members took 6.95 ms split and 8.35 ms grouped, and autotuning changed neither by more
 # than 2% (results/gpu-probe.json, from `python -m experiments.gpu_probe`, which times them all).
 # "unfold" (not yet run on a GPU): each layer's convolution as one batched matrix multiply of every
-# member's kernel with its im2col columns (F.unfold), [k, C*3*3, B*H*W]: few large matrix multiplies
-# (TF32 under FMREPORT_MATMUL=tf32) instead of a few small cuDNN kernels per member, at the cost of
-# copying the columns (~0.6 GB a step for `cnn`'s second layer).
+# member's kernel with its im2col columns, [k, C*3*3, B*H*W], at cuDNN's convolution precision:
+# about a dozen kernels a layer for all members, forward and backward, instead of several cuDNN
+# kernels per member, at the cost of copying the columns (for `cnn`'s second layer ~0.6 GB a
+# training step, ~4.6 GB transient per evaluation batch of 2,048 images).
 CONV = os.environ.get("FMREPORT_CONV", "split")
 CONV_CHOICES = ("split", "grouped", "unfold")
 CUDNN_BENCHMARK = os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0") == "1"
@@ -54,8 +55,8 @@ INPUTS = os.environ.get("FMREPORT_INPUTS", "host")
 # at 46b833d the fp32 populations' steps were most of the study's time (`regularization`'s 100
 # members: 31 GFLOP in 3.4 ms a step, ~9 TFLOP/s, against 51 TFLOP/s for one large fp32 torch.mm).
 # gpu_probe times both; `gpu_check --probe` runs the study with the faster and compares its
-# accuracies with the CPU's. cuDNN's convolutions (the CNN's) use TF32 by torch's own default
-# either way. Not yet run on a GPU.
+# accuracies with the CPU's. The CNN's convolutions keep cuDNN's precision either way (TF32 by
+# torch's default, torch.backends.cudnn.allow_tf32; FMREPORT_CONV=unfold too). Not yet run on a GPU.
 MATMUL = os.environ.get("FMREPORT_MATMUL", "ieee")
 MATMUL_CHOICES = ("ieee", "tf32")
 _FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.11's allocator keeps a pointer)
@@ -620,16 +621,47 @@ class StackedRun:
 def conv_as_matmul(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, layer: nn.Conv2d) -> torch.Tensor:
     """What the grouped convolution of the maps h [B, k*C, H, W] with member j's kernel w[j] [O, C, kh,
     kw] on its channels gives, [B, k*O, H', W'], as one batched matrix multiply over the members:
-    kernels [k, O, C*kh*kw] times im2col columns [k, C*kh*kw, B*H'*W']."""
+    kernels [k, O, C*kh*kw] times im2col columns [k, C*kh*kw, B*H'*W']. The columns are one copy of
+    Tensor.unfold's sliding-window view (F.unfold would launch a kernel per image on CUDA)."""
+    if layer.dilation != (1, 1) or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        raise ValueError("FMREPORT_CONV=unfold takes convolutions with zero padding and no dilation; "
+                         "use FMREPORT_CONV=split for this network")
     k, out_channels = w.shape[:2]
-    cols = F.unfold(h, layer.kernel_size, layer.dilation, layer.padding, layer.stride)   # [B, k*C*kh*kw, L]
-    n, _, positions = cols.shape
-    cols = cols.view(n, k, -1, positions).permute(1, 2, 0, 3).reshape(k, -1, n * positions)
-    kernels = w.reshape(k, out_channels, -1)
-    out = torch.bmm(kernels, cols) if b is None else torch.baddbmm(b.unsqueeze(-1), kernels, cols)
-    size = [(side + 2 * pad - dil * (ks - 1) - 1) // st + 1 for side, pad, dil, ks, st in
-            zip(h.shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride)]
-    return out.view(k, out_channels, n, *size).permute(2, 0, 1, 3, 4).reshape(n, k * out_channels, *size)
+    (ph, pw), (kh, kw), (sh, sw) = layer.padding, layer.kernel_size, layer.stride
+    windows = F.pad(h, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)   # [B, k*C, H', W', kh, kw]
+    n, _, ho, wo = windows.shape[:4]
+    cols = windows.reshape(n, k, -1, ho, wo, kh, kw).permute(1, 2, 5, 6, 0, 3, 4).reshape(k, -1, n * ho * wo)
+    out = _ConvMatmul.apply(w.reshape(k, out_channels, -1), cols, None if b is None else b.unsqueeze(-1))
+    return out.view(k, out_channels, n, ho, wo).permute(2, 0, 1, 3, 4).reshape(n, k * out_channels, ho, wo)
+
+
+class _ConvMatmul(torch.autograd.Function):
+    """kernels [k, O, D] @ columns [k, D, N] (+ bias [k, O, 1]), forward and backward, at the
+    precision of cuDNN's convolutions (torch.backends.cudnn.allow_tf32: TF32 on CUDA by torch's
+    default), so that FMREPORT_CONV=unfold computes what `split` and `grouped` do at their precision,
+    whatever FMREPORT_MATMUL says for the Linear layers. (Under bf16 autocast the forward's matrix
+    multiply runs in bf16 and the backward's take its operands in the gradient's dtype, as autograd
+    would.)"""
+
+    @staticmethod
+    def forward(ctx, kernels, cols, bias):
+        ctx.save_for_backward(kernels, cols)
+        ctx.has_bias = bias is not None
+        with cuda_matmul(cols.device, "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"):
+            return torch.bmm(kernels, cols) if bias is None else torch.baddbmm(bias, kernels, cols)
+
+    @staticmethod
+    def backward(ctx, grad):
+        kernels, cols = (t.to(grad.dtype) for t in ctx.saved_tensors)
+        grad_kernels = grad_cols = grad_bias = None
+        with cuda_matmul(grad.device, "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"):
+            if ctx.needs_input_grad[0]:
+                grad_kernels = torch.bmm(grad, cols.transpose(1, 2))
+            if ctx.needs_input_grad[1]:
+                grad_cols = torch.bmm(kernels.transpose(1, 2), grad)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(2, keepdim=True)
+        return grad_kernels, grad_cols, grad_bias
 
 
 def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], gens: list) -> torch.Tensor:

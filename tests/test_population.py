@@ -170,6 +170,15 @@ def test_a_convolution_as_one_batched_matrix_multiply_is_the_grouped_convolution
             assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
             for got, want in zip(*grads):
                 assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+    h = torch.randn(4, k * c, 8, 8, generator=gen, requires_grad=True)
+    w = torch.randn(k, o, c, 3, 3, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # a bf16 CNN: bf16 products, fp32 gradients
+        out = stacked.conv_as_matmul(h, w, None, nn.Conv2d(c, o, 3, padding=1))
+        want = F.conv2d(h, w.reshape(k * o, c, 3, 3), None, 1, 1, groups=k)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), want.float(), rtol=0.05, atol=0.1)
+    assert [g.dtype for g in torch.autograd.grad(out.float().sum(), [h, w])] == [torch.float32] * 2
+    with pytest.raises(ValueError, match="FMREPORT_CONV=unfold takes convolutions with zero padding and no dilation"):
+        stacked.conv_as_matmul(h, w, None, nn.Conv2d(c, o, 3, dilation=2))
 
 
 @pytest.mark.parametrize("conv", stacked.CONV_CHOICES)
@@ -392,6 +401,28 @@ def test_cuda_graphs_give_the_eager_batched_result(fmnist):
         for hg, he in zip(g["history"], e["history"]):
             assert hg["train_loss"] == pytest.approx(he["train_loss"], rel=1e-4)
         assert abs(g["final"]["test_acc"] - e["final"]["test_acc"]) <= 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("conv", stacked.CONV_CHOICES)
+def test_cuda_graphs_capture_the_cnn_under_each_convolution_setting_with_tf32(fmnist, conv, monkeypatch):
+    """The gate before the GPU study (`make gpu-check` runs `pytest -k cuda_graphs`) for the settings
+    gpu_probe may choose: a CNN population with batch norm and dropout, under FMREPORT_CONV=conv and
+    TF32 matrix multiplies, captures its steps (no fallback noted) and trains as its eager steps do."""
+    monkeypatch.setattr(stacked, "CONV", conv)
+    data = fmnist.subset(512, 256)
+    cuda = torch.device("cuda")
+    data = type(data)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (data.train, data.val, data.test)),
+                      data.mean, data.std, data.source)
+    members = [Member("a", small_cnn(epochs=2, dropout=0.3), 0), Member("b", small_cnn(epochs=2, lr=3e-3), 1)]
+    notes = []
+    with stacked.cuda_matmul(cuda, "tf32"):
+        graphed = fit_population(data, members, cuda, "batched", cuda_graphs=True, notes=notes)
+        eager = fit_population(data, members, cuda, "batched", cuda_graphs=False)
+    assert not [n for n in notes if "failed" in n], notes
+    for g, e in zip(graphed, eager):
+        for hg, he in zip(g["history"], e["history"]):
+            assert hg["train_loss"] == pytest.approx(he["train_loss"], rel=1e-3)
 
 
 def test_steps_that_make_their_own_inputs_train_as_steps_on_host_made_inputs(tiny, monkeypatch):
