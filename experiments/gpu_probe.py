@@ -19,9 +19,9 @@
    rate they reach; a step of 10 in a row as training runs them, with the inputs made on the host
    (`host_loop_ms`, stacked.INPUTS "host") and, on CUDA, inside the graph (`graph_loop_ms`, INPUTS
    "graph"): the faster in sum over the experiments is named. For fp32 populations on CUDA the
-   whole step again with TF32 matrix multiplies (stacked.MATMUL "tf32"); TF32 is named when it
-   takes at most TF32_GAIN of the fp32 steps' time (cuDNN's convolutions use TF32 by torch's
-   default either way).
+   whole step again, captured with TF32 matrix multiplies (stacked.MATMUL "tf32") and timed in the
+   same rounds; TF32 is named when it takes at most TF32_GAIN of the fp32 steps' time (convolutions
+   keep cuDNN's precision, TF32 by torch's default, either way).
 The JSON is written after each section, so a time limit keeps what was measured.
 The fastest settings are printed as the environment to run the study with (FMREPORT_CONV,
 FMREPORT_CUDNN_BENCHMARK, FMREPORT_INPUTS, FMREPORT_MATMUL) and saved under `fastest`, which
@@ -139,6 +139,21 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
     graphed = (lambda fn: stack._graph_of(fn).replay) if cuda else (lambda fn: fn)   # kernels without launches
     timed = [graphed(forward), graphed(lambda: stack.gradients(x, y, masks)),
              lambda: stack._run_step(x, y, masks), host_loop]
+    tf32, tf32_error = cuda and first[0].spec.precision == "fp32", None
+    if tf32:                                           # the whole step with TF32 matrix multiplies
+        try:
+            with stacked.cuda_matmul(device, "tf32"):  # (read at capture: its replays keep them)
+                graph, static_x, static_y, static_masks = stack._capture(x, y, masks)
+        except RuntimeError as err:                    # recorded; faster_matmul then keeps true fp32
+            tf32, tf32_error = False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if tf32:
+        def tf32_step():                               # as _run_step: the inputs copied in, a replay
+            static_x.copy_(x)
+            static_y.copy_(y)
+            for i, mask in masks.items():
+                static_masks[i].copy_(mask)
+            graph.replay()
+        timed.append(tf32_step)
     if cuda:                                           # and made inside the graph (stacked.INPUTS "graph")
         stack.inputs_in_graph = True
         stack._step(0)
@@ -154,15 +169,14 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
            "forward_backward_ms": 1000 * grad_s, "step_ms": 1000 * step_s, "update_ms": 1000 * (step_s - grad_s),
            "flops_per_step": flops, "tflops_per_second": flops / step_s / 1e12,
            "host_loop_ms": 1000 * seconds[3] / run}
+    if tf32:
+        row["step_ms_tf32"] = 1000 * seconds[4]
+    if tf32_error:
+        row["tf32_error"] = tf32_error
     if cuda:
-        row["graph_loop_ms"] = 1000 * seconds[4] / run
+        row["graph_loop_ms"] = 1000 * seconds[-1] / run
         if stack.inputs_error:                         # the capture with the inputs failed: they were made on the host
             row["graph_error"] = stack.inputs_error
-    if cuda and first[0].spec.precision == "fp32":
-        with stacked.cuda_matmul(device, "tf32"):      # TF32 matrix multiplies, captured afresh
-            stack.graphs.clear()
-            row["step_ms_tf32"] = 1000 * _interleaved_median_seconds([lambda: stack._run_step(x, y, masks)],
-                                                                     repeats, device)[0]
     return row
 
 
