@@ -22,7 +22,8 @@
    whole step again, captured with TF32 matrix multiplies (stacked.MATMUL "tf32") and timed in the
    same rounds; TF32 is named when it takes at most TF32_GAIN of the fp32 steps' time (convolutions
    keep cuDNN's precision, TF32 by torch's default, either way).
-The JSON is written after each section, so a time limit keeps what was measured.
+The JSON is written after each section (section 4 after each experiment), so a time limit keeps
+what was measured.
 The fastest settings are printed as the environment to run the study with (FMREPORT_CONV,
 FMREPORT_CUDNN_BENCHMARK, FMREPORT_INPUTS, FMREPORT_MATMUL) and saved under `fastest`, which
 `gpu_check --probe` applies (and then checks the study's accuracies against the CPU's); the JSON
@@ -97,12 +98,14 @@ def experiment_probes(data, device: torch.device, steps: int) -> dict:
     return found
 
 
-def step_parts(data, device: torch.device, quick: bool, repeats: int) -> dict:
+def step_parts(data, device: torch.device, quick: bool, repeats: int, found: dict | None = None,
+               saved=lambda: None) -> dict:
     """Per experiment (section 4 of the module's docstring): milliseconds of the step's parts, its
     FLOPs and their rate, a step of several in a row with the inputs made on the host and (CUDA)
     inside the graph, and on CUDA for fp32 populations the step under TF32. An experiment whose
-    probe fails records its error; the others still run."""
-    found = {}
+    probe fails records its error; the others still run. Each experiment's row goes into `found`
+    as it is done, then saved() is called (a time limit keeps the rows done)."""
+    found = {} if found is None else found
     for exp in EXPERIMENTS.values():
         if exp.optional:
             continue
@@ -111,6 +114,7 @@ def step_parts(data, device: torch.device, quick: bool, repeats: int) -> dict:
         except Exception as err:   # a probe reports and goes on: the study still wants the others
             found[exp.name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
             print(f"step_parts {exp.name}: {found[exp.name]['error']}", file=sys.stderr)
+        saved()
     return found
 
 
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
     save()                                            # each section is kept as it is done
     report.update(experiment_probes(data, device, 3 if args.quick else 20))
     save()
-    report["step_parts"] = step_parts(data, device, args.quick, 3 if args.quick else 20)
+    report["step_parts"] = {}                         # filled and saved experiment by experiment
+    step_parts(data, device, args.quick, 3 if args.quick else 20, report["step_parts"], save)
     report["fastest"]["FMREPORT_INPUTS"] = faster_inputs(report["step_parts"])
     report["fastest"]["FMREPORT_MATMUL"] = faster_matmul(report["step_parts"])
     report["wall_seconds"] = time.perf_counter() - started   # after loading the data

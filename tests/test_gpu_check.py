@@ -162,7 +162,9 @@ def test_a_failing_step_parts_probe_is_recorded_and_the_others_still_run(monkeyp
             raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
         return {"host_loop_ms": 1.0}
     monkeypatch.setattr(gpu_probe, "_parts_of", parts)
-    found = gpu_probe.step_parts(None, None, True, 1)
+    kept, saves = {}, []                  # each row saved as it is done: a time limit keeps the rows done
+    found = gpu_probe.step_parts(None, None, True, 1, kept, lambda: saves.append(list(kept)))
+    assert found is kept and saves == [list(kept)[:i] for i in range(1, len(kept) + 1)]
     assert found.pop("cnn") == {"error": "RuntimeError: CUDA error: out of memory"}
     assert found and all(row == {"host_loop_ms": 1.0} for row in found.values())
 
