@@ -194,6 +194,21 @@ def test_batched_cnn_first_step_gradients_match_serial_runs(tiny, conv, monkeypa
     assert max(first_step_errors(tiny, with_bn)) <= 0.05
 
 
+def test_the_populations_soft_threshold_is_the_serial_runs_member_by_member():
+    """stacked.soft_threshold_ (l1_proximal in a population, a threshold per member) against
+    penalties.soft_threshold_ on each member's weights: the same values, ties and zeros included."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 40, 30, generator=gen) * 0.01
+    w[0, 0, :4] = torch.tensor([0.0, -0.0, 0.002, -0.002])          # zeros, and |w| == member 0's threshold
+    thresholds = torch.tensor([0.002, 0.0, 0.5])                     # a member without L1: nothing moves
+    want = w.clone()
+    for row, t in zip(want, thresholds.tolist()):
+        penalties.soft_threshold_([row], t)
+    got = stacked.soft_threshold_(w.clone(), thresholds.view(-1, 1, 1))
+    assert torch.equal(got, want) and torch.equal(got[1], w[1]) and (got[2] == 0).all()
+    assert (got[0] == 0).sum() == (want[0] == 0).sum() > 4
+
+
 @pytest.mark.slow
 def test_batched_population_matches_serial_runs(tiny):
     specs = [RunSpec(precision="fp32", epochs=2, width=64, dropout=0.2),
