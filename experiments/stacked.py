@@ -144,12 +144,10 @@ class StackedRun:
             "momentum": per([s.momentum for s in specs]),
             "lr_table": per([schedules[s] for s in specs]),
         }
-        # Adam's bias corrections by step, computed once with the ops the update used to run each
-        # step (the same fp32 values): step t (1-based) reads column t - 1
-        t = torch.arange(1, self.hyper["lr_table"].shape[1] + 1, dtype=torch.float32, device=device)
-        b1, b2 = ADAM_BETAS
-        self.hyper["step_size_table"] = self.hyper["lr_table"] / (1 - b1 ** t)
-        self.bc2_sqrt_table = (1 - b2 ** t).sqrt()
+        # members whose learning rates are the same at every step share one fused Adam update
+        schedule_ids: dict[tuple, int] = {}
+        self.schedule_of = [schedule_ids.setdefault(tuple(schedules[s]), len(schedule_ids)) for s in specs]
+        self.adam_steps = torch.zeros(len(members), device=device)    # per member, as torch's fused Adam reads it
         self.step = torch.zeros((), dtype=torch.long, device=device)   # steps taken (the same for all)
         self.orders = None                                               # [k, n] batch orders of the epoch
         self.batch_index = torch.zeros((), dtype=torch.long, device=device)   # the epoch's next step
@@ -294,7 +292,7 @@ class StackedRun:
         lr = hp["lr_table"].index_select(1, at)                    # [k, 1]
         g, loss, logits = self.gradients(x, y, masks)
         with torch.no_grad():
-            self._update(g, lr, hp["step_size_table"].index_select(1, at), self.bc2_sqrt_table.index_select(0, at))
+            self._update(g, lr)
             self.step.add_(1)
             if self._any("l1_prox"):                               # soft threshold, weights only
                 thr = lr.squeeze(1) * hp["l1_prox"]
@@ -310,17 +308,24 @@ class StackedRun:
     def _refresh_flags(self) -> None:
         self._flags = {k: bool((self.hyper[k] != 0).any().item())
                        for k in ("l1", "l1_prox", "l2", "smoothing", "weight_decay")}
+        same_lr: dict[int, list[int]] = {}
+        for row, j in enumerate(self.alive):
+            same_lr.setdefault(self.schedule_of[j], []).append(row)
+        self.same_lr_rows = list(same_lr.values())   # stack rows by learning-rate schedule
 
     def _weights(self, params: dict | None = None) -> list[torch.Tensor]:
         """The weights [k, out, in, ...] of stacked `params` (default self.params): what the serial
         run decays and penalises (its tensors of dim >= 2)."""
         return [w for w in (params or self.params).values() if w.dim() >= 3]
 
-    def _update(self, g: torch.Tensor, lr: torch.Tensor, step_size: torch.Tensor, bc2_sqrt: torch.Tensor) -> None:
+    def _update(self, g: torch.Tensor, lr: torch.Tensor) -> None:
         """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
         train.make_optimizer configures them, with a learning rate and decay per member ([k, 1]),
         on every parameter at once; only weights decay, each weight view scaled in place (a
-        [k, P] decay tensor would cost several passes over all parameters on each step)."""
+        [k, P] decay tensor would cost several passes over all parameters on each step). Adam is
+        torch's fused kernel, as the serial run's (train.make_optimizer: fused=True), on each
+        member's row, one call per learning-rate schedule: one pass over the parameters, gradients
+        and moments where the same update in separate tensor operations made about 20."""
         p = self.flat
         wd = self.hyper["weight_decay"] if self._any("weight_decay") else None
         if self.sgd:
@@ -338,10 +343,11 @@ class StackedRun:
             keep = 1 - lr.squeeze(1) * wd                          # [k]
             for w in self._weights():
                 w.mul_(_per_member(keep, w))
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = v.sqrt().div_(bc2_sqrt).add_(ADAM_EPS)
-        p.addcdiv_(step_size * m, denom, value=-1)
+        self.adam_steps.add_(1)
+        for rows in self.same_lr_rows:
+            torch._fused_adam_([p[r] for r in rows], [g[r] for r in rows], [m[r] for r in rows], [v[r] for r in rows],
+                               [], [self.adam_steps[r] for r in rows], lr=lr[rows[0]].view(()), beta1=b1,
+                               beta2=b2, weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -430,8 +436,8 @@ class StackedRun:
         graph.replay()
 
     def _state(self) -> list[torch.Tensor]:
-        return [self.flat, *self.buffers.values(), *self.slots, self.step, self.loss_sum, self.correct,
-                self.batch_index]
+        return [self.flat, *self.buffers.values(), *self.slots, self.adam_steps, self.step, self.loss_sum,
+                self.correct, self.batch_index]
 
     def _step_generators(self) -> list[torch.Generator]:
         """The generators a step draws from: each live member's batch generator where it augments,
@@ -617,6 +623,7 @@ class StackedRun:
         self.params = self._views(self.flat)
         self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
         self.slots = [s.index_select(0, rows) for s in self.slots]
+        self.adam_steps = self.adam_steps.index_select(0, rows)
         self.hyper = {k: v.index_select(0, rows) for k, v in self.hyper.items()}
         self.loss_sum, self.correct = self.loss_sum[rows], self.correct[rows]
         self.orders = None
