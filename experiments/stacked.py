@@ -124,8 +124,8 @@ class StackedRun:
         trained = dict(self.template.named_parameters())
         self.shapes = {k: v.shape[1:] for k, v in state.items() if v.is_floating_point() and k in trained}
         # All parameters of a member in one row of `flat` [k, P], optimizer state alike: the optimizer
-        # update is a dozen kernels for every tensor at once, not a dozen per tensor (on a GPU a step's
-        # time is mostly its kernel count). self.params are views of it, shaped [k, ...] per tensor.
+        # update is one fused Adam call for every tensor at once (per learning-rate schedule), not a
+        # dozen kernels per tensor. self.params are views of it, shaped [k, ...] per tensor.
         self.flat = torch.cat([state[k].reshape(len(members), -1) for k in self.shapes], 1)
         self.params = self._views(self.flat)
         self.buffers = {k: v for k, v in state.items() if k not in self.shapes}
