@@ -14,8 +14,9 @@
    ready inputs (a graph replay on CUDA) and both in a row.
 4. What a step's kernels do, for each experiment's first population as the study trains it (all its
    seeds; 1 in --quick): milliseconds for the forward pass and loss, for those and the backward
-   pass, and for the whole step (the optimizer update is the difference), each captured as its own
-   CUDA graph; the step's matrix-multiply and convolution FLOPs (torch.utils.flop_counter) and the
+   pass (with the penalties' gradients), and for the whole step with its inputs copied in (the
+   difference, `update_ms`, is the optimizer update with the copy-in, the decay, the soft threshold
+   and the metrics), each captured as its own CUDA graph; the step's matrix-multiply and convolution FLOPs (torch.utils.flop_counter) and the
    rate they reach; a step of 10 in a row as training runs them, with the inputs made on the host
    (`host_loop_ms`, stacked.INPUTS "host") and, on CUDA, inside the graph (`graph_loop_ms`, INPUTS
    "graph"): the faster in sum over the experiments is named. For fp32 populations on CUDA the

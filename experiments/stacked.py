@@ -147,7 +147,7 @@ class StackedRun:
         # members whose learning rates are the same at every step share one fused Adam update
         schedule_ids: dict[tuple, int] = {}
         self.schedule_of = [schedule_ids.setdefault(tuple(schedules[s]), len(schedule_ids)) for s in specs]
-        self.adam_steps = torch.zeros(len(members), device=device)    # per member, as torch's fused Adam reads it
+        self.adam_steps = torch.zeros(len(members), dtype=torch.float32, device=device)   # as fused Adam reads them
         self.step = torch.zeros((), dtype=torch.long, device=device)   # steps taken (the same for all)
         self.orders = None                                               # [k, n] batch orders of the epoch
         self.batch_index = torch.zeros((), dtype=torch.long, device=device)   # the epoch's next step

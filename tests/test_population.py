@@ -269,6 +269,37 @@ def test_the_populations_adam_update_is_the_serial_runs_fused_adam_bit_for_bit(t
         assert torch.equal(stack.slots[1][j], state["exp_avg_sq"]) and stack.adam_steps[j].item() == state["step"].item() == 3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_replay_the_fused_adam_update_as_the_serial_optimizer(tiny):
+    """CUDA's fused Adam kernel is not the CPU's: three replays of a captured population update
+    leave each member, on a 16-byte aligned row (0) and on unaligned ones (1, 2: P % 4 == 2), in two
+    learning-rate groups, where torch.optim.Adam(fused=True) leaves it given the same gradients."""
+    cuda = torch.device("cuda")
+    data = type(tiny)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (tiny.train, tiny.val, tiny.test)),
+                      tiny.mean, tiny.std, tiny.source)
+    members = [Member(f"m{i}", RunSpec(precision="fp32", width=32, lr=lr), i) for i, lr in enumerate((1e-3, 3e-3, 1e-3))]
+    stack = StackedRun(data, members, cuda, None, use_graphs=True)
+    assert stack.flat.shape[1] % 4 == 2 and sorted(stack.same_lr_rows) == [[0, 2], [1]]
+    serial = [torch.nn.Parameter(stack.flat[j].clone()) for j in range(3)]
+    optimizers = [torch.optim.Adam([p], lr=torch.tensor(m.spec.lr, dtype=torch.float32).item(), fused=True)
+                  for p, m in zip(serial, members)]
+    g, lr = torch.zeros_like(stack.flat), stack.hyper["lr_table"][:, :1].clone()
+    graph = stack._graph_of(lambda: stack._update(g, lr))     # its warm-up puts every state tensor back
+    gen = torch.Generator(device=cuda).manual_seed(0)
+    for _ in range(3):
+        g.copy_(torch.randn(g.shape, generator=gen, device=cuda))
+        graph.replay()
+        for j, (p, opt) in enumerate(zip(serial, optimizers)):
+            p.grad = g[j].clone()
+            opt.step()
+    torch.cuda.synchronize()
+    for j, (p, opt) in enumerate(zip(serial, optimizers)):
+        state = opt.state[p]
+        assert torch.equal(stack.flat[j], p.detach()), j
+        assert torch.equal(stack.slots[0][j], state["exp_avg"]) and torch.equal(stack.slots[1][j], state["exp_avg_sq"])
+        assert stack.adam_steps[j].item() == state["step"].item() == 3
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_weight_decay_scales_each_members_weights_and_leaves_biases(tiny, optimizer):
     """One update with zero gradients leaves only the decay: each member's weights, of every rank
