@@ -108,8 +108,12 @@ bench: | $(SETUP) $(DATA) ## measure speed -> results/bench.json, or results/ben
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check: ## on a CUDA machine (< 8 min): the probe, the CUDA-graph tests, the study into build/gpu-check, compared with results/, rerun, bench
 	$(GPU_PY) -m experiments.gpu_probe --out build/gpu-check/gpu-probe.json
-	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k cuda_graphs
-	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check --probe build/gpu-check/gpu-probe.json
+	@# the probe's choices only where the CUDA-graph tests pass on this card; else the defaults, and exit 1 at the end
+	@if $(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k cuda_graphs; then \
+		probe="--probe build/gpu-check/gpu-probe.json"; tests=0; \
+	else echo "CUDA-graph tests failed: the check runs with the engine's defaults, not the probe's choices"; \
+		probe=""; tests=1; fi; \
+	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check $$probe && exit $$tests
 
 test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke, CLI, report in a browser)
 	$(PY) -m pytest -q
