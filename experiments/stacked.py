@@ -98,8 +98,7 @@ class StackedRun:
     def __init__(self, data: FashionMNIST, members: list[Member], device: torch.device,
                  max_batches: int | None, use_graphs: bool):
         self.data, self.members, self.device, self.use_graphs = data, list(members), device, use_graphs
-        if INPUTS not in ("graph", "host"):
-            raise ValueError(f"FMREPORT_INPUTS={INPUTS!r} is not one of graph, host")
+        check_settings()
         self.inputs_in_graph = use_graphs and INPUTS == "graph"
         self.in_features = data.train.images[0].numel()
         if device.type == "cuda" and CUDNN_BENCHMARK:   # process-wide, as torch has it
@@ -270,9 +269,8 @@ class StackedRun:
         """(gradient [k, P] laid out as self.flat, per-member loss [k], logits [k, B, 10]) of each
         member's loss plus its penalties, l1 * sum|w| + l2 / 2 * sum w^2 over its weights (what the
         serial run adds, penalties.l1_penalty and l2_penalty). Their gradients, l1 * sign(w) and
-        l2 * w, are added in place: 3 passes over the weights where autograd made ~24 (a step of
-        `regularization`'s 100 members moves ~107 MB a pass; on a GPU such passes were a large
-        part of its 3.4 ms)."""
+        l2 * w, are added in place: 3 passes over the weights where autograd made ~24 (a pass over
+        `regularization`'s 100 members' weights moves ~107 MB)."""
         leaves = {name: view.detach().requires_grad_() for name, view in self.params.items()}
         objective, loss, logits = self.objective(x, y, masks, leaves)
         grads = torch.autograd.grad(objective, list(leaves.values()))
