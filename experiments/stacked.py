@@ -278,9 +278,11 @@ class StackedRun:
         with torch.no_grad():
             for gw, w in zip(self._weights(self._views(g)), self._weights()):
                 if self._any("l1"):
-                    gw.addcmul_(w.sign(), _per_member(self.hyper["l1"], w))
+                    rows = self.rows_with["l1"]
+                    gw[rows].addcmul_(w[rows].sign(), _per_member(self.hyper["l1"][rows], w))
                 if self._any("l2"):
-                    gw.addcmul_(w, _per_member(self.hyper["l2"], w))
+                    rows = self.rows_with["l2"]
+                    gw[rows].addcmul_(w[rows], _per_member(self.hyper["l2"][rows], w))
         return g, loss, logits
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, masks: dict) -> None:
@@ -293,9 +295,10 @@ class StackedRun:
             self._update(g, lr)
             self.step.add_(1)
             if self._any("l1_prox"):                               # soft threshold, weights only
-                thr = lr.squeeze(1) * hp["l1_prox"]
+                rows = self.rows_with["l1_prox"]
+                thr = lr.squeeze(1)[rows] * hp["l1_prox"][rows]
                 for w in self._weights():
-                    soft_threshold_(w, _per_member(thr, w))
+                    soft_threshold_(w[rows], _per_member(thr, w))
             self.loss_sum.add_(loss.detach() * y.shape[1])
             self.correct.add_((logits.argmax(-1) == y).sum(1))
 
@@ -310,6 +313,14 @@ class StackedRun:
         for row, j in enumerate(self.alive):
             same_lr.setdefault(self.schedule_of[j], []).append(row)
         self.same_lr_rows = list(same_lr.values())   # stack rows by learning-rate schedule
+        # The rows a penalty, threshold or decay acts on: one slice where they are consecutive (members
+        # are stacked by variant), else all rows (a coefficient of 0 changes nothing). Why: each such
+        # term is a few passes over the weights, and in `regularization` a third of the members have it.
+        self.rows_with = {}
+        for k in ("l1", "l1_prox", "l2", "weight_decay"):
+            rows = (self.hyper[k] != 0).nonzero().flatten().tolist()
+            consecutive = bool(rows) and rows == list(range(rows[0], rows[-1] + 1))
+            self.rows_with[k] = slice(rows[0], rows[-1] + 1) if consecutive else slice(None)
 
     def _weights(self, params: dict | None = None) -> list[torch.Tensor]:
         """The weights [k, out, in, ...] of stacked `params` (default self.params): what the serial
@@ -329,8 +340,9 @@ class StackedRun:
         if self.sgd:
             buf = self.slots[0]
             if wd is not None:
+                rows = self.rows_with["weight_decay"]
                 for gw, w in zip(self._weights(self._views(g)), self._weights()):   # g is ours (gradients)
-                    gw.add_(_per_member(wd, w) * w)
+                    gw[rows].add_(_per_member(wd[rows], w) * w[rows])
             mom = self.hyper["momentum"].unsqueeze(1)
             buf.mul_(mom).add_(g)
             p.sub_(lr * (g + mom * buf))
@@ -338,9 +350,10 @@ class StackedRun:
         m, v = self.slots
         b1, b2 = ADAM_BETAS
         if wd is not None:
-            keep = 1 - lr.squeeze(1) * wd                          # [k]
+            rows = self.rows_with["weight_decay"]
+            keep = 1 - lr.squeeze(1)[rows] * wd[rows]              # [rows]
             for w in self._weights():
-                w.mul_(_per_member(keep, w))
+                w[rows].mul_(_per_member(keep, w))
         self.adam_steps.add_(1)
         for rows in self.same_lr_rows:
             torch._fused_adam_([p[r] for r in rows], [g[r] for r in rows], [m[r] for r in rows], [v[r] for r in rows],

@@ -194,6 +194,28 @@ def test_batched_cnn_first_step_gradients_match_serial_runs(tiny, conv, monkeypa
     assert max(first_step_errors(tiny, with_bn)) <= 0.05
 
 
+def test_penalties_and_decay_act_on_the_rows_that_have_them_as_they_would_on_all(tiny):
+    """A penalty, threshold or decay runs over the consecutive rows of the members that have it (a
+    slice), else over all rows: the same gradients and update either way."""
+    base = RunSpec(precision="fp32", width=32, optimizer="adamw")
+    specs = [base, base.with_overrides(l1=1e-3), base.with_overrides(l1=1e-3), base.with_overrides(l2=1e-2),
+             base.with_overrides(weight_decay=0.1), base.with_overrides(l1=1e-3, l1_proximal=True)]
+    stack = StackedRun(tiny, [Member(str(i), s, i) for i, s in enumerate(specs)], CPU, None, use_graphs=False)
+    assert stack.rows_with == {"l1": slice(1, 3), "l2": slice(3, 4), "weight_decay": slice(4, 5), "l1_prox": slice(5, 6)}
+    orders = torch.stack([torch.randperm(len(tiny.train), generator=g) for g in stack.batch_gens])
+    batch = stack._batch(orders, 0)
+    every = StackedRun(tiny, [Member(str(i), s, i) for i, s in enumerate(specs)], CPU, None, use_graphs=False)
+    every.rows_with = dict.fromkeys(every.rows_with, slice(None))
+    assert torch.equal(stack.gradients(*batch)[0], every.gradients(*batch)[0])
+    for run in (stack, every):   # gradients, penalties, decay, update, soft threshold: two steps
+        run._train_step(*batch)
+        run._train_step(*batch)
+    assert torch.equal(stack.flat, every.flat)
+    scattered = StackedRun(tiny, [Member(str(i), s, i) for i, s in enumerate([specs[1], base, specs[1]])], CPU, None,
+                           use_graphs=False)
+    assert scattered.rows_with["l1"] == slice(None)
+
+
 def test_the_populations_soft_threshold_is_the_serial_runs_member_by_member():
     """stacked.soft_threshold_ (l1_proximal in a population, a threshold per member) against
     penalties.soft_threshold_ on each member's weights: the same values, ties and zeros included."""
