@@ -16,8 +16,8 @@
    seeds; 1 in --quick): milliseconds for the forward pass and loss, for those and the backward
    pass (with the penalties' gradients), and for the whole step with its inputs copied in (the
    difference, `update_ms`, is the optimizer update with the copy-in, the decay, the soft threshold
-   and the metrics), each captured as its own CUDA graph; the step's matrix-multiply and convolution FLOPs (torch.utils.flop_counter) and the
-   rate they reach; a step of 10 in a row as training runs them, with the inputs made on the host
+   and the metrics), each captured as its own CUDA graph; the step's matrix-multiply and
+   convolution FLOPs (torch.utils.flop_counter) and the rate they reach; a step of 10 in a row as training runs them, with the inputs made on the host
    (`host_loop_ms`, stacked.INPUTS "host") and, on CUDA, inside the graph (`graph_loop_ms`, INPUTS
    "graph"): the faster in sum over the experiments is named. For fp32 populations on CUDA the
    whole step again, captured with TF32 matrix multiplies (stacked.MATMUL "tf32") and timed in the
@@ -113,7 +113,7 @@ def step_parts(data, device: torch.device, quick: bool, repeats: int, found: dic
         try:
             found[exp.name] = _parts_of(exp, data, device, quick, repeats)
         except Exception as err:   # a probe reports and goes on: the study still wants the others
-            found[exp.name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            found[exp.name] = {"error": _error(err)}
             print(f"step_parts {exp.name}: {found[exp.name]['error']}", file=sys.stderr)
         saved()
     return found
@@ -148,17 +148,11 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
     if tf32:                                           # the whole step with TF32 matrix multiplies
         try:
             with stacked.cuda_matmul(device, "tf32"):  # (read at capture: its replays keep them)
-                graph, static_x, static_y, static_masks = stack._capture(x, y, masks)
+                replay_tf32 = stack._capture(x, y, masks)
         except RuntimeError as err:                    # recorded; faster_matmul then keeps true fp32
-            tf32, tf32_error = False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    if tf32:
-        def tf32_step():                               # as _run_step: the inputs copied in, a replay
-            static_x.copy_(x)
-            static_y.copy_(y)
-            for i, mask in masks.items():
-                static_masks[i].copy_(mask)
-            graph.replay()
-        timed.append(tf32_step)
+            tf32, tf32_error = False, _error(err)
+    if tf32:                                           # as _run_step: the inputs copied in, a replay
+        timed.append(lambda: replay_tf32(x, y, masks))
     if cuda:                                           # and made inside the graph (stacked.INPUTS "graph")
         stack.inputs_in_graph = True
         stack._step(0)
@@ -183,6 +177,11 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
         if stack.inputs_error:                         # the capture with the inputs failed: they were made on the host
             row["graph_error"] = stack.inputs_error
     return row
+
+
+def _error(err: Exception) -> str:
+    """An exception as one line for the JSON: its type and the first line of its message."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def _syncs(fn, device: torch.device) -> dict:

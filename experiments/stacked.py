@@ -154,7 +154,7 @@ class StackedRun:
         self.loss_sum = torch.zeros(len(members), device=device)
         self.correct = torch.zeros(len(members), dtype=torch.long, device=device)
         self.sgd = specs[0].optimizer == "sgd"
-        self.graphs: dict[int, tuple] = {}              # batch size -> graph of a step on copied-in inputs
+        self.graphs: dict = {}                           # batch size -> replay of a step on copied-in inputs
         self.input_graphs: dict = {}                     # batch size -> graph of a step that makes its inputs
         self.graph_error = None                          # why capture failed, if it did (then eager)
         self.inputs_error = None                         # why capture with the inputs failed (then host)
@@ -307,8 +307,6 @@ class StackedRun:
         return self._flags[name]
 
     def _refresh_flags(self) -> None:
-        self._flags = {k: bool((self.hyper[k] != 0).any().item())
-                       for k in ("l1", "l1_prox", "l2", "smoothing", "weight_decay")}
         same_lr: dict[int, list[int]] = {}
         for row, j in enumerate(self.alive):
             same_lr.setdefault(self.schedule_of[j], []).append(row)
@@ -316,11 +314,11 @@ class StackedRun:
         # The rows a penalty, threshold or decay acts on: one slice where they are consecutive (members
         # are stacked by variant), else all rows (a coefficient of 0 changes nothing). Why: each such
         # term is a few passes over the weights, and in `regularization` a third of the members have it.
-        self.rows_with = {}
-        for k in ("l1", "l1_prox", "l2", "weight_decay"):
-            rows = (self.hyper[k] != 0).nonzero().flatten().tolist()
-            consecutive = bool(rows) and rows == list(range(rows[0], rows[-1] + 1))
-            self.rows_with[k] = slice(rows[0], rows[-1] + 1) if consecutive else slice(None)
+        nonzero = {k: (self.hyper[k] != 0).nonzero().flatten().tolist()
+                   for k in ("l1", "l1_prox", "l2", "smoothing", "weight_decay")}
+        self._flags = {k: bool(rows) for k, rows in nonzero.items()}
+        self.rows_with = {k: slice(rows[0], rows[-1] + 1) if rows and rows == list(range(rows[0], rows[-1] + 1))
+                          else slice(None) for k, rows in nonzero.items() if k != "smoothing"}   # smoothing: no pass
 
     def _weights(self, params: dict | None = None) -> list[torch.Tensor]:
         """The weights [k, out, in, ...] of stacked `params` (default self.params): what the serial
@@ -439,12 +437,7 @@ class StackedRun:
                 print(f"  warning: CUDA graph capture failed ({self.graph_error}); this population runs eagerly")
                 self._train_step(x, y, masks)
                 return
-        graph, static_x, static_y, static_masks = self.graphs[size]
-        static_x.copy_(x)
-        static_y.copy_(y)
-        for i, mask in masks.items():
-            static_masks[i].copy_(mask)
-        graph.replay()
+        self.graphs[size](x, y, masks)
 
     def _state(self) -> list[torch.Tensor]:
         return [self.flat, *self.buffers.values(), *self.slots, self.adam_steps, self.step, self.loss_sum,
@@ -517,11 +510,19 @@ class StackedRun:
         return self._graph_of(step, self._step_generators())
 
     def _capture(self, x, y, masks):
-        """One training step of this batch size on inputs copied into static tensors, as a CUDA graph."""
+        """One training step of this batch size as a CUDA graph on static inputs; returns
+        replay(x, y, masks), which copies a step's inputs in and replays it."""
         static_x, static_y = x.clone(), y.clone()
         static_masks = {i: m.clone() for i, m in masks.items()}
         graph = self._graph_of(lambda: self._train_step(static_x, static_y, static_masks))
-        return graph, static_x, static_y, static_masks
+
+        def replay(x, y, masks) -> None:
+            static_x.copy_(x)
+            static_y.copy_(y)
+            for i, mask in masks.items():
+                static_masks[i].copy_(mask)
+            graph.replay()
+        return replay
 
     @torch.no_grad()
     def _evaluate(self, split, views: tuple = SINGLE_VIEW, states: list[dict] | None = None):

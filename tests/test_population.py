@@ -33,6 +33,13 @@ def tiny(fmnist):
     return fmnist.subset(1024, 1000)
 
 
+def on_cuda(data):
+    """The data set with every split's tensors on the CUDA device, as data.load("cuda") puts them."""
+    cuda = torch.device("cuda")
+    return type(data)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (data.train, data.val, data.test)),
+                      data.mean, data.std, data.source)
+
+
 def without_times(run: dict) -> dict:
     """A run with its wall-clock fields removed: everything else must match."""
     return {"history": [{k: v for k, v in h.items() if k != "seconds"} for h in run["history"]],
@@ -297,8 +304,7 @@ def test_cuda_graphs_replay_the_fused_adam_update_as_the_serial_optimizer(tiny):
     leave each member, on a 16-byte aligned row (0) and on unaligned ones (1, 2: P % 4 == 2), in two
     learning-rate groups, where torch.optim.Adam(fused=True) leaves it given the same gradients."""
     cuda = torch.device("cuda")
-    data = type(tiny)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (tiny.train, tiny.val, tiny.test)),
-                      tiny.mean, tiny.std, tiny.source)
+    data = on_cuda(tiny)
     members = [Member(f"m{i}", RunSpec(precision="fp32", width=32, lr=lr), i) for i, lr in enumerate((1e-3, 3e-3, 1e-3))]
     stack = StackedRun(data, members, cuda, None, use_graphs=True)
     assert stack.flat.shape[1] % 4 == 2 and sorted(stack.same_lr_rows) == [[0, 2], [1]]
@@ -486,8 +492,7 @@ def test_a_batched_result_file_validates_and_renders(tmp_path):
 def test_cuda_graphs_give_the_eager_batched_result(fmnist):
     data = fmnist.subset(2048, 1000)
     cuda = torch.device("cuda")
-    data = type(data)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (data.train, data.val, data.test)),
-                      data.mean, data.std, data.source)
+    data = on_cuda(data)
     members = [Member("a", RunSpec(epochs=2, dropout=0.2), 0), Member("b", RunSpec(epochs=3, dropout=0.5), 1)]
     graphed = fit_population(data, members, cuda, "batched", cuda_graphs=True)
     eager = fit_population(data, members, cuda, "batched", cuda_graphs=False)
@@ -506,8 +511,7 @@ def test_cuda_graphs_capture_the_cnn_under_each_convolution_setting_with_tf32(fm
     monkeypatch.setattr(stacked, "CONV", conv)
     data = fmnist.subset(512, 256)
     cuda = torch.device("cuda")
-    data = type(data)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (data.train, data.val, data.test)),
-                      data.mean, data.std, data.source)
+    data = on_cuda(data)
     members = [Member("a", small_cnn(epochs=2, dropout=0.3), 0), Member("b", small_cnn(epochs=2, lr=3e-3), 1)]
     notes = []
     with stacked.cuda_matmul(cuda, "tf32"):
@@ -581,8 +585,7 @@ def test_cuda_graphs_with_the_inputs_inside_draw_what_the_eager_step_draws(fmnis
     dropout masks the eager step gets, over two epochs with a last, shorter batch each."""
     cuda = torch.device("cuda")
     data = fmnist.subset(1000, 500)
-    data = type(data)(*(type(s)(s.images.to(cuda), s.labels.to(cuda)) for s in (data.train, data.val, data.test)),
-                      data.mean, data.std, data.source)
+    data = on_cuda(data)
     monkeypatch.setattr(stacked, "INPUTS", "graph")
     base = RunSpec(precision="fp32", epochs=2, dropout=0.3)
     members = [Member("crop", base.with_overrides(augment="crop+flip"), 0),
