@@ -59,6 +59,8 @@ INPUTS = os.environ.get("FMREPORT_INPUTS", "host")
 # torch's default, torch.backends.cudnn.allow_tf32; FMREPORT_CONV=unfold too). Not yet run on a GPU.
 MATMUL = os.environ.get("FMREPORT_MATMUL", "ieee")
 MATMUL_CHOICES = ("ieee", "tf32")
+# Parts of a population's `finish` phase timed apart (StackedRun.train): part of it, not beside it.
+FINISH_PARTS = ("finish.evaluate", "finish.records", "finish.save")
 _FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.11's allocator keeps a pointer)
 
 
@@ -552,7 +554,7 @@ class StackedRun:
         the ones with the same test-time views are evaluated together, then each is finished as a
         serial run is; finished([(member index, run), ...]) then gets them all at once."""
         by_views: dict[tuple, list] = {}
-        runs = []
+        runs, phases = [], self.phase_seconds
         for j, state, diverged, seconds in finishing:
             if diverged:
                 runs.append((j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, None)))
@@ -560,16 +562,21 @@ class StackedRun:
             views = SHIFTED_VIEWS if self.members[j].spec.test_time_shifts else SINGLE_VIEW
             by_views.setdefault(views, []).append((j, state, seconds))
         for views, group in by_views.items():
-            evaluated = [{} for _ in group]
+            evaluated, start = [{} for _ in group], time.perf_counter()
             for split in ("train", "val", "test"):
                 losses, accs, preds = self._evaluate(getattr(self.data, split), views, [st for _, st, _ in group])
                 for e, loss, acc, pred in zip(evaluated, losses, accs, preds):
                     e[split] = (loss, acc, pred)
+            recorded = time.perf_counter()
+            phases["finish.evaluate"] += recorded - start
             for (j, state, seconds), e in zip(group, evaluated):
                 self.models[j].load_state_dict(state)
                 runs.append((j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, e)))
+            phases["finish.records"] += time.perf_counter() - recorded
         if runs:
+            start = time.perf_counter()
             finished(runs)
+            phases["finish.save"] += time.perf_counter() - start
 
     def member_state(self, row: int) -> dict:
         """The state dict of the member at stack row `row`, for its plain module."""
@@ -580,8 +587,11 @@ class StackedRun:
         members that end in each epoch.
         self.phase_seconds then holds where the wall time went: training steps (CUDA graph
         captures included), the per-epoch evaluation, and finishing members (each phase ends at a
-        host sync, so GPU work is counted in the phase that queued it)."""
-        phases = self.phase_seconds = {"steps": 0.0, "evaluate": 0.0, "finish": 0.0}
+        host sync, so GPU work is counted in the phase that queued it). Three parts of `finish` are
+        timed apart too (they are in it, not beside it): the final evaluation of the members that
+        end, their records (run_record: confusion, misclassified, weight statistics) and the
+        caller's `finished` (saving them)."""
+        phases = self.phase_seconds = {"steps": 0.0, "evaluate": 0.0, "finish": 0.0, **dict.fromkeys(FINISH_PARTS, 0.0)}
         self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
                                   "started": time.perf_counter()} for j in self.alive}
         epoch = 0

@@ -785,6 +785,7 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert "2 of the 3 GPU means lie below the CPU’s, by −0.10 pp on average" in page
     assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40; each such rerun of its 40 runs took 12.0 s, against 8.5 s and 9.0 s by default" in page
     assert "training steps (CUDA-graph captures included) took 29.0 s" in page and "evaluation 4.0 s" in page
+    assert "6.0 s (of which the final evaluation 1.0 s, the records 2.5 s and saving 0.5 s)" in page
     assert "the slowest experiments were depth (30.0 s) and cnn (12.0 s)" in page
     assert "at 50%, it trained in 3 populations (down to 2 members), 0 of 40 runs bit for bit as uncapped, " \
            "the largest training-loss difference 0.0017; at 25%, a run alone did not fit (one run alone" in page
@@ -801,7 +802,8 @@ GPU_CHECK = {"device": "cuda", "quick": False, "study_seconds": 42.0,
              "repeatability": {"experiment": "depth", "runs": 40, "bit_identical": 39, "seconds": [9.0, 8.5]},
              "deterministic": {"experiment": "depth", "runs": 40, "bit_identical": 40, "seconds": [12.2, 12.0]},
              "experiments": {"depth": {"seconds": 30.0, "phase_seconds": {"build": 1.0, "steps": 20.0, "evaluate": 3.0,
-                                                                         "finish": 5.0}},
+                                                                         "finish": 5.0, "finish.evaluate": 1.0,
+                                                                         "finish.records": 2.5, "finish.save": 0.5}},
                              "cnn": {"seconds": 12.0, "phase_seconds": {"build": 0.5, "steps": 9.0, "evaluate": 1.0,
                                                                        "finish": 1.0}}},
              "memory_cap": {"tries": [
