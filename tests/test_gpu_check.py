@@ -3,6 +3,7 @@ it must run end to end and write the repeatability figures that issue 17's item 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -175,3 +176,26 @@ def test_the_gpu_probe_without_cuda_exits_1_with_one_line(capsys):
     assert gpu_probe.main(["--device", "cuda"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CUDA device is available here" in err[0]
+
+
+def test_a_session_step_that_runs_out_of_time_is_interrupted_and_says_so(tmp_path):
+    """gpu_session's steps: an exit code when a step ends in time; None, with SIGINT, when it does
+    not (a cut-off check keeps what it saved), and the log says which."""
+    from experiments import gpu_session
+    with open(tmp_path / "log", "w") as log:
+        assert gpu_session.step("quick", ["timeit", "-n", "1", "-r", "1", "pass"], 60, log) == 0
+        started = time.perf_counter()
+        assert gpu_session.step("slow", ["timeit", "-n", "1", "-r", "1", "import time; time.sleep(60)"], 1, log) is None
+        assert time.perf_counter() - started < gpu_session.GRACE     # SIGINT ended it; no kill was needed
+    text = (tmp_path / "log").read_text()
+    assert "===== quick: exit 0" in text and "===== slow: out of time" in text and "KeyboardInterrupt" in text
+
+
+def test_a_session_summary_names_what_was_not_written(tmp_path):
+    from experiments import gpu_session
+    (tmp_path / "gpu-check.json").write_text(json.dumps(
+        {"settings": {"FMREPORT_CONV": "split"}, "study_seconds": 51.5,
+         "experiments": {"depth": {"seconds": 6.0, "phase_seconds": {"steps": 4.123}}, "cnn": {"error": "boom"}}}))
+    lines = gpu_session.summary(tmp_path)
+    assert lines[0] == "gpu-probe.json: not written" and "gpu-check.json study_seconds: 51.5" in lines
+    assert '  depth: 6.0 s {"steps": 4.12}' in lines and "  cnn: boom" in lines

@@ -1,0 +1,105 @@
+"""`make gpu-check` within a time limit, for a GPU machine lent a few minutes at a time:
+`python -m experiments.gpu_session --copy-to DIR [--limit SECONDS] [--device cuda] [--quick]`.
+
+The three steps of `make gpu-check` (the probe, the CUDA-graph tests, the check with the probe's
+choices where the tests pass), each in its own process under a share of the limit. The check is
+interrupted with SIGINT at the deadline: it has saved what it measured after each experiment. Then
+the JSON files, one log of every step and a tarball of the scratch folder are copied to DIR (a
+lent machine may return files only from one folder, and few of them), and the figures that matter
+are printed last, where a truncated output keeps them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from . import results
+
+SCRATCH = results.PROJECT_ROOT / "build" / "gpu-check"
+PROBE_SHARE, TESTS_SHARE = 0.3, 0.15   # of the limit; the check gets the rest (the probe and tests stop early)
+GRACE = 20                             # seconds the check gets to exit after SIGINT
+COPY_RESERVE = 15                      # seconds kept for copying the files
+
+
+def step(name: str, argv: list[str], seconds: float, log) -> int | None:
+    """Run argv (python -m ...) for at most `seconds`, its output into `log`; its exit code, or None
+    when it ran out of time (SIGINT, then SIGKILL after GRACE seconds)."""
+    log.write(f"\n===== {name}: {' '.join(argv)} (at most {seconds:.0f} s)\n")
+    log.flush()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=results.PROJECT_ROOT)
+    try:
+        code = proc.wait(timeout=max(seconds, 1))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        code = None
+    log.write(f"===== {name}: {'out of time' if code is None else f'exit {code}'} after "
+              f"{time.perf_counter() - started:.0f} s\n")
+    log.flush()
+    return code
+
+
+def summary(scratch: Path) -> list[str]:
+    """The lines worth reading first: the probe's choices, the study's time and where it went."""
+    lines = []
+    for name, keys in (("gpu-probe.json", ("fastest",)), ("gpu-check.json", ("settings", "study_seconds"))):
+        try:
+            saved = json.loads((scratch / name).read_text())
+        except (OSError, ValueError):
+            lines.append(f"{name}: not written")
+            continue
+        lines += [f"{name} {k}: {json.dumps(saved.get(k))}" for k in keys]
+        for exp, e in saved.get("experiments", {}).items():
+            phases = {k: round(v, 2) for k, v in e.get("phase_seconds", {}).items()}
+            lines.append(f"  {exp}: {e['seconds']:.1f} s {json.dumps(phases)}" if "seconds" in e else
+                         f"  {exp}: {e.get('error')}")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copy-to", type=Path, required=True, help="folder that receives the files (e.g. $OUT)")
+    parser.add_argument("--limit", type=float, default=560, help="seconds for all three steps and the copy")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="smoke mode of each step (to try it on a CPU)")
+    args = parser.parse_args(argv)
+    if args.limit < 60:
+        parser.error(f"--limit {args.limit:g}: give the steps at least 60 seconds")
+    deadline = time.perf_counter() + args.limit - COPY_RESERVE
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    quick = ["--quick"] if args.quick else []
+    probe = SCRATCH / "gpu-probe.json"
+    with open(SCRATCH / "session.log", "w") as log:
+        probed = step("probe", ["experiments.gpu_probe", "--out", str(probe), "--device", args.device, *quick],
+                      PROBE_SHARE * args.limit, log)
+        tested = step("CUDA-graph tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
+                                           "-k", "cuda_graphs"], TESTS_SHARE * args.limit, log)
+        choices = ["--probe", str(probe)] if tested == 0 and probe.exists() else []   # else the defaults
+        checked = step("check", ["experiments.gpu_check", "--out", str(SCRATCH), "--device", args.device,
+                                 *quick, *choices], deadline - time.perf_counter(), log)
+    args.copy_to.mkdir(parents=True, exist_ok=True)
+    for name in ("gpu-probe.json", "gpu-check.json", f"bench-{args.device.split(':')[0]}.json", "session.log"):
+        if (SCRATCH / name).exists():
+            shutil.copy2(SCRATCH / name, args.copy_to / name)
+    with tarfile.open(args.copy_to / "gpu-check.tgz", "w:gz") as tar:
+        tar.add(SCRATCH, arcname="gpu-check")
+    print("\n".join([f"probe {probed}, tests {tested}, check {checked} (exit codes; None: out of time); "
+                     f"{'with' if choices else 'without'} the probe's choices", *summary(SCRATCH)]))
+    return 0 if (probed, tested, checked) == (0, 0, 0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
