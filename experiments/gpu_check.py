@@ -153,6 +153,19 @@ def memory_cap(args, uncapped: dict, peak_bytes: int | None, data=None) -> dict:
     return {"peak_bytes": peak_bytes, "held_bytes": held, "total_bytes": total, "tries": tries}
 
 
+def device_name(device) -> str:
+    """The card's name on CUDA (as the bench records it), else the device type."""
+    import torch
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def save(out: Path, report: dict, t0: float) -> None:
+    """Write the check's JSON as it stands, with the wall time so far in its provenance."""
+    if "provenance" in report:
+        report["provenance"]["wall_seconds"] = time.perf_counter() - t0
+    results.write_atomic(out / "gpu-check.json", report)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=results.PROJECT_ROOT / "build" / "gpu-check",
@@ -177,12 +190,15 @@ def main(argv=None) -> int:
     report = {"device": args.device, "quick": args.quick, "seeds": args.seeds, "backend": args.backend,
               "settings": settings, "experiments": {}, "agreement": {}}   # seeds None: each experiment's catalog seeds
     failed = False
-    t_study = time.perf_counter()
+    t_study, started = time.perf_counter(), results.now()
     try:
-        data = data_mod.load(runner.pick_device(args.device))   # once, in the study's time: every run below shares it
+        device = runner.pick_device(args.device)
+        data = data_mod.load(device)   # once, in the study's time: every run below shares it
     except (data_mod.DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    report["provenance"] = prov = results.provenance(device_name(device), [], started)   # the code and machine
+    prov["command"] = " ".join(["python -m experiments.gpu_check", *(sys.argv[1:] if argv is None else argv)])
     for exp in EXPERIMENTS.values():
         if exp.optional:
             continue
@@ -206,9 +222,9 @@ def main(argv=None) -> int:
         committed = results.PROJECT_ROOT / "results" / f"{exp.name}.json"
         if committed.exists() and not args.quick:
             report["agreement"][exp.name] = compare_to_committed(result, results.load(committed))
-        results.write_atomic(args.out / "gpu-check.json", report)   # what is done survives a timeout
+        save(args.out, report, t_study)   # what is done survives a timeout
     report["study_seconds"] = time.perf_counter() - t_study
-    results.write_atomic(args.out / "gpu-check.json", report)
+    save(args.out, report, t_study)
     if not args.skip_bench:   # before the checks below: the figures README and the report show
         try:
             bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
@@ -217,7 +233,7 @@ def main(argv=None) -> int:
         except Exception as err:   # reported; the checks below still run
             failed, report["bench_error"] = True, f"{type(err).__name__}: {err}"
             print(f"FAILED bench: {err}", file=sys.stderr)
-            results.write_atomic(args.out / "gpu-check.json", report)
+            save(args.out, report, t_study)
     if REPEAT in report["experiments"] and "error" not in report["experiments"][REPEAT] and not args.skip_checks:
         again = args.out / "rerun" / f"{REPEAT}.json"
         cuda = args.device.startswith("cuda")
@@ -234,11 +250,11 @@ def main(argv=None) -> int:
         report["repeatability"] = {**repeatability(first, second),
                                    "seconds": [r["provenance"]["wall_seconds"] for r in (first, second)]}
         report["deterministic"] = deterministic_pair(args.out, args.device, args.backend, args.quick, args.seeds)
-    results.write_atomic(args.out / "gpu-check.json", report)   # kept if a later step takes the process down
+    save(args.out, report, t_study)   # kept if a later step takes the process down
     if "repeatability" in report:   # last: a failure while capturing under a cap could spoil the CUDA context
         report["memory_cap"] = memory_cap(args, first, peak, data)
         failed |= any("error" in t for t in report["memory_cap"].get("tries", []))
-    results.write_atomic(args.out / "gpu-check.json", report)
+    save(args.out, report, t_study)
     disagree = [(e, r["variant"]) for e, rows in report["agreement"].items() for r in rows if r["agrees"] is False]
     print(f"study: {report['study_seconds']:.1f} s on {args.device}; "
           f"{sum(len(r) for r in report['agreement'].values()) - len(disagree)} variant(s) within 2 SE of the "

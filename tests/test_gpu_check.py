@@ -25,6 +25,9 @@ def test_the_gpu_check_runs_on_the_cpu_and_measures_repeatability(tmp_path, monk
     assert report["memory_cap"]["skipped"].startswith("needs CUDA")   # the CPU has no cap to hit
     made = json.loads((tmp_path / "deterministic" / f"{gpu_check.REPEAT}-1.json").read_text())
     assert "--deterministic" in made["provenance"]["command"]
+    prov = report["provenance"]   # the check's own: its command, and a wall time that covers every step
+    assert prov["command"].startswith("python -m experiments.gpu_check --device cpu") and prov["device"] == "cpu"
+    assert prov["wall_seconds"] >= report["study_seconds"] + sum(report["repeatability"]["seconds"][1:])
 
 
 def test_the_check_runs_with_the_settings_the_probe_found_fastest(tmp_path, monkeypatch):

@@ -760,7 +760,8 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     gpu = {**cpu, "device_name": "NVIDIA H200", "population_members": 32, "member_epoch_ms": 3.7,
            "bf16_peak_fraction": 0.21, "study_seconds": 42.0,
            "time_to_89": {**cpu["time_to_89"], "mean_seconds": 0.8},
-           "time_to_89_population": {"seeds": 5, "test_acc": [0.89] * 5, "mean_test_acc": 0.8912, "wall_seconds": 1.4}}
+           "time_to_89_population": {"seeds": 5, "test_acc": [0.89] * 5, "mean_test_acc": 0.8912, "wall_seconds": 1.4},
+           "provenance": {**cpu["provenance"], "packages": {**cpu["provenance"]["packages"], "torch": "2.11.0"}}}
     (res / "bench-cuda.json").write_text(json.dumps(gpu))
     assert render(res, tmp_path / "out") == 0
     page = visible_text((tmp_path / "out" / "report.html").read_text())
@@ -772,7 +773,7 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     rows = {cells[i]: cells[i + 1:i + 3] for i in range(0, len(cells), 3)}
     assert rows["The recipe’s 5 seeds as one population"] == ["—", "1.4 s"]
     assert rows["Member-epoch in a population of 32"] == ["—", "3.7 ms"]
-    assert rows["Fixed 89% recipe, one seed trained alone"][1] == "0.80 s" and rows["Every experiment make all runs"][1] == "42.0 s"
+    assert rows["Fixed 89% recipe (15 epochs), one seed trained alone as a population of one"][1] == "0.80 s" and rows["Every experiment make all runs"][1] == "42.0 s"
     assert "The whole study on the GPU" not in page
     (res / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
     assert render(res, tmp_path / "checked") == 0
@@ -783,10 +784,15 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert "2 of 3 agree within two standard errors of the difference; outside are depth / 2 hidden " \
            "(−0.30 pp, two standard errors 0.20 pp)." in page
     assert "2 of the 3 GPU means lie below the CPU’s, by −0.10 pp on average" in page
-    assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40; each such rerun of its 40 runs took 12.0 s, against 8.5 s and 9.0 s by default" in page
+    cpu_torch = json.loads((res / "depth.json").read_text())["provenance"]["packages"]["torch"]
+    assert f"differ in more than the device (and in PyTorch: {cpu_torch} for the CPU results, " \
+           "2.11.0 on the card)" in page
+    assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40; each such deterministic rerun of its 40 runs took 12.0 s or more, against 8.5 s and 9.0 s for the " \
+        "two runs without that setting" in page
     assert "training steps (CUDA-graph captures included) took 29.0 s" in page and "evaluation 4.0 s" in page
     assert "6.0 s (of which the final evaluation 1.0 s, the records 2.5 s and saving 0.5 s)" in page
     assert "the slowest experiments were depth (30.0 s) and cnn (12.0 s)" in page
+    assert "gpu-check.json predates recording its provenance; it is the run that wrote bench-cuda.json." in page
     assert "at 50%, it trained in 3 populations (down to 2 members), 0 of 40 runs bit for bit as uncapped, " \
            "the largest training-loss difference 0.0017; at 25%, a run alone did not fit (one run alone" in page
 
