@@ -68,8 +68,26 @@ def stored_fingerprint(html: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def render_pandoc(work: Path, out: Path, sections: list[Section], digest: str) -> None:
+def compile_pdf(typ: Path, pdf: Path, root: Path, timestamp) -> None:
+    """Typst source -> PDF. A layout that did not converge is an error, not a warning: its page
+    numbers, links and float positions are those of an unfinished attempt (a show rule that depends
+    on the page it lands on can make that happen)."""
     import typst
+    compile_ = getattr(typst, "compile_with_warnings", None) or typst.compile   # older typst-py: no warnings
+    try:
+        made = compile_(str(typ), output=str(pdf), root=str(root), format="pdf", timestamp=timestamp,
+                        ignore_system_fonts=True, font_paths=[])
+    except Exception as err:      # typst raises its own error type with the compiler's message
+        raise ReportError(f"typst could not compile {typ}: {err}") from None
+    unstable = [str(w) for w in (made[1] if isinstance(made, tuple) else [])
+                if "did not converge" in str(w) or "did not stabilize" in str(w)]
+    if unstable:
+        pdf.unlink(missing_ok=True)
+        raise ReportError(f"typst's layout of {typ} did not converge ({'; '.join(unstable[:3])}): a show rule in "
+                          f"{TYPST_HEADER.name} whose output depends on where it lands can cause that")
+
+
+def render_pandoc(work: Path, out: Path, sections: list[Section], digest: str) -> None:
     pandoc = pandoc_path()
     meta = work / "fingerprint.html"
     meta.write_text(f'<meta name="fmreport-fingerprint" content="{digest}" />\n')
@@ -81,11 +99,7 @@ def render_pandoc(work: Path, out: Path, sections: list[Section], digest: str) -
         (work / "typst-page.json").write_text(json.dumps(TYPST_PAGE))
         run_tool([pandoc, "report.md", *PANDOC_COMMON, "--to", "typst", "--metadata-file", "typst-page.json",
                   "--include-in-header", str(TYPST_HEADER), "--output", "report.typ"], work)
-        try:
-            typst.compile(str(work / "report.typ"), output=str(pdf_tmp), root=str(work), format="pdf",
-                          timestamp=pdf_timestamp(sections), ignore_system_fonts=True, font_paths=[])
-        except Exception as err:      # typst raises its own error type with the compiler's message
-            raise ReportError(f"typst could not compile {work / 'report.typ'}: {err}") from None
+        compile_pdf(work / "report.typ", pdf_tmp, work, pdf_timestamp(sections))
         os.replace(pdf_tmp, out / "report.pdf")
         os.replace(html_tmp, out / "report.html")     # last: its fingerprint says both are current
     finally:

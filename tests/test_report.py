@@ -887,3 +887,22 @@ def test_a_new_catalog_entry_gets_its_section_without_other_edits(tmp_path):
     assert "Stale result" not in section[:2000] and "figure missing" not in section[:4000].lower()
     assert "narrow" in section[:3000] and "wide" in section[:3000] and "Answer." in section[:6000]
     assert sorted(p.name for p in (res / "figures").glob("toy-*.svg")) == ["toy-accuracy.svg", "toy-curves.svg"]
+
+
+def test_a_typst_layout_that_does_not_converge_is_an_error(tmp_path):
+    """Page numbers, links and floats of a layout that did not converge are an unfinished attempt's:
+    compile_pdf refuses it, and leaves no PDF. (A page-dependent figure rule once did this.)"""
+    pytest.importorskip("typst")
+    from report import render as render_mod
+    ok, unstable = tmp_path / "ok.typ", tmp_path / "unstable.typ"
+    ok.write_text("= Title\nSome text.\n")
+    # as many page breaks as the document's final page count: each attempt adds a page
+    unstable.write_text("#context { for _ in range(counter(page).final().first()) { pagebreak() } }\nText.\n")
+    render_mod.compile_pdf(ok, tmp_path / "ok.pdf", tmp_path, None)
+    assert (tmp_path / "ok.pdf").read_bytes().startswith(b"%PDF")
+    import typst
+    if not hasattr(typst, "compile_with_warnings"):
+        pytest.skip("this typst-py reports no warnings")
+    with pytest.raises(render_mod.ReportError, match="did not converge"):
+        render_mod.compile_pdf(unstable, tmp_path / "unstable.pdf", tmp_path, None)
+    assert not (tmp_path / "unstable.pdf").exists()

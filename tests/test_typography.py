@@ -709,7 +709,34 @@ def blank_bands(pdf: Path, folder: Path) -> list[float]:
 @pytest.mark.parametrize("which", REPORTS)
 def test_pdf_pages_are_not_left_part_empty_before_a_figure(request, which, tmp_path):
     """Figures float (typst-header.typ), so one that does not fit below its paragraph no longer
-    leaves the rest of the page empty: before, pages of the real report ended 20-37% blank."""
+    leaves the rest of the page empty: in the text's flow, pages of the real report ended 20-40% blank."""
     bands = blank_bands(request.getfixturevalue(which)["pdf"], tmp_path)
     worst = max(range(len(bands)), key=bands.__getitem__)
     assert bands[worst] < 0.25, f"page {worst + 1} of {len(bands) + 1} is {bands[worst]:.0%} blank in one band"
+
+
+@needs_poppler
+def test_pdf_figures_stay_near_the_section_that_shows_them(real_report):
+    """A floated figure is placed before the next (sub)section's heading (place.flush in
+    typst-header.typ), and after its own heading or at the top of that heading's page: in the PDF's
+    reading order its caption never follows a later section's heading. (Floated to page bottoms
+    only, five of the real report's figures had drifted into the next subsection.)"""
+    expected, order, section = {}, [], None
+    for line in real_report["markdown"].splitlines():
+        if m := re.match(r"#{1,2} (.+?)(?: \{[^}]*\})?$", line):
+            section = m.group(1).replace("\\", "")
+            order.append(section)
+        for number in re.findall(r"!\[Figure (\d+):", line):
+            expected[number] = section
+    text = subprocess.run(["pdftotext", str(real_report["pdf"]), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    headings = {m.group(1): m.start() for m in re.finditer(r"^\f?\d+(?:\.\d+)* (.+)$", text, re.M)
+                if m.group(1) in set(order)}
+    page_of = lambda pos: text.count("\f", 0, pos)   # noqa: E731
+    captions = {m.group(1): m.start() for m in reversed(list(re.finditer(r"Figure (\d+):", text)))}
+    assert len(expected) > 10 and set(captions) == set(expected)
+    for number, own in expected.items():
+        later = [headings[t] for t in order[order.index(own) + 1:] if t in headings]
+        assert not later or captions[number] < min(later), f"Figure {number} comes after the section after {own!r}"
+        assert captions[number] > headings[own] or page_of(captions[number]) == page_of(headings[own]), \
+            f"Figure {number} is placed before {own!r}, on an earlier page"
