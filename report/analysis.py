@@ -239,6 +239,23 @@ def param_changes(result: dict) -> list[tuple[str, str]]:
     return [(k, v) for k, v in shared.items() if k in default and default[k] != v]
 
 
+def restamp_changes(sections: list) -> list[dict]:
+    """The engine changes accepted without retraining (experiments/restamp.py), one per change (its
+    base commit and files), with the results it was checked on: a change is checked on many
+    results at once, and a row per result repeated the change's facts on every row."""
+    changes: dict = {}
+    for s in sections:
+        for r in (s.result or {}).get("provenance", {}).get("restamps", []):
+            key = (r.get("from_commit"), tuple(r.get("changed_files", [])))
+            c = changes.setdefault(key, {"from_commit": r.get("from_commit"), "files": list(key[1]),
+                                         "checked": (r.get("started") or "")[:10], "seconds": 0.0, "results": []})
+            c["checked"] = min(c["checked"], (r.get("started") or "")[:10]) or c["checked"]
+            c["seconds"] += r.get("wall_seconds") or 0.0
+            c["results"].append({"name": s.path.name, "retrained": len(r.get("checked_runs", [])),
+                                 "runs": r.get("runs_in_result")})
+    return sorted(changes.values(), key=lambda c: c["checked"])
+
+
 def distinct(sections: list, *path: str) -> list:
     """Sorted distinct values of result[path...] (e.g. provenance, packages, torch) over the loaded results."""
     out = set()

@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from experiments import catalog
 
-from .analysis import HELPERS, by_precision, concurrent, distinct
+from .analysis import HELPERS, by_precision, concurrent, distinct, restamp_changes
 from .config import (BASELINES, ESSAYS, LICENCES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, ROOT, TARGET_VAL_ACC, TEMPLATES,
                      ReportError)
 from .sections import Section, display_path, load_bench, load_gpu_check, make_command, missing_message
@@ -162,6 +162,7 @@ def make_env(doc: Document) -> jinja2.Environment:
                        missing=doc.missing, essay=doc.essay, quote_functions=quote_functions,
                        quote_uses=quote_uses, make_command=lambda name: make_command(doc.results_dir, name),
                        distinct=lambda *path: distinct(doc.sections, *path),
+                       restamp_changes=lambda: restamp_changes(doc.sections),
                        by_precision=lambda: by_precision(doc.sections),
                        concurrent=lambda section: concurrent(section, doc.sections))
     return env

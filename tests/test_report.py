@@ -906,3 +906,22 @@ def test_a_typst_layout_that_does_not_converge_is_an_error(tmp_path):
     with pytest.raises(render_mod.ReportError, match="did not converge"):
         render_mod.compile_pdf(unstable, tmp_path / "unstable.pdf", tmp_path, None)
     assert not (tmp_path / "unstable.pdf").exists()
+
+
+def test_restamps_are_listed_once_per_change_with_the_results_it_was_checked_on():
+    from types import SimpleNamespace
+    from report import analysis
+
+    def section(name, *restamps):
+        return SimpleNamespace(path=Path(name), result={"provenance": {"restamps": list(restamps)}})
+    change = {"from_commit": "a" * 40, "changed_files": ["data.py"], "started": "2026-11-27T06:37:02+00:00"}
+    other = {"from_commit": "b" * 40, "changed_files": ["data.py", "train.py"], "started": "2026-11-26T01:00:00+00:00"}
+    rows = analysis.restamp_changes([
+        section("depth.json", {**change, "checked_runs": ["1", "2"], "runs_in_result": 20, "wall_seconds": 60.0},
+                {**other, "checked_runs": ["1"], "runs_in_result": 20, "wall_seconds": 5.0}),
+        section("cnn.json", {**change, "checked_runs": ["1"], "runs_in_result": 10, "wall_seconds": 30.0}),
+        SimpleNamespace(path=Path("transfer.json"), result=None)])
+    assert [r["from_commit"][0] for r in rows] == ["b", "a"]            # by the day they were checked
+    assert rows[1]["results"] == [{"name": "depth.json", "retrained": 2, "runs": 20},
+                                  {"name": "cnn.json", "retrained": 1, "runs": 10}]
+    assert rows[1]["seconds"] == 90.0 and rows[1]["checked"] == "2026-11-27" and rows[0]["files"] == ["data.py", "train.py"]
