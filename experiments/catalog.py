@@ -24,7 +24,7 @@ class RunSpec:
     backbone: str = "resnet101"   # transfer: torchvision resnet18 | resnet50 | resnet101, ImageNet weights
     train_backbone: str = "none"  # transfer: none (frozen, cached features) | layer4 (fine-tune the last stage)
     image_size: int = 224         # transfer: images are resized on the device to this many pixels a side
-    # optimisation
+    # optimization
     optimizer: str = "adam"       # sgd (with momentum) | adam | adamw
     lr: float = 1e-3              # peak learning rate
     momentum: float = 0.9         # SGD only
@@ -32,7 +32,7 @@ class RunSpec:
     epochs: int = 10              # maximum number of passes over the 54k training images
     batch_size: int = 256         # images per step
     label_smoothing: float = 0.0  # cross-entropy target smoothing
-    # regularisation (weight terms touch only tensors with dim >= 2: biases and norms are exempt)
+    # regularization (weight terms touch only tensors with dim >= 2: biases and norms are exempt)
     weight_decay: float = 0.0     # decoupled decay, applied by the optimizer (AdamW-style)
     l1: float = 0.0               # coefficient of penalties.l1_penalty added to the loss
     l2: float = 0.0               # coefficient of penalties.l2_penalty added to the loss
@@ -144,7 +144,7 @@ EXPERIMENTS = {e.name: e for e in [
         name="depth",
         title="Depth",
         control="2 hidden",
-        description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 10 epochs, no regularisation, fp32)",
+        description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 10 epochs, no regularization, fp32)",
         base={"precision": "fp32"},
         variants={f"{d} hidden": {"depth": d} for d in (1, 2, 3, 4)},
         seeds=10,

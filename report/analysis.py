@@ -199,6 +199,9 @@ def first_layer(variant: dict) -> dict:
             "name": layers[0]["name"] if layers else None, "size": layers[0]["size"] if layers else None}
 
 
+OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}   # RunSpec.optimizer as the papers write it
+
+
 def method_of(params: dict) -> tuple[str, float | None]:
     """Which weight regularizer a variant uses, and its strength (from its params, not its name)."""
     if params.get("l1"):
@@ -206,7 +209,8 @@ def method_of(params: dict) -> tuple[str, float | None]:
     if params.get("l2"):
         return "L2 penalty in the loss", params["l2"]
     if params.get("weight_decay"):
-        return f"decoupled weight decay ({params.get('optimizer', '')})", params["weight_decay"]
+        optimizer = params.get("optimizer", "")
+        return f"decoupled weight decay ({OPTIMIZER_NAMES.get(optimizer, optimizer)})", params["weight_decay"]
     return "none", None
 
 

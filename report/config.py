@@ -11,7 +11,7 @@ TEMPLATES = ROOT / "templates"
 ENGINE = ROOT / "experiments"
 STYLE = REPORT_DIR / "style.css"                 # the HTML's only style sheet
 TYPST_HEADER = REPORT_DIR / "typst-header.typ"   # page, table and code settings of the PDF
-BOXES_FILTER = REPORT_DIR / "boxes.lua"          # coloured boxes (missing results) in the PDF
+BOXES_FILTER = REPORT_DIR / "boxes.lua"          # colored boxes (missing results) in the PDF
 BIBLIOGRAPHY = REPORT_DIR / "references.bib"
 ESSAYS = ("essay-l1-l2.md", "essay-architectures.md")
 
