@@ -59,8 +59,10 @@ INPUTS = os.environ.get("FMREPORT_INPUTS", "host")
 # torch's default, torch.backends.cudnn.allow_tf32; FMREPORT_CONV=unfold too). Not yet run on a GPU.
 MATMUL = os.environ.get("FMREPORT_MATMUL", "ieee")
 MATMUL_CHOICES = ("ieee", "tf32")
-# Parts of a population's `finish` phase timed apart (StackedRun.train): part of it, not beside it.
+# Parts of a population's phases timed apart (StackedRun.train): part of theirs, not beside them.
+# steps.capture: the CUDA-graph captures, warm-up included (again after every shrink).
 FINISH_PARTS = ("finish.evaluate", "finish.records", "finish.save")
+PARTS = ("steps.capture", *FINISH_PARTS)
 _FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.11's allocator keeps a pointer)
 
 
@@ -475,6 +477,7 @@ class StackedRun:
         (a replay then advances each by the graph's draws, so replays draw what eager steps would).
         A capture that fails leaves no generator in capture mode and the stream as it was (torch
         2.11 would otherwise refuse every later draw and capture), then raises."""
+        started = time.perf_counter()
         current = torch.cuda.current_stream(self.device)
         default = torch.cuda.default_generators[self.device.index if self.device.index is not None
                                                 else torch.cuda.current_device()]
@@ -502,6 +505,9 @@ class StackedRun:
                 if hasattr(g, "graphsafe_set_state"):
                     g.graphsafe_set_state(fresh)
             raise
+        torch.cuda.synchronize(self.device)               # the warm-up's work counts as the capture's
+        if hasattr(self, "phase_seconds"):                # (gpu_probe captures outside train())
+            self.phase_seconds["steps.capture"] += time.perf_counter() - started
         return graph
 
     def _capture_with_inputs(self, size: int) -> torch.cuda.CUDAGraph:
@@ -587,11 +593,11 @@ class StackedRun:
         members that end in each epoch.
         self.phase_seconds then holds where the wall time went: training steps (CUDA graph
         captures included), the per-epoch evaluation, and finishing members (each phase ends at a
-        host sync, so GPU work is counted in the phase that queued it). Three parts of `finish` are
-        timed apart too (they are in it, not beside it): the final evaluation of the members that
-        end, their records (run_record: confusion, misclassified, weight statistics) and the
-        caller's `finished` (saving them)."""
-        phases = self.phase_seconds = {"steps": 0.0, "evaluate": 0.0, "finish": 0.0, **dict.fromkeys(FINISH_PARTS, 0.0)}
+        host sync, so GPU work is counted in the phase that queued it). Parts are timed apart too
+        (they are in their phase, not beside it): the CUDA-graph captures of `steps`, and of
+        `finish` the final evaluation of the members that end, their records (run_record:
+        confusion, misclassified, weight statistics) and the caller's `finished` (saving them)."""
+        phases = self.phase_seconds = {"steps": 0.0, "evaluate": 0.0, "finish": 0.0, **dict.fromkeys(PARTS, 0.0)}
         self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
                                   "started": time.perf_counter()} for j in self.alive}
         epoch = 0

@@ -789,7 +789,7 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
            "2.11.0 on the card)" in page
     assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40; each such deterministic rerun of its 40 runs took 12.0 s or more, against 8.5 s and 9.0 s for the " \
         "two runs without that setting" in page
-    assert "training steps (CUDA-graph captures included) took 29.0 s" in page and "evaluation 4.0 s" in page
+    assert "training steps (CUDA-graph captures included: 1.5 s) took 29.0 s" in page and "evaluation 4.0 s" in page
     assert "6.0 s (of which the final evaluation 1.0 s, the records 2.5 s and saving 0.5 s)" in page
     assert "the slowest experiments were depth (30.0 s) and cnn (12.0 s)" in page
     assert "gpu-check.json predates recording its provenance; it is the run that wrote bench-cuda.json." in page
@@ -808,7 +808,7 @@ GPU_CHECK = {"device": "cuda", "quick": False, "study_seconds": 42.0,
              "repeatability": {"experiment": "depth", "runs": 40, "bit_identical": 39, "seconds": [9.0, 8.5]},
              "deterministic": {"experiment": "depth", "runs": 40, "bit_identical": 40, "seconds": [12.2, 12.0]},
              "experiments": {"depth": {"seconds": 30.0, "phase_seconds": {"build": 1.0, "steps": 20.0, "evaluate": 3.0,
-                                                                         "finish": 5.0, "finish.evaluate": 1.0,
+                                                                         "finish": 5.0, "finish.evaluate": 1.0, "steps.capture": 1.5,
                                                                          "finish.records": 2.5, "finish.save": 0.5}},
                              "cnn": {"seconds": 12.0, "phase_seconds": {"build": 0.5, "steps": 9.0, "evaluate": 1.0,
                                                                        "finish": 1.0}}},
