@@ -77,7 +77,7 @@ def unpaired(a: dict, b: dict, key: str = "test_acc", single: bool = False) -> d
 
 def plateau(variants: list[dict], field: str, key: str = "val_acc") -> dict | None:
     """Where more of a numeric spec field (e.g. depth) stops helping: `at`, the smallest setting
-    that no larger one beats beyond seed noise, and the seed-paired steps between neighbouring
+    that no larger one beats beyond seed noise, and the seed-paired steps between neighboring
     settings up to it (`before`) and from it on (`after`): {lower, higher, diff}."""
     ranked = sorted((v for v in variants if v["params"].get(field) is not None), key=lambda v: v["params"][field])
     if len(ranked) < 2:

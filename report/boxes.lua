@@ -39,6 +39,24 @@ local function mostly_code(el)
   return code > 0 and 2 * code >= utf8.len(pandoc.utils.stringify(el))
 end
 
+-- Apostrophes in the PDF: pandoc's Typst writer turns the typographic apostrophe back into ', which
+-- Typst sets as a prime after a digit ("dropout 0.2′s"); written as raw Typst it stays an apostrophe.
+function Str(el)
+  if not FORMAT:match("typst") or not el.text:find("\u{2019}", 1, true) then
+    return nil
+  end
+  local out, rest = pandoc.Inlines({}), el.text
+  while true do
+    local at = rest:find("\u{2019}", 1, true)
+    if not at then break end
+    if at > 1 then out:insert(pandoc.Str(rest:sub(1, at - 1))) end
+    out:insert(pandoc.RawInline("typst", "\u{2019}"))
+    rest = rest:sub(at + 3)           -- the apostrophe is 3 bytes of UTF-8
+  end
+  if rest ~= "" then out:insert(pandoc.Str(rest)) end
+  return out
+end
+
 local function ragged_if_code(el)
   if not FORMAT:match("typst") or not mostly_code(el) then
     return nil

@@ -34,8 +34,8 @@ BASELINES = (
     ("WRN-28-10 with random erasing", 0.963, "xiao2017repo"),
     ("Human performance (crowd)", 0.835, "xiao2017repo"),
 )
-# The licences the title block states (README's "Licence" section holds the MIT text).
-LICENCES = (("the code", "MIT", "https://opensource.org/license/mit"),
+# The licenses the title block states (README's "License" section holds the MIT text).
+LICENSES = (("the code", "MIT", "https://opensource.org/license/mit"),
             ("the text and figures", "CC BY 4.0", "https://creativecommons.org/licenses/by/4.0/"))
 TARGET_VAL_ACC = 0.88              # batchnorm: epochs and seconds until validation accuracy >= this
 

@@ -14,7 +14,7 @@ from markupsafe import Markup
 from experiments import catalog
 
 from .analysis import HELPERS, by_precision, concurrent, distinct, restamp_changes
-from .config import (BASELINES, ESSAYS, LICENCES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, ROOT, TARGET_VAL_ACC, TEMPLATES,
+from .config import (BASELINES, ESSAYS, LICENSES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, ROOT, TARGET_VAL_ACC, TEMPLATES,
                      ReportError)
 from .sections import Section, display_path, load_bench, load_gpu_check, make_command, missing_message
 from .sources import quote_functions, quote_uses
@@ -239,7 +239,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "sections": sections, "by_name": {s.name: s for s in sections},
         "experiments": [s for s in sections if s.name != "best"],
         "best": next((s for s in sections if s.name == "best"), None),
-        "essays": ESSAYS, "licences": LICENCES, "original_test_acc": ORIGINAL_STUDY_TEST_ACC, "baselines": BASELINES, "target_val_acc": TARGET_VAL_ACC,
+        "essays": ESSAYS, "licenses": LICENSES, "original_test_acc": ORIGINAL_STUDY_TEST_ACC, "baselines": BASELINES, "target_val_acc": TARGET_VAL_ACC,
         "dataset": dataset(first), "base": first["base"] if first else None,
         "quick": [s for s in sections if s.result and s.result.get("quick")],
         "bench": load_bench(results_dir), "gpu_bench": load_bench(results_dir, "bench-cuda.json"),

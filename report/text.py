@@ -13,9 +13,13 @@ from markupsafe import Markup
 _MD_SPECIAL = re.compile(r"""([\\`*_{}\[\]()#+\-.!|<>&~^$@:"'=%])""")
 
 
+_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
+
+
 def md_escape(text: str) -> str:
-    """Literal text in pandoc Markdown: backslash before every special character, one line."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    """Literal text in pandoc Markdown: backslash before every special character, one line. An
+    apostrophe inside a word ("AdamW's") is written typographic, as pandoc writes the prose's."""
+    return _MD_SPECIAL.sub(r"\\\1", _APOSTROPHE.sub("\u2019", " ".join(str(text).split())))
 
 
 def md(text) -> Markup:

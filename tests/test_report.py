@@ -676,10 +676,10 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     controls = {c["control"] for c in differ if c["diff_mean"] > 0}
     assert controls and all(f"against “{c}”" in above for c in controls), above
     assert "Cite as." in page and "@misc{fmreport" in page and "make reproduce" in page
-    from report.config import LICENCES
-    licence = page[page.index("Licence."):page.index("Abstract.")]
-    assert all(name in licence and what in licence for what, name, _ in LICENCES)
-    assert all(f'href="{url}"' in rendered["html"] for _, _, url in LICENCES)
+    from report.config import LICENSES
+    license = page[page.index("License."):page.index("Abstract.")]
+    assert all(name in license and what in license for what, name, _ in LICENSES)
+    assert all(f'href="{url}"' in rendered["html"] for _, _, url in LICENSES)
     from experiments import data
     assert all(digest in page for digest in data.SHA256.values())
 
