@@ -773,7 +773,8 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     rows = {cells[i]: cells[i + 1:i + 3] for i in range(0, len(cells), 3)}
     assert rows["The recipe’s 5 seeds as one population"] == ["—", "1.4 s"]
     assert rows["Member-epoch in a population of 32"] == ["—", "3.7 ms"]
-    assert rows["Fixed 89% recipe (15 epochs), one seed trained alone as a population of one"][1] == "0.80 s" and rows["Every experiment make all runs"][1] == "42.0 s"
+    assert rows["Fixed 89% recipe (15 epochs), a seed trained alone: mean over 5 seeds"][1] == "0.80 s"
+    assert rows["The whole study: every experiment make all runs"][1] == "42.0 s"
     assert "The whole study on the GPU" not in page
     (res / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
     assert render(res, tmp_path / "checked") == 0
@@ -792,7 +793,8 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert "training steps (CUDA-graph captures included: 1.5 s) took 29.0 s" in page and "evaluation 4.0 s" in page
     assert "6.0 s (of which the final evaluation 1.0 s, the records 2.5 s and saving 0.5 s)" in page
     assert "the slowest experiments were depth (30.0 s) and cnn (12.0 s)" in page
-    assert "gpu-check.json predates recording its provenance; it is the run that wrote bench-cuda.json." in page
+    assert "gpu-check.json predates recording its provenance; that check ran the study whose time bench-cuda.json " \
+           "reports, then the bench." in page
     assert "at 50%, it trained in 3 populations (down to 2 members), 0 of 40 runs bit for bit as uncapped, " \
            "the largest training-loss difference 0.0017; at 25%, a run alone did not fit (one run alone" in page
 
