@@ -57,8 +57,30 @@ function Str(el)
   return out
 end
 
+local function html_escape(text)
+  return (text:gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
+end
+
+-- In the HTML the same lines break only between words too: each word of their code is one span
+-- that does not break (style.css), where a browser would break after a hyphen ("--if-" / "stale").
+local function words_unbroken(el)
+  return el:walk({Code = function(c)
+    local words = {}
+    for word in c.text:gmatch("%S+") do
+      table.insert(words, '<span class="word">' .. html_escape(word) .. "</span>")
+    end
+    return pandoc.RawInline("html", "<code>" .. table.concat(words, " ") .. "</code>")
+  end})
+end
+
 local function ragged_if_code(el)
-  if not FORMAT:match("typst") or not mostly_code(el) then
+  if not mostly_code(el) then
+    return nil
+  end
+  if FORMAT:match("html") then
+    return words_unbroken(el)
+  end
+  if not FORMAT:match("typst") then
     return nil
   end
   el.content:insert(1, pandoc.RawInline("typst", "#block[#set par(justify: false)\n"))

@@ -740,3 +740,39 @@ def test_pdf_figures_stay_near_the_section_that_shows_them(real_report):
         assert not later or captions[number] < min(later), f"Figure {number} comes after the section after {own!r}"
         assert captions[number] > headings[own] or page_of(captions[number]) == page_of(headings[own]), \
             f"Figure {number} is placed before {own!r}, on an earlier page"
+
+
+# Where the lines of an element break: for each line after the first, the text either side of the
+# break (found from the characters' rectangles), with the element's whole text.
+LINE_BREAKS = """(el => {
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT), chars = [];
+  let node, offset = 0;
+  while ((node = walker.nextNode())) {
+    for (let i = 0; i < node.length; i++) {
+      const range = document.createRange(); range.setStart(node, i); range.setEnd(node, i + 1);
+      const rect = range.getClientRects()[0];
+      if (rect && rect.width > 0) chars.push([offset + i, Math.round(rect.top)]);
+    }
+    offset += node.length;
+  }
+  const text = el.textContent, breaks = [];
+  for (let i = 1; i < chars.length; i++)
+    if (chars[i][1] > chars[i - 1][1] + 2) breaks.push(text.slice(chars[i - 1][0], chars[i][0] + 1));
+  return [text, breaks];
+})"""
+
+
+@needs_chromium
+def test_html_command_lines_break_only_between_words(typeset, tmp_path):
+    """In a narrow window the appendix's long commands wrap, and only at their spaces: never after
+    the hyphen of an option ("--if-" / "stale") or inside a path (boxes.lua, style.css)."""
+    tools = DevTools(tmp_path / "profile")
+    try:
+        session = open_page(tools, typeset["html"].as_uri(), 600, 800)
+        items = evaluate(tools, session, f"""Array.from(document.querySelectorAll('li'))
+            .filter(li => li.textContent.includes('python -m experiments run')).map({LINE_BREAKS})""")
+    finally:
+        tools.close()
+    assert len(items) >= 5 and any(breaks for _, breaks in items), "no command wraps at this width"
+    bad = [(text, b) for text, breaks in items for b in breaks if not any(c.isspace() for c in b)]
+    assert not bad, f"lines that break inside a word: {bad[:3]}"
