@@ -126,6 +126,9 @@ class StackedRun:
         state = {k: torch.stack([mod.state_dict()[k] for mod in self.models]) for k in self.template.state_dict()}
         trained = dict(self.template.named_parameters())
         self.shapes = {k: v.shape[1:] for k, v in state.items() if v.is_floating_point() and k in trained}
+        # what the serial run's optimizer decays (penalties.penalised: dim >= 2) and what it does not
+        self.weight_names = [k for k, shape in self.shapes.items() if len(shape) >= 2]
+        self.other_names = [k for k in self.shapes if k not in self.weight_names]
         # All parameters of a member in one row of `flat` [k, P], optimizer state alike: the optimizer
         # update is one fused Adam call for every tensor at once (per learning-rate schedule), not a
         # dozen kernels per tensor. self.params are views of it, shaped [k, ...] per tensor.
@@ -311,10 +314,13 @@ class StackedRun:
         return self._flags[name]
 
     def _refresh_flags(self) -> None:
-        same_lr: dict[int, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for row, j in enumerate(self.alive):
-            same_lr.setdefault(self.schedule_of[j], []).append(row)
-        self.same_lr_rows = list(same_lr.values())   # stack rows by learning-rate schedule
+            spec = self.members[j].spec
+            decay = spec.weight_decay if spec.optimizer == "adamw" else 0.0   # SGD's is coupled (_update)
+            groups.setdefault((self.schedule_of[j], decay), []).append(row)
+        # stack rows that share a learning-rate schedule and an AdamW decay: one fused update each
+        self.update_groups = [(rows, decay) for (_, decay), rows in groups.items()]
         # The rows a penalty, threshold or decay acts on: one slice where they are consecutive (members
         # are stacked by variant), else all rows (a coefficient of 0 changes nothing). Why: each such
         # term is a few passes over the weights, and in `regularization` a third of the members have it.
@@ -331,15 +337,18 @@ class StackedRun:
 
     def _update(self, g: torch.Tensor, lr: torch.Tensor) -> None:
         """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
-        train.make_optimizer configures them, with a learning rate and decay per member ([k, 1]),
-        on every parameter at once; only weights decay, each weight view scaled in place (a
-        [k, P] decay tensor would cost several passes over all parameters on each step). Adam is
-        torch's fused kernel, as the serial run's (train.make_optimizer: fused=True), on each
-        member's row, one call per learning-rate schedule: one pass over the parameters, gradients
-        and moments where the same update in separate tensor operations made about 20."""
+        train.make_optimizer configures them, with a learning rate and decay per member ([k, 1]);
+        only weights decay. Adam and AdamW are torch's fused kernels, as the serial run's
+        (train.make_optimizer: fused=True), one call per group of members sharing a learning-rate
+        schedule and AdamW decay: on each member's whole row where nothing decays, else on its
+        weights (AdamW's kernel, its decay inside) and on its other parameters. One pass over the
+        parameters, gradients and moments where the same update in separate tensor operations
+        made about 20, and given the same gradients and fp32 learning rate the serial optimizer's
+        numbers bit for bit. SGD's decay is added to the weights' gradients, each weight view in
+        place (a [k, P] decay tensor would cost several passes over all parameters a step)."""
         p = self.flat
-        wd = self.hyper["weight_decay"] if self._any("weight_decay") else None
         if self.sgd:
+            wd = self.hyper["weight_decay"] if self._any("weight_decay") else None
             buf = self.slots[0]
             if wd is not None:
                 rows = self.rows_with["weight_decay"]
@@ -350,17 +359,24 @@ class StackedRun:
             p.sub_(lr * (g + mom * buf))
             return
         m, v = self.slots
-        b1, b2 = ADAM_BETAS
-        if wd is not None:
-            rows = self.rows_with["weight_decay"]
-            keep = 1 - lr.squeeze(1)[rows] * wd[rows]              # [rows]
-            for w in self._weights():
-                w[rows].mul_(_per_member(keep, w))
+        adam = dict(beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], eps=ADAM_EPS, amsgrad=False, maximize=False)
         self.adam_steps.add_(1)
-        for rows in self.same_lr_rows:
-            torch._fused_adam_([p[r] for r in rows], [g[r] for r in rows], [m[r] for r in rows], [v[r] for r in rows],
-                               [], [self.adam_steps[r] for r in rows], lr=lr[rows[0]].view(()), beta1=b1,
-                               beta2=b2, weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
+        for rows, decay in self.update_groups:
+            at = lr[rows[0]].view(())
+            if not decay:          # Adam, or AdamW without decay: the whole row at once
+                torch._fused_adam_([p[r] for r in rows], [g[r] for r in rows], [m[r] for r in rows],
+                                   [v[r] for r in rows], [], [self.adam_steps[r] for r in rows], lr=at,
+                                   weight_decay=0.0, **adam)
+                continue
+            # AdamW as the serial run's two parameter groups: its weights decay inside torch's fused
+            # AdamW kernel, the other parameters (biases, norms) do not
+            steps = [self.adam_steps[r] for r in rows]
+            for fused, names, wd in ((torch._fused_adamw_, self.weight_names, decay),
+                                     (torch._fused_adam_, self.other_names, 0.0)):
+                if names:
+                    views = [self._views(t) for t in (p, g, m, v)]
+                    p_, g_, m_, v_ = ([t[n][r] for r in rows for n in names] for t in views)
+                    fused(p_, g_, m_, v_, [], [s for s in steps for _ in names], lr=at, weight_decay=wd, **adam)
 
     # -- the loop ---------------------------------------------------------------------------------------
 

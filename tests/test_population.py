@@ -280,7 +280,7 @@ def test_the_populations_adam_update_is_the_serial_runs_fused_adam_bit_for_bit(t
     optimizer gets that fp32 value here (with Python's 1e-3 the parameters differ in the last bit)."""
     members = [Member(f"m{i}", RunSpec(precision="fp32", width=32, lr=lr), i) for i, lr in enumerate((1e-3, 3e-3, 1e-3))]
     stack = StackedRun(tiny, members, CPU, None, use_graphs=False)
-    assert sorted(stack.same_lr_rows) == [[0, 2], [1]]
+    assert sorted(rows for rows, _ in stack.update_groups) == [[0, 2], [1]]
     serial = [torch.nn.Parameter(stack.flat[j].clone()) for j in range(3)]
     optimizers = [torch.optim.Adam([p], lr=torch.tensor(m.spec.lr, dtype=torch.float32).item(), fused=True)
                   for p, m in zip(serial, members)]
@@ -298,6 +298,42 @@ def test_the_populations_adam_update_is_the_serial_runs_fused_adam_bit_for_bit(t
         assert torch.equal(stack.slots[1][j], state["exp_avg_sq"]) and stack.adam_steps[j].item() == state["step"].item() == 3
 
 
+@pytest.mark.parametrize("spec", [RunSpec(precision="fp32", width=32), small_cnn()], ids=["mlp", "cnn"])
+def test_the_populations_adamw_update_is_the_serial_runs_fused_adamw_bit_for_bit(tiny, spec):
+    """AdamW members (two decays, two schedules) beside an Adam one: given the same gradients, three
+    steps leave every parameter and moment exactly where the serial run's optimizer
+    (train.make_optimizer: AdamW(fused=True) on two groups, the weights decaying, biases and
+    norms not) leaves them. The learning rates are powers of two, the same in the population's
+    fp32 table as in the serial optimizer's Python floats."""
+    from experiments.train import make_optimizer
+    variants = [dict(optimizer="adam"), dict(optimizer="adamw", weight_decay=0.05),
+                dict(optimizer="adamw", weight_decay=0.5, lr=2 ** -9), dict(optimizer="adamw", weight_decay=0.05)]
+    members = [Member(f"m{i}", spec.with_overrides(**{"lr": 2 ** -10, **v}), i) for i, v in enumerate(variants)]
+    stack = StackedRun(tiny, members, CPU, None, use_graphs=False)
+    assert sorted(decay for _, decay in stack.update_groups) == [0.0, 0.05, 0.5]
+    serial = []
+    for j, m in enumerate(members):
+        model = models.build(m.spec, stack.in_features)
+        model.load_state_dict(stack.member_state(j))
+        serial.append((model, make_optimizer(model, m.spec)))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        g = torch.randn(stack.flat.shape, generator=gen)
+        with torch.no_grad():
+            stack._update(g, stack.hyper["lr_table"][:, :1])
+        for j, (model, opt) in enumerate(serial):
+            grads = stack._views(g)
+            for name, param in model.named_parameters():
+                param.grad = grads[name][j].clone()
+            opt.step()
+    slots = [stack._views(t) for t in stack.slots]
+    for j, (model, opt) in enumerate(serial):
+        for name, param in model.named_parameters():
+            state = opt.state[param]
+            assert torch.equal(stack.params[name][j], param.detach()), (j, name)
+            assert torch.equal(slots[0][name][j], state["exp_avg"]) and torch.equal(slots[1][name][j], state["exp_avg_sq"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_cuda_graphs_replay_the_fused_adam_update_as_the_serial_optimizer(tiny):
     """CUDA's fused Adam kernel is not the CPU's: three replays of a captured population update
@@ -307,7 +343,7 @@ def test_cuda_graphs_replay_the_fused_adam_update_as_the_serial_optimizer(tiny):
     data = on_cuda(tiny)
     members = [Member(f"m{i}", RunSpec(precision="fp32", width=32, lr=lr), i) for i, lr in enumerate((1e-3, 3e-3, 1e-3))]
     stack = StackedRun(data, members, cuda, None, use_graphs=True)
-    assert stack.flat.shape[1] % 4 == 2 and sorted(stack.same_lr_rows) == [[0, 2], [1]]
+    assert stack.flat.shape[1] % 4 == 2 and sorted(rows for rows, _ in stack.update_groups) == [[0, 2], [1]]
     serial = [torch.nn.Parameter(stack.flat[j].clone()) for j in range(3)]
     optimizers = [torch.optim.Adam([p], lr=torch.tensor(m.spec.lr, dtype=torch.float32).item(), fused=True)
                   for p, m in zip(serial, members)]
