@@ -113,6 +113,8 @@ gpu-check: ## on a CUDA machine (< 8 min): the probe, the CUDA-graph tests, the 
 		probe="--probe build/gpu-check/gpu-probe.json"; tests=0; \
 	else echo "CUDA-graph tests failed: the check runs with the engine's defaults, not the probe's choices"; \
 		probe=""; tests=1; fi; \
+	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k on_cuda || \
+		echo "CUDA exactness tests failed (a replayed update is not the serial optimizer's, bit for bit): reported, not a gate"; \
 	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check $$probe && exit $$tests
 
 test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke, CLI, report in a browser)

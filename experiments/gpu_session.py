@@ -1,8 +1,9 @@
 """`make gpu-check` within a time limit, for a GPU machine lent a few minutes at a time:
 `python -m experiments.gpu_session --copy-to DIR [--limit SECONDS] [--device cuda] [--quick]`.
 
-The three steps of `make gpu-check` (the probe, the CUDA-graph tests, the check with the probe's
-choices where the tests pass), each in its own process under a share of the limit. The check is
+The steps of `make gpu-check` (the probe, the CUDA-graph tests, the CUDA exactness tests, which
+gate nothing, and the check with the probe's choices where the CUDA-graph tests pass), each in its
+own process under a share of the limit. The check is
 interrupted with SIGINT at the deadline: it has saved what it measured after each experiment. Then
 the JSON files, one log of every step and a tarball of the scratch folder are copied to DIR (a
 lent machine may return files only from one folder, and few of them), and the figures that matter
@@ -23,7 +24,7 @@ from pathlib import Path
 from . import results
 
 SCRATCH = results.PROJECT_ROOT / "build" / "gpu-check"
-PROBE_SHARE, TESTS_SHARE = 0.3, 0.15   # of the limit; the check gets the rest (the probe and tests stop early)
+PROBE_SHARE, TESTS_SHARE, EXACT_SHARE = 0.3, 0.15, 0.05   # of the limit; the check gets the rest
 GRACE = 20                             # seconds the check gets to exit after SIGINT
 COPY_RESERVE = 15                      # seconds kept for copying the files
 
@@ -88,6 +89,9 @@ def main(argv=None) -> int:
         tested = step("CUDA-graph tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
                                            "-k", "cuda_graphs"], TESTS_SHARE * args.limit, log)
         choices = ["--probe", str(probe)] if tested == 0 and probe.exists() else []   # else the defaults
+        # bit-for-bit agreement with the serial optimizers on this card: recorded, not a gate
+        exact = step("CUDA exactness tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
+                                              "-k", "on_cuda"], EXACT_SHARE * args.limit, log)
         checked = step("check", ["experiments.gpu_check", "--out", str(SCRATCH), "--device", args.device,
                                  *quick, *choices], deadline - time.perf_counter(), log)
     args.copy_to.mkdir(parents=True, exist_ok=True)
@@ -96,7 +100,8 @@ def main(argv=None) -> int:
             shutil.copy2(SCRATCH / name, args.copy_to / name)
     with tarfile.open(args.copy_to / "gpu-check.tgz", "w:gz") as tar:
         tar.add(SCRATCH, arcname="gpu-check")
-    print("\n".join([f"probe {probed}, tests {tested}, check {checked} (exit codes; None: out of time); "
+    print("\n".join([f"probe {probed}, tests {tested}, exactness tests {exact}, check {checked} (exit codes; "
+                     "None: out of time); "
                      f"{'with' if choices else 'without'} the probe's choices", *summary(SCRATCH)]))
     return 0 if (probed, tested, checked) == (0, 0, 0) else 1
 

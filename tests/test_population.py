@@ -298,29 +298,30 @@ def test_the_populations_adam_update_is_the_serial_runs_fused_adam_bit_for_bit(t
         assert torch.equal(stack.slots[1][j], state["exp_avg_sq"]) and stack.adam_steps[j].item() == state["step"].item() == 3
 
 
-@pytest.mark.parametrize("spec", [RunSpec(precision="fp32", width=32), small_cnn()], ids=["mlp", "cnn"])
-def test_the_populations_adamw_update_is_the_serial_runs_fused_adamw_bit_for_bit(tiny, spec):
+def adamw_against_serial(data, spec: RunSpec, device: torch.device, graphs: bool) -> None:
     """AdamW members (two decays, two schedules) beside an Adam one: given the same gradients, three
-    steps leave every parameter and moment exactly where the serial run's optimizer
-    (train.make_optimizer: AdamW(fused=True) on two groups, the weights decaying, biases and
-    norms not) leaves them. The learning rates are powers of two, the same in the population's
-    fp32 table as in the serial optimizer's Python floats."""
+    population updates (eager, or replays of one captured update) leave every parameter and moment
+    exactly where the serial run's optimizer (train.make_optimizer: AdamW(fused=True) on two
+    groups, the weights decaying, biases and norms not) leaves them. The learning rates are powers
+    of two, the same in the population's fp32 table as in the serial optimizer's Python floats."""
     from experiments.train import make_optimizer
     variants = [dict(optimizer="adam"), dict(optimizer="adamw", weight_decay=0.05),
                 dict(optimizer="adamw", weight_decay=0.5, lr=2 ** -9), dict(optimizer="adamw", weight_decay=0.05)]
     members = [Member(f"m{i}", spec.with_overrides(**{"lr": 2 ** -10, **v}), i) for i, v in enumerate(variants)]
-    stack = StackedRun(tiny, members, CPU, None, use_graphs=False)
+    stack = StackedRun(data, members, device, None, use_graphs=graphs)
     assert sorted(decay for _, decay in stack.update_groups) == [0.0, 0.05, 0.5]
     serial = []
     for j, m in enumerate(members):
-        model = models.build(m.spec, stack.in_features)
+        model = models.build(m.spec, stack.in_features).to(device)
         model.load_state_dict(stack.member_state(j))
         serial.append((model, make_optimizer(model, m.spec)))
-    gen = torch.Generator().manual_seed(0)
+    g, lr = torch.zeros_like(stack.flat), stack.hyper["lr_table"][:, :1].clone()
+    update = stack._graph_of(lambda: stack._update(g, lr)).replay if graphs else lambda: stack._update(g, lr)
+    gen = torch.Generator(device=device).manual_seed(0)
     for _ in range(3):
-        g = torch.randn(stack.flat.shape, generator=gen)
+        g.copy_(torch.randn(g.shape, generator=gen, device=device))
         with torch.no_grad():
-            stack._update(g, stack.hyper["lr_table"][:, :1])
+            update()
         for j, (model, opt) in enumerate(serial):
             grads = stack._views(g)
             for name, param in model.named_parameters():
@@ -334,8 +335,19 @@ def test_the_populations_adamw_update_is_the_serial_runs_fused_adamw_bit_for_bit
             assert torch.equal(slots[0][name][j], state["exp_avg"]) and torch.equal(slots[1][name][j], state["exp_avg_sq"])
 
 
+@pytest.mark.parametrize("spec", [RunSpec(precision="fp32", width=32), small_cnn()], ids=["mlp", "cnn"])
+def test_the_populations_adamw_update_is_the_serial_runs_fused_adamw_bit_for_bit(tiny, spec):
+    adamw_against_serial(tiny, spec, CPU, graphs=False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graphs_replay_the_fused_adam_update_as_the_serial_optimizer(tiny):
+@pytest.mark.parametrize("spec", [RunSpec(precision="fp32", width=32), small_cnn()], ids=["mlp", "cnn"])
+def test_on_cuda_a_replayed_fused_adamw_update_is_the_serial_optimizers(tiny, spec):
+    adamw_against_serial(on_cuda(tiny), spec, torch.device("cuda"), graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_on_cuda_a_replayed_fused_adam_update_is_the_serial_optimizers(tiny):
     """CUDA's fused Adam kernel is not the CPU's: three replays of a captured population update
     leave each member, on a 16-byte aligned row (0) and on unaligned ones (1, 2: P % 4 == 2), in two
     learning-rate groups, where torch.optim.Adam(fused=True) leaves it given the same gradients."""
