@@ -35,8 +35,10 @@ def step(name: str, argv: list[str], seconds: float, log) -> int | None:
     log.write(f"\n===== {name}: {' '.join(argv)} (at most {seconds:.0f} s)\n")
     log.flush()
     started = time.perf_counter()
+    # SIGINT back to its default in the child: a shell that runs this in the background ignores it,
+    # the child would inherit that, and Python then never raises KeyboardInterrupt at the deadline
     proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=results.PROJECT_ROOT)
+                            cwd=results.PROJECT_ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         code = proc.wait(timeout=max(seconds, 1))
     except subprocess.TimeoutExpired:
