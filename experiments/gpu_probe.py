@@ -22,7 +22,8 @@
    "graph"): the faster in sum over the experiments is named. For fp32 populations on CUDA the
    whole step again, captured with TF32 matrix multiplies (stacked.MATMUL "tf32") and timed in the
    same rounds; TF32 is named when it takes at most TF32_GAIN of the fp32 steps' time (convolutions
-   keep cuDNN's precision, TF32 by torch's default, either way).
+   keep cuDNN's precision, TF32 by torch's default, either way). On CUDA also `capture_ms`: the
+   first step, which captures it (warm-up included), as training pays at each (re)capture.
 The JSON is written after each section (section 4 after each experiment), so a time limit keeps
 what was measured.
 The fastest settings are printed as the environment to run the study with (FMREPORT_CONV,
@@ -141,6 +142,12 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
     def host_loop():                                   # as training runs steps: the inputs made on the host
         for b in range(run):
             stack._run_step(*stack._batch(orders, b))
+    capture_s = None
+    if cuda:                                           # what training pays at each (re)capture of its step
+        started = time.perf_counter()
+        stack._run_step(x, y, masks)                   # the first call captures (warm-up included) and replays
+        torch.cuda.synchronize(device)
+        capture_s = time.perf_counter() - started
     graphed = (lambda fn: stack._graph_of(fn).replay) if cuda else (lambda fn: fn)   # kernels without launches
     timed = [graphed(forward), graphed(lambda: stack.gradients(x, y, masks)),
              lambda: stack._run_step(x, y, masks), host_loop]
@@ -173,6 +180,7 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
     if tf32_error:
         row["tf32_error"] = tf32_error
     if cuda:
+        row["capture_ms"] = 1000 * capture_s
         row["graph_loop_ms"] = 1000 * seconds[-1] / run
         if stack.inputs_error:                         # the capture with the inputs failed: they were made on the host
             row["graph_error"] = stack.inputs_error
