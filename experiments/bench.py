@@ -143,6 +143,11 @@ def time_to_89(data, device, seeds: int) -> dict:
             "mean_test_acc": statistics.mean(accs), "mean_seconds": statistics.mean(secs)}
 
 
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA, else the device type (what the bench and the GPU check record)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def measure(data, device: torch.device, quick: bool) -> dict:
     """Every speed figure on one device."""
     epochs, max_batches, repeats = (2, 16, 2) if quick else (4, None, 10)
@@ -158,7 +163,7 @@ def measure(data, device: torch.device, quick: bool) -> dict:
     mm_s, step_s = _interleaved_median_seconds([mm, step_fn], repeats, device)
     peak, step = mm_flop / mm_s, step_flop / step_s
     t89 = time_to_89(data, device, 1 if quick else SEEDS_89)
-    return {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    return {"device_name": device_name(device),
             "engine_plain_epoch_s": engine_plain, "engine_augmented_epoch_s": engine_aug,
             "tutorial_plain_epoch_s": tutorial_plain, "tutorial_augmented_epoch_s": tutorial_aug,
             "speedup_plain": tutorial_plain / engine_plain, "speedup_augmented": tutorial_aug / engine_aug,

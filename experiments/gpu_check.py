@@ -153,12 +153,6 @@ def memory_cap(args, uncapped: dict, peak_bytes: int | None, data=None) -> dict:
     return {"peak_bytes": peak_bytes, "held_bytes": held, "total_bytes": total, "tries": tries}
 
 
-def device_name(device) -> str:
-    """The card's name on CUDA (as the bench records it), else the device type."""
-    import torch
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
 def save(out: Path, report: dict, t0: float) -> None:
     """Write the check's JSON as it stands, with the wall time so far in its provenance."""
     if "provenance" in report:
@@ -197,7 +191,7 @@ def main(argv=None) -> int:
     except (data_mod.DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    report["provenance"] = prov = results.provenance(device_name(device), [], started)   # the code and machine
+    report["provenance"] = prov = results.provenance(bench.device_name(device), [], started)   # the code and machine
     prov["command"] = " ".join(["python -m experiments.gpu_check", *(sys.argv[1:] if argv is None else argv)])
     for exp in EXPERIMENTS.values():
         if exp.optional:

@@ -63,6 +63,7 @@ MATMUL_CHOICES = ("ieee", "tf32")
 # steps.capture: the CUDA-graph captures, warm-up included (again after every shrink).
 FINISH_PARTS = ("finish.evaluate", "finish.records", "finish.save")
 PARTS = ("steps.capture", *FINISH_PARTS)
+PHASES = ("steps", "evaluate", "finish", *PARTS)   # StackedRun.phase_seconds (population.py adds "build")
 _FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.11's allocator keeps a pointer)
 
 
@@ -130,8 +131,8 @@ class StackedRun:
         self.weight_names = [k for k, shape in self.shapes.items() if len(shape) >= 2]
         self.other_names = [k for k in self.shapes if k not in self.weight_names]
         # All parameters of a member in one row of `flat` [k, P], optimizer state alike: the optimizer
-        # update is one fused Adam call for every tensor at once (per learning-rate schedule), not a
-        # dozen kernels per tensor. self.params are views of it, shaped [k, ...] per tensor.
+        # update is a fused Adam/AdamW call per group of members (_update), not a dozen kernels per
+        # tensor. self.params are views of it, shaped [k, ...] per tensor.
         self.flat = torch.cat([state[k].reshape(len(members), -1) for k in self.shapes], 1)
         self.params = self._views(self.flat)
         self.buffers = {k: v for k, v in state.items() if k not in self.shapes}
@@ -150,7 +151,7 @@ class StackedRun:
             "momentum": per([s.momentum for s in specs]),
             "lr_table": per([schedules[s] for s in specs]),
         }
-        # members whose learning rates are the same at every step share one fused Adam update
+        # members whose learning rates are the same at every step can share one fused update
         schedule_ids: dict[tuple, int] = {}
         self.schedule_of = [schedule_ids.setdefault(tuple(schedules[s]), len(schedule_ids)) for s in specs]
         self.adam_steps = torch.zeros(len(members), dtype=torch.float32, device=device)   # as fused Adam reads them
@@ -165,6 +166,7 @@ class StackedRun:
         self.input_graphs: dict = {}                     # batch size -> graph of a step that makes its inputs
         self.graph_error = None                          # why capture failed, if it did (then eager)
         self.inputs_error = None                         # why capture with the inputs failed (then host)
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)  # where the wall time went (train())
         self._refresh_flags()
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -333,7 +335,8 @@ class StackedRun:
     def _weights(self, params: dict | None = None) -> list[torch.Tensor]:
         """The weights [k, out, in, ...] of stacked `params` (default self.params): what the serial
         run decays and penalises (its tensors of dim >= 2)."""
-        return [w for w in (params or self.params).values() if w.dim() >= 3]
+        params = params or self.params
+        return [params[name] for name in self.weight_names]
 
     def _update(self, g: torch.Tensor, lr: torch.Tensor) -> None:
         """torch's Adam/AdamW (decoupled decay) or SGD with Nesterov momentum (coupled decay), as
@@ -371,10 +374,10 @@ class StackedRun:
             # AdamW as the serial run's two parameter groups: its weights decay inside torch's fused
             # AdamW kernel, the other parameters (biases, norms) do not
             steps = [self.adam_steps[r] for r in rows]
+            views = [self.params, *(self._views(t) for t in (g, m, v))]
             for fused, names, wd in ((torch._fused_adamw_, self.weight_names, decay),
                                      (torch._fused_adam_, self.other_names, 0.0)):
                 if names:
-                    views = [self._views(t) for t in (p, g, m, v)]
                     p_, g_, m_, v_ = ([t[n][r] for r in rows for n in names] for t in views)
                     fused(p_, g_, m_, v_, [], [s for s in steps for _ in names], lr=at, weight_decay=wd, **adam)
 
@@ -522,8 +525,7 @@ class StackedRun:
                     g.graphsafe_set_state(fresh)
             raise
         torch.cuda.synchronize(self.device)               # the warm-up's work counts as the capture's
-        if hasattr(self, "phase_seconds"):                # (gpu_probe captures outside train())
-            self.phase_seconds["steps.capture"] += time.perf_counter() - started
+        self.phase_seconds["steps.capture"] += time.perf_counter() - started
         return graph
 
     def _capture_with_inputs(self, size: int) -> torch.cuda.CUDAGraph:
@@ -613,7 +615,7 @@ class StackedRun:
         (they are in their phase, not beside it): the CUDA-graph captures of `steps`, and of
         `finish` the final evaluation of the members that end, their records (run_record:
         confusion, misclassified, weight statistics) and the caller's `finished` (saving them)."""
-        phases = self.phase_seconds = {"steps": 0.0, "evaluate": 0.0, "finish": 0.0, **dict.fromkeys(PARTS, 0.0)}
+        phases = self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
                                   "started": time.perf_counter()} for j in self.alive}
         epoch = 0
