@@ -24,8 +24,15 @@
    same rounds; TF32 is named when it takes at most TF32_GAIN of the fp32 steps' time (convolutions
    keep cuDNN's precision, TF32 by torch's default, either way). On CUDA also `capture_ms`: the
    first step, which captures it (warm-up included), as training pays at each (re)capture.
-The JSON is written after each section (section 4 after each experiment), so a time limit keeps
-what was measured.
+5. Profiles, last: each experiment's first population trained for one epoch of PROFILED_STEPS
+   steps as training runs them (on CUDA graphs captured before the profiler starts), then finished,
+   under torch.profiler: for each phase of StackedRun.train (its `fmreport.*` ranges: steps,
+   evaluate, finish and finish's parts) the host's milliseconds and the device's, and the kernels
+   (on the CPU: operators) and host operations that took the most. Why: at 46b833d a finished
+   member took 15-44 ms on an H200, more than its evaluation's arithmetic explains, and a step
+   2-10x what its FLOPs and memory traffic do; a profile says which kernels or host calls it is.
+The JSON is written after each section (sections 4 and 5 after each experiment), so a time limit
+keeps what was measured.
 The fastest settings are printed as the environment to run the study with (FMREPORT_CONV,
 FMREPORT_CUDNN_BENCHMARK, FMREPORT_INPUTS, FMREPORT_MATMUL) and saved under `fastest`, which
 `gpu_check --probe` applies (and then checks the study's accuracies against the CPU's); the JSON
@@ -107,17 +114,77 @@ def step_parts(data, device: torch.device, quick: bool, repeats: int, found: dic
     inside the graph, and on CUDA for fp32 populations the step under TF32. An experiment whose
     probe fails records its error; the others still run. Each experiment's row goes into `found`
     as it is done, then saved() is called (a time limit keeps the rows done)."""
+    return for_each_experiment("step_parts", lambda exp: _parts_of(exp, data, device, quick, repeats), found, saved)
+
+
+def for_each_experiment(label: str, probe, found: dict | None = None, saved=lambda: None) -> dict:
+    """found[name] = probe(experiment) for each experiment of the study, saved() after each; an
+    experiment whose probe fails records its error, and the others still run (the device run has
+    one try)."""
     found = {} if found is None else found
     for exp in EXPERIMENTS.values():
         if exp.optional:
             continue
         try:
-            found[exp.name] = _parts_of(exp, data, device, quick, repeats)
+            found[exp.name] = probe(exp)
         except Exception as err:   # a probe reports and goes on: the study still wants the others
             found[exp.name] = {"error": _error(err)}
-            print(f"step_parts {exp.name}: {found[exp.name]['error']}", file=sys.stderr)
+            print(f"{label} {exp.name}: {found[exp.name]['error']}", file=sys.stderr)
         saved()
     return found
+
+
+PROFILED_STEPS = 20   # training steps in a profiled epoch (then every member finishes)
+TOP = 15              # kernels and host operations listed per profile
+
+
+def _profile(exp, data, device: torch.device, quick: bool) -> dict:
+    """Section 5 for one experiment: its first population (all seeds; 1 in --quick) for one epoch
+    of PROFILED_STEPS steps, then finished, under torch.profiler; the phases' host and device
+    milliseconds (the profiler's own cost included: compare phases with each other, not with the
+    study's wall times) and the TOP kernels and host operations by their own time."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    members = [Member(name, spec.with_overrides(epochs=1), seed) for name, spec in exp.specs().items()
+               for seed in range(1 if quick else exp.seeds)]
+    first = populations(members, "batched")[0]
+    steps = 2 if quick else PROFILED_STEPS
+    stack = stacked.StackedRun(data, first, device, steps, use_graphs=cuda)
+    if cuda:                                           # captured outside the trace (a profiled capture may fail)
+        stack.start_epoch()
+        stack._step(0)
+        stack.step.zero_()                             # so the epoch's learning rates stay within their table
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        stack.train(lambda done: None)
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    own_device = lambda e: _us(e, "self_device_time_total", "self_cuda_time_total")   # noqa: E731
+    phases: dict = {}
+    for e in events:            # a range may come twice: as the host's op and as its span on the device
+        if e.key.startswith("fmreport."):
+            row = phases.setdefault(e.key.removeprefix("fmreport."), {"host_ms": 0.0, "device_ms": 0.0})
+            row["host_ms"] = max(row["host_ms"], e.cpu_time_total / 1000)
+            row["device_ms"] = max(row["device_ms"], _us(e, "device_time_total", "cuda_time_total") / 1000)
+    ops = [e for e in events if not e.key.startswith("fmreport.")]
+    kernels = sorted((e for e in ops if own_device(e) > 0), key=own_device, reverse=True) if cuda else \
+        sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)
+    host = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"members": len(first), "steps": steps, "phase_seconds": dict(stack.phase_seconds),
+            "phases": {name: phases[name] for name in stacked.PHASES if name in phases},
+            "kernels": [{"name": e.key[:200], "calls": e.count,
+                         "ms": (own_device(e) if cuda else e.self_cpu_time_total) / 1000} for e in kernels[:TOP]],
+            "host": [{"name": e.key[:200], "calls": e.count, "ms": e.self_cpu_time_total / 1000} for e in host[:TOP]]}
+
+
+def _us(event, *names: str) -> float:
+    """The first of the event's attributes `names` that this torch has (the profiler renamed
+    cuda_* to device_* between releases), in microseconds; 0 where it has none."""
+    for name in names:
+        if hasattr(event, name):
+            return getattr(event, name)
+    return 0.0
 
 
 def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dict:
@@ -236,6 +303,9 @@ def main(argv=None) -> int:
     step_parts(data, device, args.quick, 3 if args.quick else 20, report["step_parts"], save)
     report["fastest"]["FMREPORT_INPUTS"] = faster_inputs(report["step_parts"])
     report["fastest"]["FMREPORT_MATMUL"] = faster_matmul(report["step_parts"])
+    save()
+    report["profiles"] = {}                           # last: the choices above are saved first
+    for_each_experiment("profile", lambda exp: _profile(exp, data, device, args.quick), report["profiles"], save)
     report["wall_seconds"] = time.perf_counter() - started   # after loading the data
     results.write_atomic(args.out, report)
     for row in report["conv"]:
@@ -254,8 +324,21 @@ def main(argv=None) -> int:
               + (f", with TF32 {row['step_ms_tf32']:.2f} ms" if "step_ms_tf32" in row else "")
               + f"; in a row {row['host_loop_ms']:.2f} ms a step with host inputs"
               + (f", {row['graph_loop_ms']:.2f} ms with inputs in the graph" if "graph_loop_ms" in row else ""))
+    for name, prof in report["profiles"].items():
+        print(profile_line(name, prof))
     print(" ".join(f"{k}={v}" for k, v in report["fastest"].items()))
     return 0
+
+
+def profile_line(name: str, prof: dict) -> str:
+    """One experiment's profile (section 5) as one line: each phase's host and device time, and
+    the kernel (on the CPU: operator) that took the most."""
+    if "error" in prof:
+        return f"{name} profile: {prof['error']}"
+    top = prof["kernels"][0] if prof["kernels"] else None
+    return (f"{name} profile ({prof['members']} members, {prof['steps']} steps): "
+            + ", ".join(f"{phase} {r['host_ms']:.0f}/{r['device_ms']:.0f} ms" for phase, r in prof["phases"].items())
+            + " (host/device); most: " + (f"{top['name'][:60]} {top['ms']:.1f} ms x{top['calls']}" if top else "none"))
 
 
 def faster_inputs(parts: dict) -> str:

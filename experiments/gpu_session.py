@@ -56,7 +56,8 @@ def step(name: str, argv: list[str], seconds: float, log) -> int | None:
 
 
 def summary(scratch: Path) -> list[str]:
-    """The lines worth reading first: the probe's choices, the study's time and where it went."""
+    """The lines worth reading first: the probe's choices and profiles, the study's time and where
+    it went."""
     lines = []
     for name, keys in (("gpu-probe.json", ("fastest",)), ("gpu-check.json", ("settings", "study_seconds"))):
         try:
@@ -65,6 +66,9 @@ def summary(scratch: Path) -> list[str]:
             lines.append(f"{name}: not written")
             continue
         lines += [f"{name} {k}: {json.dumps(saved.get(k))}" for k in keys]
+        if saved.get("profiles"):
+            from .gpu_probe import profile_line
+            lines += [f"  {profile_line(exp, prof)}" for exp, prof in saved["profiles"].items()]
         for exp, e in saved.get("experiments", {}).items():
             phases = {k: round(v, 2) for k, v in e.get("phase_seconds", {}).items()}
             lines.append(f"  {exp}: {e['seconds']:.1f} s {json.dumps(phases)}" if "seconds" in e else

@@ -496,7 +496,11 @@ class StackedRun:
         (a replay then advances each by the graph's draws, so replays draw what eager steps would).
         A capture that fails leaves no generator in capture mode and the stream as it was (torch
         2.11 would otherwise refuse every later draw and capture), then raises."""
-        started = time.perf_counter()
+        with self._phase("steps.capture"):
+            return self._captured(step, gens)
+
+    def _captured(self, step, gens) -> torch.cuda.CUDAGraph:
+        """_graph_of's work (it times it as `steps.capture`)."""
         current = torch.cuda.current_stream(self.device)
         default = torch.cuda.default_generators[self.device.index if self.device.index is not None
                                                 else torch.cuda.current_device()]
@@ -525,7 +529,6 @@ class StackedRun:
                     g.graphsafe_set_state(fresh)
             raise
         torch.cuda.synchronize(self.device)               # the warm-up's work counts as the capture's
-        self.phase_seconds["steps.capture"] += time.perf_counter() - started
         return graph
 
     def _capture_with_inputs(self, size: int) -> torch.cuda.CUDAGraph:
@@ -578,7 +581,7 @@ class StackedRun:
         the ones with the same test-time views are evaluated together, then each is finished as a
         serial run is; finished([(member index, run), ...]) then gets them all at once."""
         by_views: dict[tuple, list] = {}
-        runs, phases = [], self.phase_seconds
+        runs = []
         for j, state, diverged, seconds in finishing:
             if diverged:
                 runs.append((j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, None)))
@@ -586,21 +589,19 @@ class StackedRun:
             views = SHIFTED_VIEWS if self.members[j].spec.test_time_shifts else SINGLE_VIEW
             by_views.setdefault(views, []).append((j, state, seconds))
         for views, group in by_views.items():
-            evaluated, start = [{} for _ in group], time.perf_counter()
-            for split in ("train", "val", "test"):
-                losses, accs, preds = self._evaluate(getattr(self.data, split), views, [st for _, st, _ in group])
-                for e, loss, acc, pred in zip(evaluated, losses, accs, preds):
-                    e[split] = (loss, acc, pred)
-            recorded = time.perf_counter()
-            phases["finish.evaluate"] += recorded - start
-            for (j, state, seconds), e in zip(group, evaluated):
-                self.models[j].load_state_dict(state)
-                runs.append((j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, e)))
-            phases["finish.records"] += time.perf_counter() - recorded
+            evaluated = [{} for _ in group]
+            with self._phase("finish.evaluate"):
+                for split in ("train", "val", "test"):
+                    losses, accs, preds = self._evaluate(getattr(self.data, split), views, [st for _, st, _ in group])
+                    for e, loss, acc, pred in zip(evaluated, losses, accs, preds):
+                        e[split] = (loss, acc, pred)
+            with self._phase("finish.records"):
+                for (j, state, seconds), e in zip(group, evaluated):
+                    self.models[j].load_state_dict(state)
+                    runs.append((j, run_record(self.models[j], self.data, self.track[j]["history"], seconds, e)))
         if runs:
-            start = time.perf_counter()
-            finished(runs)
-            phases["finish.save"] += time.perf_counter() - start
+            with self._phase("finish.save"):
+                finished(runs)
 
     def member_state(self, row: int) -> dict:
         """The state dict of the member at stack row `row`, for its plain module."""
@@ -615,49 +616,60 @@ class StackedRun:
         (they are in their phase, not beside it): the CUDA-graph captures of `steps`, and of
         `finish` the final evaluation of the members that end, their records (run_record:
         confusion, misclassified, weight statistics) and the caller's `finished` (saving them)."""
-        phases = self.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self.track = track = {j: {"history": [], "best": math.inf, "best_state": None, "bad": 0,
                                   "started": time.perf_counter()} for j in self.alive}
         epoch = 0
         while self.alive:
             epoch += 1
             epoch_start = time.perf_counter()
-            self.start_epoch()
-            seen = sum(self._step(b) for b in range(self.steps_per_epoch))
-            train_loss = (self.loss_sum / seen).tolist()
-            train_acc = (self.correct.double() / seen).tolist()
-            evaluated = time.perf_counter()
-            phases["steps"] += evaluated - epoch_start
-            val_loss, val_acc, _ = self._evaluate(self.data.val)
-            test_loss, test_acc, _ = self._evaluate(self.data.test)
+            with self._phase("steps"):
+                self.start_epoch()
+                seen = sum(self._step(b) for b in range(self.steps_per_epoch))
+                train_loss = (self.loss_sum / seen).tolist()
+                train_acc = (self.correct.double() / seen).tolist()
+            with self._phase("evaluate"):
+                val_loss, val_acc, _ = self._evaluate(self.data.val)
+                test_loss, test_acc, _ = self._evaluate(self.data.test)
             seconds = time.perf_counter() - epoch_start
-            phases["evaluate"] += time.perf_counter() - evaluated
-            done, finishing = [], []
-            for row, j in enumerate(self.alive):
-                spec, tr = self.members[j].spec, track[j]
-                last_lr = lr_at(epoch * self.steps_per_epoch - 1, spec.epochs * self.steps_per_epoch, spec)
-                tr["history"].append({"epoch": epoch, "train_loss": train_loss[row], "train_acc": train_acc[row],
-                                      "val_loss": val_loss[row], "val_acc": val_acc[row],
-                                      "test_loss": test_loss[row], "test_acc": test_acc[row],
-                                      "lr": last_lr, "seconds": seconds})
-                stop = diverged = not (math.isfinite(train_loss[row]) and math.isfinite(val_loss[row]))
-                if not diverged:
-                    if val_loss[row] < tr["best"]:          # early stopping on validation loss only
-                        tr["best"], tr["bad"] = val_loss[row], 0
-                        if spec.patience:
-                            tr["best_state"] = self.member_state(row)
-                    elif spec.patience:
-                        tr["bad"] += 1
-                        stop = tr["bad"] >= spec.patience
-                    stop = stop or epoch == spec.epochs
-                if stop:
-                    done.append(row)
-                    finishing.append((j, tr["best_state"] or self.member_state(row), diverged,
-                                      time.perf_counter() - tr["started"]))
-            self._finish(finishing, finished)
-            if done:
-                self._shrink([r for r in range(len(self.alive)) if r not in done])
-            phases["finish"] += time.perf_counter() - epoch_start - seconds
+            with self._phase("finish"):
+                done, finishing = [], []
+                for row, j in enumerate(self.alive):
+                    spec, tr = self.members[j].spec, track[j]
+                    last_lr = lr_at(epoch * self.steps_per_epoch - 1, spec.epochs * self.steps_per_epoch, spec)
+                    tr["history"].append({"epoch": epoch, "train_loss": train_loss[row], "train_acc": train_acc[row],
+                                          "val_loss": val_loss[row], "val_acc": val_acc[row],
+                                          "test_loss": test_loss[row], "test_acc": test_acc[row],
+                                          "lr": last_lr, "seconds": seconds})
+                    stop = diverged = not (math.isfinite(train_loss[row]) and math.isfinite(val_loss[row]))
+                    if not diverged:
+                        if val_loss[row] < tr["best"]:          # early stopping on validation loss only
+                            tr["best"], tr["bad"] = val_loss[row], 0
+                            if spec.patience:
+                                tr["best_state"] = self.member_state(row)
+                        elif spec.patience:
+                            tr["bad"] += 1
+                            stop = tr["bad"] >= spec.patience
+                        stop = stop or epoch == spec.epochs
+                    if stop:
+                        done.append(row)
+                        finishing.append((j, tr["best_state"] or self.member_state(row), diverged,
+                                          time.perf_counter() - tr["started"]))
+                self._finish(finishing, finished)
+                if done:
+                    self._shrink([r for r in range(len(self.alive)) if r not in done])
+
+    @contextlib.contextmanager
+    def _phase(self, name: str):
+        """Add the block's wall time to phase_seconds[name], and mark it as the profiler range
+        `fmreport.<name>`, so a torch.profiler trace (gpu_probe's `profiles`) says how much of the
+        phase was the device's work and how much the host's."""
+        started = time.perf_counter()
+        try:
+            with torch.profiler.record_function(f"fmreport.{name}"):
+                yield
+        finally:
+            self.phase_seconds[name] += time.perf_counter() - started
 
     def _shrink(self, keep_rows: list[int]) -> None:
         """Drop finished members from every stacked tensor; the CUDA graphs are captured again."""

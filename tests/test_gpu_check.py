@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from experiments import bench, catalog, gpu_check
+from experiments import bench, catalog, gpu_check, stacked
 
 
 @pytest.mark.slow
@@ -132,6 +132,17 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
     reg = parts["regularization"]   # one seed of each of the 10 variants, 2x256: the bench's count per member
     assert reg["members"] == 10 and reg["flops_per_step"] == 10 * bench.mlp_step_flops(256, 256, 2)
     assert reg["tflops_per_second"] == pytest.approx(reg["flops_per_step"] / reg["step_ms"] / 1e9)
+    profiles = report["profiles"]   # each first population profiled through one epoch and its finish
+    assert set(profiles) == set(report["host_syncs"])
+    for prof in profiles.values():
+        assert prof["steps"] == 2 and set(prof["phases"]) == set(stacked.PHASES) - {"steps.capture"}   # no graphs
+        phases = prof["phases"]
+        assert all(r["host_ms"] > 0 and r["device_ms"] == 0 for r in phases.values())   # the CPU: no device
+        assert phases["finish.evaluate"]["host_ms"] < phases["finish"]["host_ms"]          # a part within its phase
+        assert 0 < len(prof["kernels"]) <= gpu_probe.TOP and all(k["calls"] >= 1 and k["ms"] > 0 for k in prof["kernels"])
+        assert [k["ms"] for k in prof["host"]] == sorted((k["ms"] for k in prof["host"]), reverse=True)
+        assert not any(k["name"].startswith("fmreport.") for k in prof["kernels"] + prof["host"])
+    assert any(k["name"] == "aten::histogram" for k in profiles["regularization"]["host"])   # run_record's, per member
 
 
 def test_the_probe_names_graph_inputs_only_where_every_experiment_timed_them_faster():
@@ -208,4 +219,12 @@ def test_a_session_summary_names_what_was_not_written(tmp_path):
          "experiments": {"depth": {"seconds": 6.0, "phase_seconds": {"steps": 4.123}}, "cnn": {"error": "boom"}}}))
     lines = gpu_session.summary(tmp_path)
     assert lines[0] == "gpu-probe.json: not written" and "gpu-check.json study_seconds: 51.5" in lines
+    (tmp_path / "gpu-probe.json").write_text(json.dumps(
+        {"fastest": {"FMREPORT_CONV": "split"}, "profiles": {"cnn": {"error": "RuntimeError: boom"}, "depth": {
+            "members": 10, "steps": 20, "phases": {"steps": {"host_ms": 12.4, "device_ms": 9.6}},
+            "kernels": [{"name": "ampere_sgemm_128x64_nn", "calls": 60, "ms": 3.25}], "host": []}}}))
+    lines = gpu_session.summary(tmp_path)
+    assert "  cnn profile: RuntimeError: boom" in lines
+    assert ("  depth profile (10 members, 20 steps): steps 12/10 ms (host/device); "
+            "most: ampere_sgemm_128x64_nn 3.2 ms x60") in lines
     assert '  depth: 6.0 s {"steps": 4.12}' in lines and "  cnn: boom" in lines
