@@ -24,11 +24,12 @@
    same rounds; TF32 is named when it takes at most TF32_GAIN of the fp32 steps' time (convolutions
    keep cuDNN's precision, TF32 by torch's default, either way). On CUDA also `capture_ms`: the
    first step, which captures it (warm-up included), as training pays at each (re)capture.
-5. Profiles, last: each experiment's first population trained for one epoch of PROFILED_STEPS
-   steps as training runs them (on CUDA graphs captured before the profiler starts), then finished,
-   under torch.profiler: for each phase of StackedRun.train (its `fmreport.*` ranges: steps,
-   evaluate, finish and finish's parts) the host's milliseconds and the device's, and the kernels
-   (on the CPU: operators) and host operations that took the most. Why: at 46b833d a finished
+5. Profiles, last: each experiment's first population under torch.profiler (on CUDA its graphs
+   captured before): PROFILED_STEPS training steps, whose kernels (on the CPU: operators) that
+   took the most are listed; then one epoch of as many steps and the members' finish as training
+   runs them: for each phase of StackedRun.train (its `fmreport.*` ranges: steps, evaluate, finish
+   and finish's parts) the host's milliseconds and the device's, and the kernels and host
+   operations that took the most. Why: at 46b833d a finished
    member took 15-44 ms on an H200, more than its evaluation's arithmetic explains, and a step
    2-10x what its FLOPs and memory traffic do; a profile says which kernels or host calls it is.
 The JSON is written after each section (sections 4 and 5 after each experiment), so a time limit
@@ -139,10 +140,12 @@ TOP = 15              # kernels and host operations listed per profile
 
 
 def _profile(exp, data, device: torch.device, quick: bool) -> dict:
-    """Section 5 for one experiment: its first population (all seeds; 1 in --quick) for one epoch
-    of PROFILED_STEPS steps, then finished, under torch.profiler; the phases' host and device
-    milliseconds (the profiler's own cost included: compare phases with each other, not with the
-    study's wall times) and the TOP kernels and host operations by their own time."""
+    """Section 5 for one experiment: its first population (all seeds; 1 in --quick) under
+    torch.profiler, twice: PROFILED_STEPS training steps as the loop runs them (`step_kernels`),
+    then one epoch of as many steps and the members' finish as train() runs them: each phase's
+    host and device milliseconds (the profiler's own cost included: compare phases with each
+    other, not with the study's wall times) and the TOP kernels and host operations by their own
+    time."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
     members = [Member(name, spec.with_overrides(epochs=1), seed) for name, spec in exp.specs().items()
@@ -150,32 +153,42 @@ def _profile(exp, data, device: torch.device, quick: bool) -> dict:
     first = populations(members, "batched")[0]
     steps = 2 if quick else PROFILED_STEPS
     stack = stacked.StackedRun(data, first, device, steps, use_graphs=cuda)
-    if cuda:                                           # captured outside the trace (a profiled capture may fail)
-        stack.start_epoch()
-        stack._step(0)
-        stack.step.zero_()                             # so the epoch's learning rates stay within their table
+    stack.start_epoch()
+    stack._step(0)                                     # on CUDA it captures, outside the traces (a profiled capture may fail)
+    stack.step.zero_()                                 # each run below stays within the learning-rate table
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities) as stepping:
+        stack.start_epoch()
+        for b in range(steps):
+            stack._step(b)
+        stack.loss_sum.tolist()                        # the loop's sync at the end of an epoch
+    stack.step.zero_()
+    with profile(activities=activities) as training:
         stack.train(lambda done: None)
-        if cuda:
-            torch.cuda.synchronize(device)
-    events = prof.key_averages()
-    own_device = lambda e: _us(e, "self_device_time_total", "self_cuda_time_total")   # noqa: E731
+    events = training.key_averages()
     phases: dict = {}
     for e in events:            # a range may come twice: as the host's op and as its span on the device
         if e.key.startswith("fmreport."):
             row = phases.setdefault(e.key.removeprefix("fmreport."), {"host_ms": 0.0, "device_ms": 0.0})
             row["host_ms"] = max(row["host_ms"], e.cpu_time_total / 1000)
             row["device_ms"] = max(row["device_ms"], _us(e, "device_time_total", "cuda_time_total") / 1000)
-    ops = [e for e in events if not e.key.startswith("fmreport.")]
-    kernels = sorted((e for e in ops if own_device(e) > 0), key=own_device, reverse=True) if cuda else \
-        sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)
-    host = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)
+    step_kernels, _ = _top(stepping.key_averages(), cuda)
+    kernels, host = _top(events, cuda)
     return {"members": len(first), "steps": steps, "phase_seconds": dict(stack.phase_seconds),
             "phases": {name: phases[name] for name in stacked.PHASES if name in phases},
-            "kernels": [{"name": e.key[:200], "calls": e.count,
-                         "ms": (own_device(e) if cuda else e.self_cpu_time_total) / 1000} for e in kernels[:TOP]],
-            "host": [{"name": e.key[:200], "calls": e.count, "ms": e.self_cpu_time_total / 1000} for e in host[:TOP]]}
+            "step_kernels": step_kernels, "kernels": kernels, "host": host}
+
+
+def _top(events, cuda: bool) -> tuple[list[dict], list[dict]]:
+    """The TOP kernels by their own device time (on the CPU: operators by their own host time)
+    and the TOP host operations by their own host time, of a profile's key averages."""
+    ops = [e for e in events if not e.key.startswith("fmreport.")]
+    own_device = lambda e: _us(e, "self_device_time_total", "self_cuda_time_total")   # noqa: E731
+    own_host = lambda e: e.self_cpu_time_total                                          # noqa: E731
+    rows = lambda found, ms: [{"name": e.key[:200], "calls": e.count, "ms": ms(e) / 1000}   # noqa: E731
+                              for e in sorted(found, key=ms, reverse=True)[:TOP]]
+    return (rows([e for e in ops if own_device(e) > 0], own_device) if cuda else rows(ops, own_host),
+            rows(ops, own_host))
 
 
 def _us(event, *names: str) -> float:
@@ -332,13 +345,13 @@ def main(argv=None) -> int:
 
 def profile_line(name: str, prof: dict) -> str:
     """One experiment's profile (section 5) as one line: each phase's host and device time, and
-    the kernel (on the CPU: operator) that took the most."""
+    the kernel (on the CPU: operator) that took the most, in all and in the steps alone."""
     if "error" in prof:
         return f"{name} profile: {prof['error']}"
-    top = prof["kernels"][0] if prof["kernels"] else None
+    most = lambda rows: f"{rows[0]['name'][:60]} {rows[0]['ms']:.1f} ms x{rows[0]['calls']}" if rows else "none"  # noqa: E731
     return (f"{name} profile ({prof['members']} members, {prof['steps']} steps): "
             + ", ".join(f"{phase} {r['host_ms']:.0f}/{r['device_ms']:.0f} ms" for phase, r in prof["phases"].items())
-            + " (host/device); most: " + (f"{top['name'][:60]} {top['ms']:.1f} ms x{top['calls']}" if top else "none"))
+            + f" (host/device); most: {most(prof['kernels'])}; of the steps alone: {most(prof.get('step_kernels', []))}")
 
 
 def faster_inputs(parts: dict) -> str:

@@ -139,9 +139,11 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
         phases = prof["phases"]
         assert all(r["host_ms"] > 0 and r["device_ms"] == 0 for r in phases.values())   # the CPU: no device
         assert phases["finish.evaluate"]["host_ms"] < phases["finish"]["host_ms"]          # a part within its phase
-        assert 0 < len(prof["kernels"]) <= gpu_probe.TOP and all(k["calls"] >= 1 and k["ms"] > 0 for k in prof["kernels"])
+        for listed in (prof["step_kernels"], prof["kernels"]):
+            assert 0 < len(listed) <= gpu_probe.TOP and all(k["calls"] >= 1 and k["ms"] > 0 for k in listed)
+        assert not any(k["name"] == "aten::histogram" for k in prof["step_kernels"])   # the steps' alone
         assert [k["ms"] for k in prof["host"]] == sorted((k["ms"] for k in prof["host"]), reverse=True)
-        assert not any(k["name"].startswith("fmreport.") for k in prof["kernels"] + prof["host"])
+        assert not any(k["name"].startswith("fmreport.") for k in prof["step_kernels"] + prof["kernels"] + prof["host"])
     assert any(k["name"] == "aten::histogram" for k in profiles["regularization"]["host"])   # run_record's, per member
 
 
@@ -222,9 +224,10 @@ def test_a_session_summary_names_what_was_not_written(tmp_path):
     (tmp_path / "gpu-probe.json").write_text(json.dumps(
         {"fastest": {"FMREPORT_CONV": "split"}, "profiles": {"cnn": {"error": "RuntimeError: boom"}, "depth": {
             "members": 10, "steps": 20, "phases": {"steps": {"host_ms": 12.4, "device_ms": 9.6}},
-            "kernels": [{"name": "ampere_sgemm_128x64_nn", "calls": 60, "ms": 3.25}], "host": []}}}))
+            "kernels": [{"name": "ampere_sgemm_128x64_nn", "calls": 60, "ms": 3.25}], "host": [],
+            "step_kernels": [{"name": "fill", "calls": 40, "ms": 0.5}]}}}))
     lines = gpu_session.summary(tmp_path)
     assert "  cnn profile: RuntimeError: boom" in lines
     assert ("  depth profile (10 members, 20 steps): steps 12/10 ms (host/device); "
-            "most: ampere_sgemm_128x64_nn 3.2 ms x60") in lines
+            "most: ampere_sgemm_128x64_nn 3.2 ms x60; of the steps alone: fill 0.5 ms x40") in lines
     assert '  depth: 6.0 s {"steps": 4.12}' in lines and "  cnn: boom" in lines
