@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "test is the checkout's uncommitted one)")
     restamp.add_argument("--check-seeds", type=positive_int, metavar="K",
                          help="retrain the first K seeds of every variant (default: restamp.CHECK_SEEDS, 1)")
+    restamp.add_argument("--verify", action="store_true",
+                         help="only retrain the sample and compare it, current or not, writing nothing: whether "
+                              "this machine with this code repeats the result bit for bit")
     run = sub.add_parser("run", help="train every variant and seed of one experiment, write its result JSON")
     run.add_argument("name", type=experiment_name, help="experiment name (see `list`)")
     run.add_argument("--seeds", type=positive_int, help="number of seeds (default: the experiment's)")
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             refused = 0
             for path in args.paths:
                 try:
-                    restamp.restamp(path, argv, args.rev, args.check_seeds or restamp.CHECK_SEEDS)
+                    restamp.restamp(path, argv, args.rev, args.check_seeds or restamp.CHECK_SEEDS,
+                                    verify=args.verify)
                 except results.ResultError as err:
                     print(f"error: {err}", file=sys.stderr)
                     refused += 1

@@ -69,13 +69,22 @@ def _refuse_early(result: dict, path: Path) -> None:
                                   f"{torch.__version__}: its kernels round differently; {retrain}")
 
 
-def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = CHECK_SEEDS, log=print) -> bool:
+def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = CHECK_SEEDS, log=print,
+            verify: bool = False) -> bool:
     """Give the result at `path` the checkout's fingerprint if retraining a sample of its runs with
     the checkout's code repeats them bit for bit; True if it was restamped, False if it was current.
-    A ResultError says why not (the file is then unchanged)."""
+    A ResultError says why not (the file is then unchanged). `verify`: retrain and compare the
+    sample whether or not the result is current, and write nothing: whether this machine, with this
+    code, repeats the result (False, or a ResultError)."""
     path = Path(path)
     with locks.exclusive(path, log):   # one writer per result, as for `run`
         result = results.load(path)
+        if verify:
+            _refuse_early(result, path)
+            checked, _ = _retrain_sample(result, path, check_seeds, log, planning.made_by_this_engine(result))
+            log(f"{path}: {len(checked)} retrained run(s) repeat the stored ones bit for bit on this machine "
+                f"({describe_cpu(results.cpu_identity())}); nothing written")
+            return False
         if planning.made_by_this_engine(result):
             log(f"{path}: already current for this checkout's engine code; nothing to do")
             return False
@@ -96,34 +105,13 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         changed = [n for n in results.engine_sources(specs) if old_digest(n) != results.code_digest(n)]
         log(f"{path}: current at {rev}; the checkout changed {', '.join(changed)}; retraining "
             f"{check_seeds} seed(s) of each of its {len(specs)} variant(s) to compare")
-
-        started, t0 = results.now(), time.perf_counter()
-        threads = prov.get("torch_threads") or torch.get_num_threads()
-        torch.set_num_threads(threads)   # float sums depend on it
-        data = data_mod.load("cpu")
-        if result.get("quick"):
-            data = data.subset(QUICK_TRAIN, QUICK_EVAL)
-        checked = []
-        for variant in result["variants"]:
-            for run in variant["runs"][:check_seeds]:
-                name, seed = variant["name"], run["seed"]
-                again = fit(data, specs[name], seed, torch.device("cpu"),
-                            desc=f"restamp {result['experiment']} | {name} | seed {seed}")
-                diff = first_difference(measured(run), measured(again))
-                if diff:
-                    raise results.ResultError(
-                        f"{path}: {name} seed {seed} trained again differs from the stored run ({diff}); the "
-                        f"change alters results, so retrain them: make {results.make_target(path)} "
-                        f"(the file is unchanged)")
-                checked.append(f"{name} / seed {seed}")
-                log(f"  {name:>22} seed {seed}: identical ({again['final']['epochs']} epochs, "
-                    f"{again['final']['seconds']:.1f} s)")
-
+        started = results.now()
+        checked, (threads, seconds) = _retrain_sample(result, path, check_seeds, log)
         if planning.recorded_fingerprint(result) != new:
             raise results.ResultError(f"{path}: the engine's code changed while its runs were checked; run the "
                                       f"restamp again (the file is unchanged)")
         entry = results.provenance("cpu", argv, started)
-        entry["wall_seconds"] = time.perf_counter() - t0
+        entry["wall_seconds"] = seconds
         entry["torch_threads"] = threads
         entry.update(from_commit=results.git_revision(rev), from_fingerprint=old, changed_files=changed,
                      checked_runs=checked, runs_in_result=sum(len(v["runs"]) for v in result["variants"]))
@@ -133,3 +121,62 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         log(f"{path}: restamped; {len(checked)} retrained run(s) repeat the stored ones bit for bit "
             f"({entry['wall_seconds']:.0f} s)")
         return True
+
+
+def _retrain_sample(result: dict, path: Path, check_seeds: int, log,
+                    same_code: bool = False) -> tuple[list[str], tuple[int, float]]:
+    """Train the first `check_seeds` seeds of every variant again with the checkout's code, on the
+    CPU at the result's thread count, and compare each with its stored run; (the runs checked,
+    (threads, wall seconds)), or a ResultError naming the first difference and its likely cause
+    (`same_code`: the checkout's engine code is the one that made the result)."""
+    t0, prov = time.perf_counter(), result["provenance"]
+    threads = prov.get("torch_threads") or torch.get_num_threads()
+    torch.set_num_threads(threads)   # float sums depend on it
+    data = data_mod.load("cpu")
+    if result.get("quick"):
+        data = data.subset(QUICK_TRAIN, QUICK_EVAL)
+    specs, checked = planning.recorded_specs(result), []
+    for variant in result["variants"]:
+        for run in variant["runs"][:check_seeds]:
+            name, seed = variant["name"], run["seed"]
+            again = fit(data, specs[name], seed, torch.device("cpu"),
+                        desc=f"restamp {result['experiment']} | {name} | seed {seed}")
+            diff = first_difference(measured(run), measured(again))
+            if diff:
+                raise results.ResultError(
+                    f"{path}: {name} seed {seed} trained again differs from the stored run ({diff}); "
+                    f"{difference_cause(prov, same_code)}: make {results.make_target(path)} (the file is unchanged)")
+            checked.append(f"{name} / seed {seed}")
+            log(f"  {name:>22} seed {seed}: identical ({again['final']['epochs']} epochs, "
+                f"{again['final']['seconds']:.1f} s)")
+    return checked, (threads, time.perf_counter() - t0)
+
+
+def difference_cause(prov: dict, same_code: bool = False) -> str:
+    """What a retrained run that differs from its stored one is to be blamed on, given the CPUs on
+    which the result was made and restamped (their provenance's `cpu`): the change, where this
+    machine's CPU is one of them; else perhaps the CPU, whose kernels may round differently (on
+    one of this project's 2-core machines the committed code itself retrained `depth`'s first run
+    0.1 point of test accuracy apart: README, Restamp)."""
+    here = results.cpu_identity()
+    known = [c for c in [prov.get("cpu"), *(r.get("cpu") for r in prov.get("restamps", []))] if c]
+    where = (f"it was made and checked on {'; '.join(sorted({describe_cpu(c) for c in known}))}" if known
+             else "it does not record the CPU that made it")
+    if same_code:
+        return (f"the code is the one that made it, so this machine's CPU ({describe_cpu(here)}) rounds "
+                f"differently from the one that did ({where}); runs trained here differ from the stored ones by "
+                f"rounding. Restamp on such a machine, or retrain the result here")
+    if here in known:
+        return "the change alters results (this CPU made or checked the result), so retrain them"
+    return (f"this machine's CPU ({describe_cpu(here)}) may explain it rather than the change: {where}, and "
+            f"another CPU's kernels may round differently. `restamp --verify` with the change stashed (git stash) "
+            f"says whether this machine repeats the result unchanged; if it does not, restamp on the machine "
+            f"that made it, or retrain")
+
+
+def describe_cpu(cpu: dict) -> str:
+    """A CPU identity (results.cpu_identity) in a few words."""
+    parts = [cpu.get("name") or "unknown CPU"]
+    if cpu.get("family") is not None:
+        parts.append(f"family {cpu['family']} model {cpu.get('model')} stepping {cpu.get('stepping')}")
+    return ", ".join(parts)

@@ -162,8 +162,24 @@ def provenance(device: str, argv: list[str], started: datetime) -> dict:
             packages[name] = None
     return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
             "packages": packages, "python": platform.python_version(), "platform": platform.platform(),
-            "device": device, "cpu_count": os.cpu_count(), "started": started.isoformat(timespec="seconds"),
+            "device": device, "cpu_count": os.cpu_count(), "cpu": cpu_identity(),
+            "started": started.isoformat(timespec="seconds"),
             "wall_seconds": None, "command": " ".join(["python -m experiments", *argv])}
+
+
+def cpu_identity() -> dict:
+    """This machine's CPU as its kernels see it: name, family, model, stepping and the vector
+    extensions (AVX*, AMX*, FMA) by which MKL and oneDNN choose their code paths (Linux's
+    /proc/cpuinfo; elsewhere what `platform` says). Why: a CPU rerun repeats a run bit for bit only
+    where the same kernels run; on another CPU it may round differently (README: Restamp)."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return {"name": platform.processor() or platform.machine()}
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    flags = sorted(f for f in fields.get("flags", "").split() if f.startswith(("avx", "amx", "fma")))
+    return {"name": fields.get("model name"), "family": fields.get("cpu family"), "model": fields.get("model"),
+            "stepping": fields.get("stepping"), "vector_extensions": " ".join(flags)}
 
 
 def now() -> datetime:

@@ -48,6 +48,27 @@ def test_a_current_result_is_left_as_it_is(tmp_path):
     assert path.read_bytes() == before and "nothing to do" in said[0]
 
 
+def test_a_result_records_the_cpu_whose_kernels_made_it():
+    cpu = results.provenance("cpu", ["run", "depth"], results.now())["cpu"]
+    assert cpu == results.cpu_identity() and cpu["name"]
+    if Path("/proc/cpuinfo").exists():   # Linux: what chooses MKL's and oneDNN's code paths
+        assert cpu["family"] and cpu["model"] and cpu["vector_extensions"].split() == sorted(cpu["vector_extensions"].split())
+
+
+def test_a_differing_rerun_blames_the_change_only_on_a_cpu_that_made_or_checked_the_result(monkeypatch):
+    here = {"name": "AMD EPYC", "family": "25", "model": "17", "stepping": "1", "vector_extensions": "avx2"}
+    other = {**here, "model": "160"}
+    monkeypatch.setattr(results, "cpu_identity", lambda: here)
+    assert restamp.difference_cause({"cpu": here}).startswith("the change alters results")
+    assert restamp.difference_cause({"cpu": other, "restamps": [{"cpu": here}]}).startswith("the change alters")
+    elsewhere = restamp.difference_cause({"cpu": other})
+    assert "may explain it rather than the change" in elsewhere and "family 25 model 160 stepping 1" in elsewhere
+    assert "--verify" in elsewhere
+    assert "does not record the CPU that made it" in restamp.difference_cause({})   # results made before it was
+    same = restamp.difference_cause({"cpu": other}, same_code=True)   # --verify with the code that made it
+    assert "rounds differently from the one that did" in same and "model 160" in same
+
+
 def test_an_unknown_revision_is_named():
     with pytest.raises(results.ResultError, match="no-such-commit"):
         results.digests_at("no-such-commit")("train.py")
@@ -117,6 +138,10 @@ def test_a_refactor_is_restamped_and_a_change_of_behaviour_is_refused(repo):
     made = cli(repo, "run", "depth", "--quick", "--seeds", "2", "--threads", "1", "--out", str(out))
     assert made.returncode == 0, made.stderr
     base = git(repo, "rev-parse", "HEAD")
+    kept = out.read_bytes()
+    verified = cli(repo, "restamp", "--verify", str(out))   # this machine repeats it: said, nothing written
+    assert verified.returncode == 0 and "repeat the stored ones bit for bit on this machine" in verified.stdout
+    assert out.read_bytes() == kept
 
     # a refactor: the same computation written differently (train.lr_at without its early return)
     edit(repo, "train.py", '''    if spec.schedule == "cosine":
@@ -144,7 +169,10 @@ def test_a_refactor_is_restamped_and_a_change_of_behaviour_is_refused(repo):
     refused = cli(repo, "restamp", str(out))
     assert refused.returncode == 1
     assert "1 hidden seed 0 trained again differs from the stored run" in refused.stderr
+    assert "the change alters results" in refused.stderr      # the result records this machine's CPU
     assert "make" in refused.stderr and out.read_bytes() == kept
+    again = cli(repo, "restamp", "--verify", str(out))         # nor does --verify accept the changed code
+    assert again.returncode == 1 and "differs from the stored run" in again.stderr and out.read_bytes() == kept
 
     # the result is not current at the commit that is said to have made it
     commit(repo, "lr")
