@@ -29,9 +29,9 @@
    took the most are listed; then one epoch of as many steps and the members' finish as training
    runs them: for each phase of StackedRun.train (its `fmreport.*` ranges: steps, evaluate, finish
    and finish's parts) the host's milliseconds and the device's, and the kernels and host
-   operations that took the most. Why: at 46b833d a finished
-   member took 15-44 ms on an H200, more than its evaluation's arithmetic explains, and a step
-   2-10x what its FLOPs and memory traffic do; a profile says which kernels or host calls it is.
+   operations that took the most. Why: at 46b833d a finished member took 15-44 ms on an H200,
+   more than its evaluation's arithmetic explains, and a step 2-10x what its FLOPs and memory
+   traffic do; a profile says which kernels or host calls it is.
 The JSON is written after each section (sections 4 and 5 after each experiment), so a time limit
 keeps what was measured.
 The fastest settings are printed as the environment to run the study with (FMREPORT_CONV,
