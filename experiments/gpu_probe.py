@@ -17,13 +17,15 @@
    pass (with the penalties' gradients), and for the whole step with its inputs copied in (the
    difference, `update_ms`, is the optimizer update with the copy-in, the decay, the soft threshold
    and the metrics), each captured as its own CUDA graph; the step's matrix-multiply and
-   convolution FLOPs (torch.utils.flop_counter) and the rate they reach; a step of 10 in a row as training runs them, with the inputs made on the host
-   (`host_loop_ms`, stacked.INPUTS "host") and, on CUDA, inside the graph (`graph_loop_ms`, INPUTS
-   "graph"): the faster in sum over the experiments is named. For fp32 populations on CUDA the
-   whole step again, captured with TF32 matrix multiplies (stacked.MATMUL "tf32") and timed in the
-   same rounds; TF32 is named when it takes at most TF32_GAIN of the fp32 steps' time (convolutions
-   keep cuDNN's precision, TF32 by torch's default, either way). On CUDA also `capture_ms`: the
-   first step, which captures it (warm-up included), as training pays at each (re)capture.
+   convolution FLOPs (torch.utils.flop_counter) and the rate they reach; a step of 10 in a row as
+   training runs them, with the inputs made on the host (`host_loop_ms`, stacked.INPUTS "host")
+   and, on CUDA, inside the graph (`graph_loop_ms`, INPUTS "graph"). The one that takes less of
+   the study's time is named, each experiment's step weighted by the steps its populations train
+   in the study (`study_steps`). For fp32 populations on CUDA the whole step again, captured with
+   TF32 matrix multiplies (stacked.MATMUL "tf32") and timed in the same rounds; TF32 is named when
+   it takes at most TF32_GAIN of the fp32 steps' time, weighted alike (convolutions keep cuDNN's
+   precision, TF32 by torch's default, either way). On CUDA also `capture_ms`: the first step,
+   which captures it (warm-up included), as training pays at each (re)capture.
 5. Profiles, last: each experiment's first population under torch.profiler (on CUDA its graphs
    captured before): PROFILED_STEPS training steps, whose kernels (on the CPU: operators) that
    took the most are listed; then one epoch of as many steps and the members' finish as training
@@ -254,7 +256,9 @@ def _parts_of(exp, data, device: torch.device, quick: bool, repeats: int) -> dic
     row = {"members": len(first), "precision": first[0].spec.precision, "forward_ms": 1000 * fwd_s,
            "forward_backward_ms": 1000 * grad_s, "step_ms": 1000 * step_s, "update_ms": 1000 * (step_s - grad_s),
            "flops_per_step": flops, "tflops_per_second": flops / step_s / 1e12,
-           "host_loop_ms": 1000 * seconds[3] / run}
+           "host_loop_ms": 1000 * seconds[3] / run,
+           "study_steps": sum(max(m.spec.epochs for m in pop) * stack.steps_per_epoch
+                              for pop in populations(members, "batched"))}
     if tf32:
         row["step_ms_tf32"] = 1000 * seconds[4]
     if tf32_error:
@@ -356,22 +360,31 @@ def profile_line(name: str, prof: dict) -> str:
 
 def faster_inputs(parts: dict) -> str:
     """"graph" where every experiment timed its steps with the inputs inside the graph without a
-    failure and their sum beats the host-made inputs', else "host"."""
+    failure and they take less of the study's time than the host-made inputs' (study_time), else
+    "host"."""
     rows = parts.values()
     timed = all("graph_loop_ms" in r and "graph_error" not in r for r in rows)
-    return "graph" if timed and sum(r["graph_loop_ms"] for r in rows) < sum(r["host_loop_ms"] for r in rows) else "host"
+    return "graph" if timed and study_time(rows, "graph_loop_ms") < study_time(rows, "host_loop_ms") else "host"
+
+
+def study_time(rows, key: str) -> float:
+    """The milliseconds `key` of each experiment's step, times the steps its populations take in the
+    study (`study_steps`; 1 where a row lacks it): what that choice costs the study, summed. Why:
+    `best` and `regularization_long` train 8,440 steps a population, `regularization` 2,110."""
+    return sum(r[key] * r.get("study_steps", 1) for r in rows)
 
 
 TF32_GAIN = 0.9   # TF32 rounds every fp32 matrix multiply's inputs: taken only for a clear gain
 
 
 def faster_matmul(parts: dict) -> str:
-    """"tf32" where every experiment was probed and its fp32 populations' steps, summed, take at
-    most TF32_GAIN of their true-fp32 time with TF32 matrix multiplies, else "ieee"."""
+    """"tf32" where every experiment was probed and its fp32 populations' steps take at most
+    TF32_GAIN of their true-fp32 share of the study's time (study_time) with TF32 matrix
+    multiplies, else "ieee"."""
     rows = [r for r in parts.values() if r.get("precision") == "fp32"]
     if not rows or any("error" in r for r in parts.values()) or not all("step_ms_tf32" in r for r in rows):
         return "ieee"
-    return "tf32" if sum(r["step_ms_tf32"] for r in rows) <= TF32_GAIN * sum(r["step_ms"] for r in rows) else "ieee"
+    return "tf32" if study_time(rows, "step_ms_tf32") <= TF32_GAIN * study_time(rows, "step_ms") else "ieee"
 
 
 if __name__ == "__main__":

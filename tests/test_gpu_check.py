@@ -129,6 +129,9 @@ def test_the_gpu_probe_runs_on_the_cpu(tmp_path):
                for r in parts.values())
     assert not any("step_ms_tf32" in r or "graph_loop_ms" in r for r in parts.values())   # CUDA only
     assert report["fastest"]["FMREPORT_INPUTS"] == "host" and report["fastest"]["FMREPORT_MATMUL"] == "ieee"
+    steps_per_epoch = 2048 // 256   # the quick subset's
+    assert parts["depth"]["study_steps"] == 4 * 10 * steps_per_epoch                     # 4 depths, 10 epochs each
+    assert parts["regularization_long"]["study_steps"] == 40 * steps_per_epoch          # one population, 40 epochs
     reg = parts["regularization"]   # one seed of each of the 10 variants, 2x256: the bench's count per member
     assert reg["members"] == 10 and reg["flops_per_step"] == 10 * bench.mlp_step_flops(256, 256, 2)
     assert reg["tflops_per_second"] == pytest.approx(reg["flops_per_step"] / reg["step_ms"] / 1e9)
@@ -156,6 +159,11 @@ def test_the_probe_names_graph_inputs_only_where_every_experiment_timed_them_fas
     assert gpu_probe.faster_inputs({**fast, "c": {"host_loop_ms": 9.0, "graph_loop_ms": 0.1,
                                                   "graph_error": "capture failed"}}) == "host"
     assert gpu_probe.faster_inputs({"a": {"host_loop_ms": 1.0}}) == "host"            # the CPU: no graphs
+    # weighted by the steps each experiment trains in the study
+    weighted = {"a": {**fast["a"], "study_steps": 4}, "b": {**fast["b"], "study_steps": 1}}
+    assert gpu_probe.faster_inputs(weighted) == "graph"                       # 4 x 1.0 + 1.5 against 4 x 2.0 + 1.0
+    weighted["b"]["study_steps"] = 20                                         # 4 + 20 x 1.5 against 8 + 20 x 1.0,
+    assert gpu_probe.faster_inputs(weighted) == "host"                        # where unweighted 2.5 beat 3.0
 
 
 def test_the_probe_names_tf32_only_for_a_clear_gain_timed_on_every_fp32_population():
@@ -168,6 +176,11 @@ def test_the_probe_names_tf32_only_for_a_clear_gain_timed_on_every_fp32_populati
     assert gpu_probe.faster_matmul({**parts, "c": {"precision": "fp32", "step_ms": 1.0}}) == "ieee"  # one not timed
     assert gpu_probe.faster_matmul({**parts, "c": {"error": "RuntimeError: ..."}}) == "ieee"        # one not probed
     assert gpu_probe.faster_matmul({"bf": parts["bf"]}) == "ieee"            # nothing in fp32
+    # b trains 10 times a's steps: TF32 2 + 10 x 1 = 12 against 0.9 x (3 + 10 x 1) = 11.7 (unweighted it
+    # would be chosen: 3 against 0.9 x 4)
+    heavy = {**parts, "a": {**parts["a"], "step_ms_tf32": 2.0}, "b": {**parts["b"], "study_steps": 10}}
+    assert gpu_probe.faster_matmul(heavy) == "ieee"
+    assert gpu_probe.faster_matmul({**heavy, "b": {**heavy["b"], "step_ms_tf32": 0.8}}) == "tf32"   # 10 <= 11.7
 
 
 def test_a_failing_step_parts_probe_is_recorded_and_the_others_still_run(monkeypatch):
