@@ -157,7 +157,7 @@ def difference_cause(prov: dict, same_code: bool = False) -> str:
     which the result was made and restamped (their provenance's `cpu`): the change, where this
     machine's CPU is one of them; else perhaps the CPU, whose kernels may round differently (on
     one of this project's 2-core machines the committed code itself retrained `depth`'s first run
-    0.1 point of test accuracy apart: README, Restamp)."""
+    0.1 point of test accuracy apart: README, Changing the engine's code)."""
     here = results.cpu_identity()
     known = [c for c in [prov.get("cpu"), *(r.get("cpu") for r in prov.get("restamps", []))] if c]
     where = (f"it was made and checked on {'; '.join(sorted({describe_cpu(c) for c in known}))}" if known

@@ -171,7 +171,7 @@ def cpu_identity() -> dict:
     """This machine's CPU as its kernels see it: name, family, model, stepping and the vector
     extensions (AVX*, AMX*, FMA) by which MKL and oneDNN choose their code paths (Linux's
     /proc/cpuinfo; elsewhere what `platform` says). Why: a CPU rerun repeats a run bit for bit only
-    where the same kernels run; on another CPU it may round differently (README: Restamp)."""
+    where the same kernels run; on another CPU it may round differently (README: Changing the engine's code)."""
     try:
         first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:

@@ -557,17 +557,17 @@ class StackedRun:
         return replay
 
     @torch.no_grad()
-    def _evaluate(self, split, views: tuple = SINGLE_VIEW, states: list[dict] | None = None):
+    def _evaluate(self, split, views: tuple = SINGLE_VIEW, stacked: dict | None = None):
         """What train.evaluate gives each member's model on a whole split, for all members in one
         forward pass per batch and view: (mean losses, accuracies, predictions [m, N]); one host
-        sync. The members are the live population, or the ones whose state dicts are `states`.
-        The prediction is the mean of the views' softmax outputs and the loss is that mean's."""
+        sync. The members are the live population, or the m whose state dicts stacked_states()
+        stacked into `stacked` (key -> [m, ...]). The prediction is the mean of the views' softmax
+        outputs and the loss is that mean's."""
         state = None
-        if states is not None:
-            stacked = {key: torch.stack([st[key] for st in states]) for key in states[0]}
+        if stacked is not None:
             state = ({key: v for key, v in stacked.items() if key in self.params},
                      {key: v for key, v in stacked.items() if key not in self.params})
-        m = len(states) if states is not None else len(self.alive)
+        m = len(next(iter(stacked.values()))) if stacked is not None else len(self.alive)
         loss_sum, preds = torch.zeros(m, device=self.device), []
         for start in range(0, len(split), EVAL_BATCH):
             x = inputs(split.images[start:start + EVAL_BATCH], self.data)
@@ -592,10 +592,10 @@ class StackedRun:
             views = SHIFTED_VIEWS if self.members[j].spec.test_time_shifts else SINGLE_VIEW
             by_views.setdefault(views, []).append((j, state, seconds))
         for views, group in by_views.items():
-            evaluated = [{} for _ in group]
+            evaluated, stacked = [{} for _ in group], stacked_states([st for _, st, _ in group])
             with self._phase("finish.evaluate"):
                 for split in ("train", "val", "test"):
-                    losses, accs, preds = self._evaluate(getattr(self.data, split), views, [st for _, st, _ in group])
+                    losses, accs, preds = self._evaluate(getattr(self.data, split), views, stacked)
                     for e, loss, acc, pred in zip(evaluated, losses, accs, preds):
                         e[split] = (loss, acc, pred)
             with self._phase("finish.records"):
@@ -603,7 +603,7 @@ class StackedRun:
                 # run_record reads them a number at a time (on CUDA ~65 syncs a run where it read them
                 # from the device; on the CPU the same numbers either way)
                 model, data = self._host_records()
-                states = {k: torch.stack([st[k] for _, st, _ in group]).cpu() for k in group[0][1]}
+                states = {k: v.cpu() for k, v in stacked.items()}
                 test_preds = torch.stack([e["test"][2] for e in evaluated]).cpu()
                 for row, ((j, _, seconds), e) in enumerate(zip(group, evaluated)):
                     model.load_state_dict({k: v[row] for k, v in states.items()})
@@ -706,6 +706,11 @@ class StackedRun:
         self._refresh_flags()
         self.graphs.clear()
         self.input_graphs.clear()
+
+
+def stacked_states(states: list[dict]) -> dict[str, torch.Tensor]:
+    """Members' state dicts as one: key -> [m, ...] (what StackedRun._evaluate takes)."""
+    return {key: torch.stack([st[key] for st in states]) for key in states[0]}
 
 
 def conv_as_matmul(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, layer: nn.Conv2d) -> torch.Tensor:

@@ -253,7 +253,7 @@ def restamp_changes(sections: list) -> list[dict]:
             key = (r.get("from_commit"), tuple(r.get("changed_files", [])))
             c = changes.setdefault(key, {"from_commit": r.get("from_commit"), "files": list(key[1]),
                                          "checked": (r.get("started") or "")[:10], "seconds": 0.0, "results": []})
-            c["checked"] = min(c["checked"], (r.get("started") or "")[:10]) or c["checked"]
+            c["checked"] = min(filter(None, (c["checked"], (r.get("started") or "")[:10])), default="")
             c["seconds"] += r.get("wall_seconds") or 0.0
             c["results"].append({"name": s.path.name, "retrained": len(r.get("checked_runs", [])),
                                  "runs": r.get("runs_in_result")})

@@ -408,7 +408,7 @@ def test_finished_members_are_evaluated_together_as_train_evaluate_evaluates_eac
     from experiments.train import SHIFTED_VIEWS, evaluate
     stack = StackedRun(tiny, [Member("a", spec, 0), Member("b", spec, 1)], CPU, 2, use_graphs=False)
     states = [stack.member_state(r) for r in range(2)]
-    losses, accs, preds = stack._evaluate(tiny.test, SHIFTED_VIEWS, states)
+    losses, accs, preds = stack._evaluate(tiny.test, SHIFTED_VIEWS, stacked.stacked_states(states))
     for model, state, loss, acc, pred in zip(stack.models, states, losses, accs, preds):
         model.load_state_dict(state)
         want_loss, want_acc, want_pred = evaluate(model, tiny.test, tiny, False, SHIFTED_VIEWS)

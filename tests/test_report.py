@@ -927,3 +927,6 @@ def test_restamps_are_listed_once_per_change_with_the_results_it_was_checked_on(
     assert rows[1]["results"] == [{"name": "depth.json", "retrained": 2, "runs": 20},
                                   {"name": "cnn.json", "retrained": 1, "runs": 10}]
     assert rows[1]["seconds"] == 90.0 and rows[1]["checked"] == "2026-11-27" and rows[0]["files"] == ["data.py", "train.py"]
+    undated = {"from_commit": "c" * 40, "changed_files": ["models.py"], "checked_runs": ["1"], "runs_in_result": 1}
+    rows = analysis.restamp_changes([section("depth.json", undated), section("cnn.json", {**undated, "started": "2026-11-28T09:00"})])
+    assert rows[0]["checked"] == "2026-11-28"                           # the day of the entry that has one
