@@ -106,12 +106,15 @@ bench: | $(SETUP) $(DATA) ## measure speed -> results/bench.json, or results/ben
 # A GPU host may have its own torch and no package registry: this target uses .venv where it
 # exists and the machine's python3 otherwise, and finds the data through FASHION_MNIST_DIR too.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+# LANES: experiments of the study trained side by side on the card (experiments/lanes.py)
+LANES ?= 4
 gpu-check: ## on a CUDA machine (< 8 min): the probe, the CUDA-graph tests, the study into build/gpu-check, compared with results/, rerun, bench
 	$(GPU_PY) -m experiments.gpu_probe --out build/gpu-check/gpu-probe.json
-	@# the probe's choices only where the CUDA-graph tests pass on this card; else the defaults, and exit 1 at the end
+	@# the probe's choices and LANES only where the CUDA-graph tests pass on this card; else the defaults, one
+	@# experiment at a time, and exit 1 at the end
 	@if $(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k cuda_graphs; then \
-		probe="--probe build/gpu-check/gpu-probe.json"; tests=0; \
-	else echo "CUDA-graph tests failed: the check runs with the engine's defaults, not the probe's choices"; \
+		probe="--probe build/gpu-check/gpu-probe.json --lanes $(LANES)"; tests=0; \
+	else echo "CUDA-graph tests failed: the check runs with the engine's defaults and one lane, not the probe's choices"; \
 		probe=""; tests=1; fi; \
 	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k on_cuda || \
 		echo "CUDA exactness tests failed (a replayed update is not the serial optimizer's, bit for bit): reported, not a gate"; \

@@ -227,6 +227,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, help="default results/bench.json, or results/bench-cuda.json on CUDA")
     parser.add_argument("--study-seconds", type=float, metavar="S",
                         help="CUDA: the study's wall time measured already (make gpu-check), instead of running it again")
+    parser.add_argument("--study-lanes", type=int, default=1, metavar="N",
+                        help="with --study-seconds: how many experiments that study trained side by side (gpu_check --lanes)")
     args = parser.parse_args(argv)
     quick, device = args.quick, torch.device(args.device)
     args.out = args.out or results.PROJECT_ROOT / "results" / ("bench-cuda.json" if device.type == "cuda" else "bench.json")
@@ -239,6 +241,7 @@ def main(argv=None) -> None:
         figures.update(population_figures(data, device, quick, study=args.study_seconds is None))
         if args.study_seconds is not None:
             figures["study_seconds"] = args.study_seconds
+        figures["study_lanes"] = args.study_lanes if args.study_seconds is not None else 1
     per_device = {device.type: figures}
     # Top level: this device's figures; `devices` holds them by device type (one schema for both files).
     out = {"schema_version": 2, "quick": quick, **figures, "devices": per_device,

@@ -22,6 +22,7 @@ to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -60,6 +61,16 @@ def engine_settings(probe: Path | None) -> dict:
     stacked.check_settings()
     return {"FMREPORT_CONV": stacked.CONV, "FMREPORT_CUDNN_BENCHMARK": "1" if stacked.CUDNN_BENCHMARK else "0",
             "FMREPORT_INPUTS": stacked.INPUTS, "FMREPORT_MATMUL": stacked.MATMUL, "from": source}
+
+
+def expected_seconds() -> dict[str, float]:
+    """Each experiment's seconds in the committed results/gpu-check.json (the last card run), which
+    orders the lanes; empty where it is absent or unreadable."""
+    try:
+        saved = json.loads((results.PROJECT_ROOT / "results" / "gpu-check.json").read_text())["experiments"]
+        return {name: float(e["seconds"]) for name, e in saved.items() if "seconds" in e}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def compare_to_committed(result: dict, committed: dict) -> list[dict]:
@@ -173,8 +184,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, help="seeds per variant for every experiment (default the catalog's; "
                                                   "fewer only to try the script)")
     parser.add_argument("--probe", type=Path, help="gpu_probe's JSON: run with the engine settings it found fastest")
+    parser.add_argument("--lanes", type=int, default=1,
+                        help="experiments of the study trained side by side, each in its own thread (on CUDA its own "
+                             "stream; experiments/lanes.py), the longest first; 1 (default): one after another")
     args = parser.parse_args(argv)
-    from . import bench, runner
+    from . import bench, lanes, population, runner, stacked
     from . import data as data_mod
     try:
         settings = engine_settings(args.probe)
@@ -191,39 +205,57 @@ def main(argv=None) -> int:
     except (data_mod.DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.lanes < 1 or (args.lanes > 1 and population.resolve_backend(args.backend, device) != "batched"):
+        print(f"error: --lanes {args.lanes}: give 1, or more with the batched backend (--backend batched; auto "
+              "is batched on CUDA): the loop backend's serial runs draw dropout masks from torch's global "
+              "generator, which lanes would share", file=sys.stderr)
+        return 2
     report["provenance"] = prov = results.provenance(bench.device_name(device), [], started)   # the code and machine
     prov["command"] = " ".join(["python -m experiments.gpu_check", *(sys.argv[1:] if argv is None else argv)])
-    for exp in EXPERIMENTS.values():
-        if exp.optional:
-            continue
-        out = args.out / "results" / f"{exp.name}.json"
-        t0 = time.perf_counter()
-        try:
-            result = runner.run_experiment(exp, out, ["gpu_check"], seeds=args.seeds, quick=args.quick,
-                                           device_name=args.device, fresh=True, backend=args.backend, data=data)
-        except Exception as err:   # a check reports every failure and goes on
-            failed = True
-            report["experiments"][exp.name] = {"error": f"{type(err).__name__}: {err}"}
-            print(f"FAILED {exp.name}: {err}", file=sys.stderr)
-            continue
-        pops = result["provenance"]["populations"]
-        phases = Counter()   # where the populations' time went (stacked.StackedRun.train), summed
-        for pop in pops:
-            phases.update(pop.get("seconds", {}))
-        report["experiments"][exp.name] = {"seconds": time.perf_counter() - t0,
-                                           "backend": result["provenance"]["backend"],
+    study = [exp for exp in EXPERIMENTS.values() if not exp.optional]
+    if args.lanes > 1:   # the longest first, by the last card run's times where it has them
+        study = [EXPERIMENTS[n] for n in lanes.longest_first([e.name for e in study], expected_seconds())]
+    report["lanes"], report["order"] = args.lanes, [e.name for e in study]
+
+    def job(exp):
+        """The experiment into the scratch folder: (its result, its wall seconds)."""
+        def train():
+            t0 = time.perf_counter()
+            log = print if args.lanes == 1 else lambda line: print(f"[{exp.name}] {line}")
+            result = runner.run_experiment(exp, args.out / "results" / f"{exp.name}.json", ["gpu_check"],
+                                           seeds=args.seeds, quick=args.quick, device_name=args.device,
+                                           fresh=True, backend=args.backend, data=data, log=log)
+            return result, time.perf_counter() - t0
+        return exp.name, train
+
+    # lanes share torch's process-wide TF32 switch: set once for all, so no lane's end puts it back
+    with stacked.cuda_matmul(device) if args.lanes > 1 else contextlib.nullcontext():
+        for name, done, err in lanes.run([job(exp) for exp in study], args.lanes, device):
+            if err is not None:   # a check reports every failure and goes on
+                failed = True
+                report["experiments"][name] = {"error": f"{type(err).__name__}: {err}"}
+                print(f"FAILED {name}: {err}", file=sys.stderr)
+                continue
+            result, seconds = done
+            pops = result["provenance"]["populations"]
+            phases = Counter()   # where the populations' time went (stacked.StackedRun.train), summed
+            for pop in pops:
+                phases.update(pop.get("seconds", {}))
+            report["experiments"][name] = {"seconds": seconds, "backend": result["provenance"]["backend"],
                                            "populations": [p["size"] for p in pops], "phase_seconds": dict(phases)}
-        committed = results.PROJECT_ROOT / "results" / f"{exp.name}.json"
-        if committed.exists() and not args.quick:
-            report["agreement"][exp.name] = compare_to_committed(result, results.load(committed))
-        save(args.out, report, t_study)   # what is done survives a timeout
+            committed = results.PROJECT_ROOT / "results" / f"{name}.json"
+            if committed.exists() and not args.quick:
+                report["agreement"][name] = compare_to_committed(result, results.load(committed))
+            save(args.out, report, t_study)   # what is done survives a timeout
     report["study_seconds"] = time.perf_counter() - t_study
+    for key in ("experiments", "agreement"):   # in the catalog's order, however the lanes ended
+        report[key] = {n: report[key][n] for n in EXPERIMENTS if n in report[key]}
     save(args.out, report, t_study)
     if not args.skip_bench:   # before the checks below: the figures README and the report show
         try:
             bench.main([*(["--quick"] if args.quick else []), "--device", args.device.split(":")[0],
                         "--out", str(args.out / f"bench-{args.device.split(':')[0]}.json"),
-                        "--study-seconds", str(report["study_seconds"])])
+                        "--study-seconds", str(report["study_seconds"]), "--study-lanes", str(args.lanes)])
         except Exception as err:   # reported; the checks below still run
             failed, report["bench_error"] = True, f"{type(err).__name__}: {err}"
             print(f"FAILED bench: {err}", file=sys.stderr)
@@ -250,7 +282,7 @@ def main(argv=None) -> int:
         failed |= any("error" in t for t in report["memory_cap"].get("tries", []))
     save(args.out, report, t_study)
     disagree = [(e, r["variant"]) for e, rows in report["agreement"].items() for r in rows if r["agrees"] is False]
-    print(f"study: {report['study_seconds']:.1f} s on {args.device}; "
+    print(f"study: {report['study_seconds']:.1f} s on {args.device}, {args.lanes} lane(s); "
           f"{sum(len(r) for r in report['agreement'].values()) - len(disagree)} variant(s) within 2 SE of the "
           f"committed CPU results, outside: {disagree or 'none'}")
     if "repeatability" in report:

@@ -2,9 +2,11 @@
 `python -m experiments.gpu_session --copy-to DIR [--limit SECONDS] [--device cuda] [--quick]`.
 
 The steps of `make gpu-check` (the probe, the CUDA-graph tests, the CUDA exactness tests, which
-gate nothing, and the check with the probe's choices where the CUDA-graph tests pass), each in its
-own process under a share of the limit. The check is
-interrupted with SIGINT at the deadline: it has saved what it measured after each experiment. Then
+gate nothing, and the check with the probe's choices and its study in LANES lanes where the
+CUDA-graph tests pass), each in its own process under a share of the limit. Then, where the study
+ran in lanes, the study again one experiment at a time with the same settings (what the lanes
+gain), or, where the study in lanes did not end, the whole check again in one lane. A step is
+interrupted with SIGINT at the deadline: the check has saved what it measured after each experiment. Then
 the JSON files, one log of every step and a tarball of the scratch folder are copied to DIR (a
 lent machine may return files only from one folder, and few of them), and the figures that matter
 are printed last, where a truncated output keeps them.
@@ -32,6 +34,8 @@ SCRATCH = results.PROJECT_ROOT / "build" / "gpu-check"
 # results/gpu-check.json), before its bench, memory caps and process starts, which were not timed.
 PROBE_SHARE, TESTS_SHARE, EXACT_SHARE = 0.4, 0.15, 0.05
 GRACE = 20                             # seconds the check gets to exit after SIGINT
+LANES = 4                              # experiments the check's study trains side by side (lanes.py)
+ONE_LANE_RESERVE = 100                 # seconds kept after a check in lanes for the study in one lane
 COPY_RESERVE = 15                      # seconds kept for copying the files
 
 
@@ -65,7 +69,10 @@ def summary(scratch: Path) -> list[str]:
     """The lines worth reading first: the probe's choices and profiles, the study's time and where
     it went."""
     lines = []
-    for name, keys in (("gpu-probe.json", ("fastest",)), ("gpu-check.json", ("settings", "study_seconds"))):
+    for name, keys in (("gpu-probe.json", ("fastest",)), ("gpu-check.json", ("settings", "lanes", "study_seconds")),
+                       ("one-lane/gpu-check.json", ("lanes", "study_seconds"))):
+        if name.startswith("one-lane") and not (scratch / name).exists():
+            continue
         try:
             saved = json.loads((scratch / name).read_text())
         except (OSError, ValueError):
@@ -82,6 +89,15 @@ def summary(scratch: Path) -> list[str]:
     return lines
 
 
+def study_seconds(path: Path) -> float | None:
+    """The study's wall time a check's JSON records, or None where the study did not end (or no
+    file was written)."""
+    try:
+        return float(json.loads(path.read_text())["study_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copy-to", type=Path, required=True, help="folder that receives the files (e.g. $OUT)")
@@ -93,6 +109,9 @@ def main(argv=None) -> int:
         parser.error(f"--limit {args.limit:g}: give the steps at least 60 seconds")
     deadline = time.perf_counter() + args.limit - COPY_RESERVE
     SCRATCH.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(SCRATCH / "one-lane", ignore_errors=True)        # no earlier session's files are copied back
+    for stale in ("gpu-check.json", "gpu-check-lanes.json"):           # nor taken for this one's
+        (SCRATCH / stale).unlink(missing_ok=True)
     quick = ["--quick"] if args.quick else []
     probe = SCRATCH / "gpu-probe.json"
     with open(SCRATCH / "session.log", "w") as log:
@@ -101,20 +120,34 @@ def main(argv=None) -> int:
         tested = step("CUDA-graph tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
                                            "-k", "cuda_graphs"], TESTS_SHARE * args.limit, log)
         choices = ["--probe", str(probe)] if tested == 0 and probe.exists() else []   # else the defaults
+        lanes = LANES if tested == 0 and args.device.startswith("cuda") else 1         # else one at a time
         # bit-for-bit agreement with the serial optimizers on this card: recorded, not a gate
         exact = step("CUDA exactness tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
                                               "-k", "on_cuda"], EXACT_SHARE * args.limit, log)
-        checked = step("check", ["experiments.gpu_check", "--out", str(SCRATCH), "--device", args.device,
-                                 *quick, *choices], deadline - time.perf_counter(), log)
+        check = ["experiments.gpu_check", "--device", args.device, *quick, *choices]
+        checked = step("check", [*check, "--out", str(SCRATCH), "--lanes", str(lanes)],
+                       deadline - time.perf_counter() - (ONE_LANE_RESERVE if lanes > 1 else 0), log)
+        if lanes > 1 and study_seconds(SCRATCH / "gpu-check.json") is None:   # the study in lanes did not end
+            if (SCRATCH / "gpu-check.json").exists():
+                (SCRATCH / "gpu-check.json").replace(SCRATCH / "gpu-check-lanes.json")
+            lanes = 1
+            checked = step("check, one lane", [*check, "--out", str(SCRATCH), "--lanes", "1"],
+                           deadline - time.perf_counter(), log)
+        elif lanes > 1:   # what the lanes gain: the same study one experiment at a time, as long as time lasts
+            step("study, one lane", [*check, "--out", str(SCRATCH / "one-lane"), "--lanes", "1", "--skip-bench",
+                                     "--skip-checks"], deadline - time.perf_counter(), log)
     args.copy_to.mkdir(parents=True, exist_ok=True)
-    for name in ("gpu-probe.json", "gpu-check.json", f"bench-{args.device.split(':')[0]}.json", "session.log"):
+    if (SCRATCH / "one-lane" / "gpu-check.json").exists():
+        shutil.copy2(SCRATCH / "one-lane" / "gpu-check.json", args.copy_to / "gpu-check-one-lane.json")
+    for name in ("gpu-probe.json", "gpu-check.json", "gpu-check-lanes.json", f"bench-{args.device.split(':')[0]}.json",
+                 "session.log"):
         if (SCRATCH / name).exists():
             shutil.copy2(SCRATCH / name, args.copy_to / name)
     with tarfile.open(args.copy_to / "gpu-check.tgz", "w:gz") as tar:
         tar.add(SCRATCH, arcname="gpu-check")
     print("\n".join([f"probe {probed}, tests {tested}, exactness tests {exact}, check {checked} (exit codes; "
                      "None: out of time); "
-                     f"{'with' if choices else 'without'} the probe's choices", *summary(SCRATCH)]))
+                     f"{'with' if choices else 'without'} the probe's choices, {lanes} lane(s)", *summary(SCRATCH)]))
     return 0 if (probed, tested, checked) == (0, 0, 0) else 1
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,11 @@ FINISH_PARTS = ("finish.evaluate", "finish.records", "finish.save")
 PARTS = ("steps.capture", *FINISH_PARTS)
 PHASES = ("steps", "evaluate", "finish", *PARTS)   # StackedRun.phase_seconds (population.py adds "build")
 _FAILED_GRAPHS: list = []   # graphs whose capture failed, kept alive (torch 2.11's allocator keeps a pointer)
+# What populations training side by side (lanes.py: one thread each) share in torch's process-wide
+# state, taken by one of them at a time: the global RNG, which building a member seeds and draws its
+# initial weights from (as its serial run does), and CUDA graph capture (the default generator is
+# registered with every graph, and torch.cuda.graph captures on one shared side stream).
+SHARED = threading.RLock()
 
 
 def check_settings() -> None:
@@ -112,12 +118,13 @@ class StackedRun:
             torch.backends.cudnn.benchmark = True
         self.amp = autocast(members[0].spec, device)
         self.models, self.batch_gens, self.dropout_gens = [], [], []
-        for m in members:
-            gen = seed_everything(m.seed, device)           # exactly the serial run's start
-            model = models.build(m.spec, self.in_features).to(device)
-            self.models.append(model)
-            self.batch_gens.append(gen)
-            self.dropout_gens.append(_global_stream_copy(m.seed, device))
+        with SHARED:                                        # the global RNG: no other lane seeds it meanwhile
+            for m in members:
+                gen = seed_everything(m.seed, device)       # exactly the serial run's start
+                model = models.build(m.spec, self.in_features).to(device)
+                self.models.append(model)
+                self.batch_gens.append(gen)
+                self.dropout_gens.append(_global_stream_copy(m.seed, device))
         self.template = self.models[0]
         self.mask_kinds = self._dropout_inputs()
         n = len(data.train)
@@ -498,8 +505,10 @@ class StackedRun:
         """`step` warmed up on a side stream and captured as a CUDA graph, with `gens` registered
         (a replay then advances each by the graph's draws, so replays draw what eager steps would).
         A capture that fails leaves no generator in capture mode and the stream as it was (torch
-        2.11 would otherwise refuse every later draw and capture), then raises."""
-        with self._phase("steps.capture"):
+        2.11 would otherwise refuse every later draw and capture), then raises. One lane captures at
+        a time (SHARED); the others go on replaying and evaluating meanwhile (thread-local capture
+        mode: only this thread's CUDA calls must be capture-safe)."""
+        with self._phase("steps.capture"), SHARED:
             return self._captured(step, gens)
 
     def _captured(self, step, gens) -> torch.cuda.CUDAGraph:
@@ -520,7 +529,7 @@ class StackedRun:
             if hasattr(graph, "register_generator_state"):   # torch 2.14 registers on first use (a no-op there)
                 for g in gens:
                     graph.register_generator_state(g)
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 step()
         except RuntimeError:
             _FAILED_GRAPHS.append(graph)                 # torch's allocator may still point at it
@@ -531,8 +540,8 @@ class StackedRun:
                 if hasattr(g, "graphsafe_set_state"):
                     g.graphsafe_set_state(fresh)
             raise
-        torch.cuda.synchronize(self.device)               # the warm-up's work counts as the capture's
-        return graph
+        current.synchronize()                             # the warm-up's work counts as the capture's (it
+        return graph                                      # ran on `stream`, which `current` waited for)
 
     def _capture_with_inputs(self, size: int) -> torch.cuda.CUDAGraph:
         """The epoch's next step, its inputs made inside, as a CUDA graph."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +245,97 @@ def test_a_session_summary_names_what_was_not_written(tmp_path):
     assert ("  depth profile (10 members, 20 steps): steps 12/10 ms (host/device); "
             "most: ampere_sgemm_128x64_nn 3.2 ms x60; of the steps alone: fill 0.5 ms x40") in lines
     assert '  depth: 6.0 s {"steps": 4.12}' in lines and "  cnn: boom" in lines
+
+
+def test_lanes_run_jobs_side_by_side_and_yield_each_value_or_error():
+    """lanes.run: with 2 lanes two jobs are under way at once (each waits at a barrier for the other);
+    a job's exception is yielded, not raised, and the others still end; 1 lane runs them in order
+    in this thread."""
+    import threading
+    from experiments import lanes
+    cpu = __import__("torch").device("cpu")
+    barrier = threading.Barrier(2, timeout=30)
+
+    def fails():
+        raise RuntimeError("boom")
+    jobs = [("a", lambda: barrier.wait() is not None and "a"), ("b", lambda: barrier.wait() is not None and "b"),
+            ("c", fails)]
+    ended = {name: (value, err) for name, value, err in lanes.run(jobs, 2, cpu)}
+    assert ended["a"] == ("a", None) and ended["b"] == ("b", None)
+    assert ended["c"][0] is None and str(ended["c"][1]) == "boom"
+    here = threading.get_ident()
+    in_order = list(lanes.run([(n, lambda n=n: (n, threading.get_ident())) for n in "xyz"], 1, cpu))
+    assert [(name, value) for name, value, _ in in_order] == [(n, (n, here)) for n in "xyz"]
+    with pytest.raises(ValueError, match="lanes=0"):
+        list(lanes.run(jobs, 0, cpu))
+    assert lanes.longest_first(["p", "q", "r", "s"], {"q": 1.0, "s": 9.0}) == ["s", "q", "p", "r"]
+
+
+@pytest.mark.slow
+def test_the_study_on_three_lanes_gives_the_results_of_one_lane(tmp_path, monkeypatch):
+    """gpu_check --lanes 3 on the CPU (batched backend, smoke size): the longest experiment first by
+    the committed card run's times, the report in the catalog's order, and every result file as one
+    lane makes it, bit for bit but for wall times. The loop backend is refused in lanes."""
+    names = ("early_stopping", "batchnorm", "l1_proximal")
+    monkeypatch.setattr(gpu_check, "EXPERIMENTS", {n: catalog.EXPERIMENTS[n] for n in names})
+    monkeypatch.setattr(gpu_check, "expected_seconds", lambda: {"l1_proximal": 9.0, "batchnorm": 5.0})
+    args = ["--device", "cpu", "--quick", "--seeds", "1", "--skip-bench", "--skip-checks"]
+    for lanes in (1, 3):
+        assert gpu_check.main([*args, "--backend", "batched", "--lanes", str(lanes),
+                               "--out", str(tmp_path / str(lanes))]) == 0
+    report = json.loads((tmp_path / "3" / "gpu-check.json").read_text())
+    assert report["lanes"] == 3 and report["order"] == ["l1_proximal", "batchnorm", "early_stopping"]
+    assert list(report["experiments"]) == list(names)
+
+    def without_times(x):
+        if isinstance(x, dict):
+            return {k: without_times(v) for k, v in x.items() if k not in ("seconds", "provenance")}
+        return [without_times(v) for v in x] if isinstance(x, list) else x
+    for name in names:
+        one, three = (json.loads((tmp_path / lanes / "results" / f"{name}.json").read_text()) for lanes in "13")
+        assert without_times(one) == without_times(three), name
+    assert gpu_check.main([*args, "--backend", "loop", "--lanes", "2", "--out", str(tmp_path / "loop")]) == 2
+
+
+@pytest.mark.parametrize("outcome", ["lanes end", "lanes fail", "tests fail"])
+def test_a_session_runs_the_study_in_lanes_then_in_one_or_the_check_again_in_one(tmp_path, monkeypatch, outcome):
+    """gpu_session's steps after the CUDA-graph tests (each step stood in for): where they pass, the
+    check's study runs in LANES lanes, then the same study one experiment at a time (its JSON comes
+    back as gpu-check-one-lane.json); where the study in lanes does not end, the whole check again
+    in one lane (the failed one's JSON kept as gpu-check-lanes.json); where the tests fail, one lane."""
+    from experiments import gpu_session
+    scratch = tmp_path / "scratch"
+    monkeypatch.setattr(gpu_session, "SCRATCH", scratch)
+    ran = []
+
+    def step(name, argv, seconds, log):
+        ran.append((name, argv))
+        if name == "CUDA-graph tests":
+            return 1 if outcome == "tests fail" else 0
+        if "experiments.gpu_check" in argv:
+            out = Path(argv[argv.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            lanes = int(argv[argv.index("--lanes") + 1])
+            ended = not (outcome == "lanes fail" and lanes > 1)
+            (out / "gpu-check.json").write_text(json.dumps({"lanes": lanes, "experiments": {},
+                                                            **({"study_seconds": 50.0 + lanes} if ended else {})}))
+            return 0 if ended else 1
+        return 0
+    monkeypatch.setattr(gpu_session, "step", step)
+    (scratch / "one-lane").mkdir(parents=True)
+    (scratch / "one-lane" / "gpu-check.json").write_text("{}")   # an earlier session's: never copied back
+    gpu_session.main(["--copy-to", str(tmp_path / "out"), "--device", "cuda"])
+    checks = [(name, argv[argv.index("--lanes") + 1], "--skip-bench" in argv) for name, argv in ran
+              if "experiments.gpu_check" in argv]
+    back = sorted(p.name for p in (tmp_path / "out").iterdir())
+    if outcome == "lanes end":
+        assert checks == [("check", str(gpu_session.LANES), False), ("study, one lane", "1", True)]
+        assert json.loads((tmp_path / "out" / "gpu-check-one-lane.json").read_text())["study_seconds"] == 51.0
+    elif outcome == "lanes fail":
+        assert checks == [("check", str(gpu_session.LANES), False), ("check, one lane", "1", False)]
+        assert json.loads((tmp_path / "out" / "gpu-check.json").read_text())["study_seconds"] == 51.0
+        assert "study_seconds" not in json.loads((tmp_path / "out" / "gpu-check-lanes.json").read_text())
+    else:
+        assert checks == [("check", "1", False)] and "--probe" not in ran[-1][1]
+    assert ("gpu-check-one-lane.json" in back) == (outcome == "lanes end")
+    assert ("gpu-check-lanes.json" in back) == (outcome == "lanes fail")

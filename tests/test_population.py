@@ -490,6 +490,17 @@ def test_tf32_is_set_for_a_cuda_block_only_and_put_back_after_it():
             pass
 
 
+def test_members_are_built_while_their_lane_holds_the_global_generator(tiny, monkeypatch):
+    """Building a member seeds torch's global generator and draws its weights from it: each lane
+    does so holding stacked.SHARED, so no other lane reseeds it in between."""
+    from experiments import models
+    held, build = [], models.build
+    monkeypatch.setattr(models, "build", lambda *a, **k: held.append(stacked.SHARED._is_owned()) or build(*a, **k))
+    stacked.StackedRun(tiny, [Member("a", RunSpec(width=16), s) for s in range(3)], CPU,
+                       2, use_graphs=False)
+    assert held == [True, True, True] and not stacked.SHARED._is_owned()
+
+
 def test_populations_group_members_by_shape():
     exp = EXPERIMENTS["batchnorm"]
     members = [Member(n, s, seed) for n, s in exp.specs().items() for seed in range(3)]
@@ -576,6 +587,35 @@ def test_cuda_graphs_capture_the_cnn_under_each_convolution_setting_with_tf32(fm
     for g, e in zip(graphed, eager):
         for hg, he in zip(g["history"], e["history"]):
             assert hg["train_loss"] == pytest.approx(he["train_loss"], rel=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("inputs_in_graph", ["host", "graph"])
+def test_cuda_graphs_in_two_lanes_train_as_in_one(fmnist, inputs_in_graph, monkeypatch):
+    """The gate for `gpu_check --lanes` (gpu_session runs the study in lanes only where `-k
+    cuda_graphs` passes): two populations trained at once, each in its own thread and stream,
+    capturing while the other replays (and, with the inputs in the graph, drawing from registered
+    generators), give the runs each gives trained alone: the same losses within 1e-3 relative (cuBLAS
+    may pick other kernels while several streams are active, so bit for bit is not promised; a member
+    that drew another's batches or masks would be off by far more)."""
+    from experiments import lanes
+    monkeypatch.setattr(stacked, "INPUTS", inputs_in_graph)
+    cuda = torch.device("cuda")
+    data = on_cuda(fmnist.subset(1024 + 100, 500))
+    pops = {"mlp": [Member("a", RunSpec(epochs=3, dropout=0.2, augment="crop+flip"), 0),
+                    Member("b", RunSpec(epochs=2, dropout=0.5), 1)],
+            "cnn": [Member("c", small_cnn(epochs=2, dropout=0.3), 2), Member("d", small_cnn(epochs=3), 3)]}
+    alone = {name: fit_population(data, members, cuda, "batched", cuda_graphs=True) for name, members in pops.items()}
+    notes = []
+    jobs = [(name, lambda members=members: fit_population(data, members, cuda, "batched", cuda_graphs=True, notes=notes))
+            for name, members in pops.items()]
+    together = {name: (runs, err) for name, runs, err in lanes.run(jobs, 2, cuda)}
+    assert not [n for n in notes if "failed" in n], notes
+    for name, runs in alone.items():
+        assert together[name][1] is None, together[name][1]
+        for a, b in zip(runs, together[name][0]):
+            assert [h["train_loss"] for h in b["history"]] == pytest.approx([h["train_loss"] for h in a["history"]], rel=1e-3)
+            assert [h["val_loss"] for h in b["history"]] == pytest.approx([h["val_loss"] for h in a["history"]], rel=1e-3)
 
 
 def test_steps_that_make_their_own_inputs_train_as_steps_on_host_made_inputs(tiny, monkeypatch):
