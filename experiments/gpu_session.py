@@ -4,8 +4,9 @@
 The steps of `make gpu-check` (the probe, the CUDA-graph tests, the CUDA exactness tests, which
 gate nothing, and the check with the probe's choices and its study in LANES lanes where the
 CUDA-graph tests pass), each in its own process under a share of the limit. Then, where the study
-ran in lanes, the study again one experiment at a time with the same settings (what the lanes
-gain), or, where the study in lanes did not end, the whole check again in one lane. A step is
+ran in lanes, the study again one experiment at a time with the same settings in the time left
+(what the lanes gain: each experiment's seconds are saved as it ends), or, where the study in lanes
+did not end, the whole check again in one lane. A step is
 interrupted with SIGINT at the deadline: the check has saved what it measured after each experiment. Then
 the JSON files, one log of every step and a tarball of the scratch folder are copied to DIR (a
 lent machine may return files only from one folder, and few of them), and the figures that matter
@@ -31,11 +32,12 @@ SCRATCH = results.PROJECT_ROOT / "build" / "gpu-check"
 # parts are timed (then come its profiles, which a cut-off keeps as far as they got), so it gets
 # 40%. The check then has at least 560 - 224 - 15 = 321 s less the tests' time; its timed parts on an
 # H200 at 46b833d came to 141 s (the study 114 s, two reruns 11 s, two deterministic ones 16 s;
-# results/gpu-check.json), before its bench, memory caps and process starts, which were not timed.
+# results/gpu-check.json) and its bench 82 s (results/bench-cuda.json's provenance), before its
+# memory caps and process starts, which were not timed. Where the check's study ran in lanes, the
+# same study in one lane gets the time left after it.
 PROBE_SHARE, TESTS_SHARE, EXACT_SHARE = 0.4, 0.15, 0.05
 GRACE = 20                             # seconds the check gets to exit after SIGINT
 LANES = 4                              # experiments the check's study trains side by side (lanes.py)
-ONE_LANE_RESERVE = 100                 # seconds kept after a check in lanes for the study in one lane
 COPY_RESERVE = 15                      # seconds kept for copying the files
 
 
@@ -125,15 +127,14 @@ def main(argv=None) -> int:
         exact = step("CUDA exactness tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
                                               "-k", "on_cuda"], EXACT_SHARE * args.limit, log)
         check = ["experiments.gpu_check", "--device", args.device, *quick, *choices]
-        checked = step("check", [*check, "--out", str(SCRATCH), "--lanes", str(lanes)],
-                       deadline - time.perf_counter() - (ONE_LANE_RESERVE if lanes > 1 else 0), log)
+        checked = step("check", [*check, "--out", str(SCRATCH), "--lanes", str(lanes)], deadline - time.perf_counter(), log)
         if lanes > 1 and study_seconds(SCRATCH / "gpu-check.json") is None:   # the study in lanes did not end
             if (SCRATCH / "gpu-check.json").exists():
                 (SCRATCH / "gpu-check.json").replace(SCRATCH / "gpu-check-lanes.json")
             lanes = 1
             checked = step("check, one lane", [*check, "--out", str(SCRATCH), "--lanes", "1"],
                            deadline - time.perf_counter(), log)
-        elif lanes > 1:   # what the lanes gain: the same study one experiment at a time, as long as time lasts
+        elif lanes > 1:   # what the lanes gain: the same study one experiment at a time, in the time left
             step("study, one lane", [*check, "--out", str(SCRATCH / "one-lane"), "--lanes", "1", "--skip-bench",
                                      "--skip-checks"], deadline - time.perf_counter(), log)
     args.copy_to.mkdir(parents=True, exist_ok=True)
