@@ -8,7 +8,9 @@ torchvision, numpy, matplotlib, jinja2 and tqdm, not the project's virtualenv):
 3. the GPU bench (experiments.bench) into DIR/bench-cuda.json, right after the study whose wall
    time it reports;
 4. one experiment run twice with the same seeds: which runs repeat bit for bit, and the largest
-   difference where they do not; then twice more, each in its own process under
+   difference where they do not (with --lanes N the study's run of it shared the card, so it is
+   run alone twice and its study run compared with the first: `lanes_against_one_lane`); then
+   twice more, each in its own process under
    torch.use_deterministic_algorithms(True) (`run --deterministic`): whether that repeats bit for
    bit, and its cost in wall time against the default;
 5. last, on CUDA, that experiment again under caps on the process's share of the card's memory
@@ -61,6 +63,17 @@ def engine_settings(probe: Path | None) -> dict:
     stacked.check_settings()
     return {"FMREPORT_CONV": stacked.CONV, "FMREPORT_CUDNN_BENCHMARK": "1" if stacked.CUDNN_BENCHMARK else "0",
             "FMREPORT_INPUTS": stacked.INPUTS, "FMREPORT_MATMUL": stacked.MATMUL, "from": source}
+
+
+def lanes_share_one_matmul_mode(device) -> bool:
+    """Whether every lane can run under one TF32 setting: FMREPORT_CONV=unfold runs the CNN's
+    convolutions as matrix multiplies at cuDNN's precision, switching torch's process-wide setting
+    for each (stacked._ConvMatmul), which lanes share; that is a no-op only where FMREPORT_MATMUL
+    already is cuDNN's precision."""
+    import torch
+    from . import stacked
+    return device.type != "cuda" or stacked.CONV != "unfold" or \
+        (stacked.MATMUL == "tf32") == torch.backends.cudnn.allow_tf32
 
 
 def expected_seconds() -> dict[str, float]:
@@ -188,6 +201,7 @@ def main(argv=None) -> int:
                         help="experiments of the study trained side by side, each in its own thread (on CUDA its own "
                              "stream; experiments/lanes.py), the longest first; 1 (default): one after another")
     args = parser.parse_args(argv)
+    import torch
     from . import bench, lanes, population, runner, stacked
     from . import data as data_mod
     try:
@@ -209,6 +223,12 @@ def main(argv=None) -> int:
         print(f"error: --lanes {args.lanes}: give 1, or more with the batched backend (--backend batched; auto "
               "is batched on CUDA): the loop backend's serial runs draw dropout masks from torch's global "
               "generator, which lanes would share", file=sys.stderr)
+        return 2
+    if args.lanes > 1 and not lanes_share_one_matmul_mode(device):
+        print(f"error: --lanes {args.lanes} with FMREPORT_CONV=unfold and FMREPORT_MATMUL={stacked.MATMUL}: the "
+              "CNN's convolutions would switch torch's process-wide TF32 setting to cuDNN's "
+              f"({'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}) while other lanes run their matrix "
+              "multiplies; use --lanes 1, or another FMREPORT_CONV", file=sys.stderr)
         return 2
     report["provenance"] = prov = results.provenance(bench.device_name(device), [], started)   # the code and machine
     prov["command"] = " ".join(["python -m experiments.gpu_check", *(sys.argv[1:] if argv is None else argv)])
@@ -265,14 +285,20 @@ def main(argv=None) -> int:
         cuda = args.device.startswith("cuda")
         if cuda:   # the peak of this rerun alone: what the study and the bench left cached is let go first
             import gc
-            import torch
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(args.device)
+        first = results.load(args.out / "results" / f"{REPEAT}.json")
+        if args.lanes > 1:   # the study's run shared the card with other lanes: the two compared here run alone
+            in_lanes, first = first, runner.run_experiment(
+                EXPERIMENTS[REPEAT], args.out / "rerun" / f"{REPEAT}-first.json", ["gpu_check"], seeds=args.seeds,
+                quick=args.quick, device_name=args.device, fresh=True, backend=args.backend, data=data)
+            report["lanes_against_one_lane"] = repeatability(in_lanes, first)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(args.device)
         second = runner.run_experiment(EXPERIMENTS[REPEAT], again, ["gpu_check"], seeds=args.seeds, quick=args.quick,
                                        device_name=args.device, fresh=True, backend=args.backend, data=data)
         peak = torch.cuda.max_memory_reserved(args.device) if cuda else None
-        first = results.load(args.out / "results" / f"{REPEAT}.json")
         report["repeatability"] = {**repeatability(first, second),
                                    "seconds": [r["provenance"]["wall_seconds"] for r in (first, second)]}
         report["deterministic"] = deterministic_pair(args.out, args.device, args.backend, args.quick, args.seeds)
@@ -289,6 +315,11 @@ def main(argv=None) -> int:
         r = report["repeatability"]
         print(f"repeatability ({r['experiment']}): {r['bit_identical']} of {r['runs']} runs bit-identical; "
               f"largest train-loss difference {r['largest_train_loss_difference']:.3g}")
+        if "lanes_against_one_lane" in report:
+            r = report["lanes_against_one_lane"]
+            print(f"in {args.lanes} lanes against one ({r['experiment']}): {r['bit_identical']} of {r['runs']} runs "
+                  f"bit-identical; largest train-loss difference {r['largest_train_loss_difference']:.3g}")
+            r = report["repeatability"]
         d = report["deterministic"]
         print(f"deterministic algorithms: {d['error']}" if "error" in d else
               f"deterministic algorithms: {d['bit_identical']} of {d['runs']} runs bit-identical; "

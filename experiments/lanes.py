@@ -13,7 +13,7 @@ capture, is taken by one lane at a time (stacked.SHARED). Each experiment writes
 """
 from __future__ import annotations
 
-import concurrent.futures
+import queue
 import threading
 from collections.abc import Callable, Iterator
 
@@ -26,7 +26,8 @@ def run(jobs: list[tuple[str, Callable[[], object]]], lanes: int, device: torch.
     as it ends. lanes 1: one after another in this thread, as given. More: `lanes` threads take the
     jobs in the order given (longest first evens out the lanes' ends); on CUDA each thread queues
     its work on its own stream, which first waits for what this thread queued (the data set's copy
-    to the card), and its job ends when its stream has done its work."""
+    to the card), and its job ends when its stream has done its work. When the caller stops (an
+    interrupt), no lane starts another job."""
     if lanes < 1:
         raise ValueError(f"lanes={lanes}: give 1 (one experiment at a time) or more")
     if lanes == 1:
@@ -38,28 +39,46 @@ def run(jobs: list[tuple[str, Callable[[], object]]], lanes: int, device: torch.
         return
     cuda = device.type == "cuda"
     origin = torch.cuda.current_stream(device) if cuda else None
-    local = threading.local()
+    todo, ended, stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
+    for job in jobs:
+        todo.put(job)
 
-    def in_lane(fn):
-        if not cuda:
+    def lane() -> None:
+        stream = torch.cuda.Stream(device) if cuda else None   # the lane's own, for all its jobs
+        while not stop.is_set():
+            try:
+                name, fn = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                ended.put((name, in_stream(stream, fn), None))
+            except BaseException as err:   # reported by the caller; the lane takes the next job
+                ended.put((name, None, err))
+
+    def in_stream(stream, fn):
+        if stream is None:
             return fn()
-        if not hasattr(local, "stream"):   # one stream per lane, kept for its later jobs
-            local.stream = torch.cuda.Stream(device)
-        local.stream.wait_stream(origin)
-        with torch.cuda.stream(local.stream):
+        stream.wait_stream(origin)
+        with torch.cuda.stream(stream):
             try:
                 return fn()
             finally:
-                local.stream.synchronize()
+                stream.synchronize()
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane")
+    # Daemon threads: an interrupted caller (the check at its deadline) exits without waiting for
+    # the jobs under way, which have saved what they finished (resumable, atomic writes).
+    for i in range(min(lanes, len(jobs))):
+        threading.Thread(target=lane, name=f"lane-{i}", daemon=True).start()
     try:
-        futures = {pool.submit(in_lane, fn): name for name, fn in jobs}
-        for future in concurrent.futures.as_completed(futures):
-            err = future.exception()
-            yield futures[future], None if err else future.result(), err
-    finally:   # an interrupted caller (the check's deadline) starts no further job
-        pool.shutdown(wait=False, cancel_futures=True)
+        for _ in jobs:
+            while True:
+                try:
+                    yield ended.get(timeout=1.0)   # a timeout, so a signal reaches this thread at once
+                    break
+                except queue.Empty:
+                    continue
+    finally:
+        stop.set()   # no lane starts another job
 
 
 def longest_first(names: list[str], expected_seconds: dict[str, float]) -> list[str]:

@@ -116,7 +116,8 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
         except torch.cuda.OutOfMemoryError as err:
             left = [j for j in rows if j not in runs]
             if device.type == "cuda":
-                torch.cuda.empty_cache()
+                with stacked.SHARED:   # torch's allocator asserts that no other lane is capturing
+                    torch.cuda.empty_cache()
             if len(left) == 1:
                 m = members[left[0]]
                 raise DeviceMemoryError(f"one run alone ({m.name}, seed {m.seed}) does not fit in the memory of "

@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
@@ -236,7 +237,7 @@ def replacing(path):
     removed otherwise: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")   # lanes: threads of one process
     try:
         yield tmp
         os.replace(tmp, path)

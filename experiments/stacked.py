@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import math
 import os
 import threading
@@ -98,6 +97,9 @@ def cuda_matmul(device: torch.device, mode: str | None = None):
         yield None
         return
     saved = torch.backends.cuda.matmul.allow_tf32
+    if saved == (mode == "tf32"):   # already so: touches nothing (lanes share the setting: lanes.py)
+        yield mode
+        return
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     try:
         yield mode
@@ -512,12 +514,18 @@ class StackedRun:
             return self._captured(step, gens)
 
     def _captured(self, step, gens) -> torch.cuda.CUDAGraph:
-        """_graph_of's work (it times it as `steps.capture`)."""
+        """_graph_of's work (it times it as `steps.capture`). In a lane (lanes.py: this thread's
+        current stream is its own, not the default stream) the warm-up and the capture run on that
+        stream: torch hands out streams from a pool of 32, so a new side stream or torch.cuda.graph's
+        shared capture stream could be another lane's, whose work would then be captured into this
+        graph. There the capture also skips torch.cuda.graph's device-wide synchronize and
+        empty_cache, which would stall every lane and drop their cached memory."""
         current = torch.cuda.current_stream(self.device)
+        in_lane = current != torch.cuda.default_stream(self.device)
         default = torch.cuda.default_generators[self.device.index if self.device.index is not None
                                                 else torch.cuda.current_device()]
         states = [(g, g.get_state()) for g in [default, *gens]]
-        stream = torch.cuda.Stream(self.device)
+        stream = current if in_lane else torch.cuda.Stream(self.device)
         stream.wait_stream(current)
         try:
             with torch.cuda.stream(stream):
@@ -529,8 +537,15 @@ class StackedRun:
             if hasattr(graph, "register_generator_state"):   # torch 2.14 registers on first use (a no-op there)
                 for g in gens:
                     graph.register_generator_state(g)
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                step()
+            if in_lane:
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    step()
+                finally:
+                    graph.capture_end()
+            else:
+                with torch.cuda.graph(graph):
+                    step()
         except RuntimeError:
             _FAILED_GRAPHS.append(graph)                 # torch's allocator may still point at it
             torch.cuda.set_stream(current)
@@ -540,8 +555,11 @@ class StackedRun:
                 if hasattr(g, "graphsafe_set_state"):
                     g.graphsafe_set_state(fresh)
             raise
-        current.synchronize()                             # the warm-up's work counts as the capture's (it
-        return graph                                      # ran on `stream`, which `current` waited for)
+        if in_lane:                                       # the warm-up's work counts as the capture's
+            current.synchronize()
+        else:
+            torch.cuda.synchronize(self.device)
+        return graph
 
     def _capture_with_inputs(self, size: int) -> torch.cuda.CUDAGraph:
         """The epoch's next step, its inputs made inside, as a CUDA graph."""
@@ -685,6 +703,7 @@ class StackedRun:
                 self._finish(finishing, finished)
                 if done:
                     self._shrink([r for r in range(len(self.alive)) if r not in done])
+        self._drop_graphs()
 
     @contextlib.contextmanager
     def _phase(self, name: str):
@@ -713,8 +732,15 @@ class StackedRun:
         self.loss_sum, self.correct = self.loss_sum[rows], self.correct[rows]
         self.orders = None
         self._refresh_flags()
-        self.graphs.clear()
-        self.input_graphs.clear()
+        self._drop_graphs()
+
+    def _drop_graphs(self) -> None:
+        """Let go of the captured graphs, holding SHARED: torch 2.11 registers every graph with the
+        default CUDA generator and unregisters it, without a lock, when the graph is destroyed,
+        which must not overlap another lane's capture."""
+        with SHARED:
+            self.graphs.clear()
+            self.input_graphs.clear()
 
 
 def stacked_states(states: list[dict]) -> dict[str, torch.Tensor]:
@@ -786,15 +812,23 @@ def train_inputs(data: FashionMNIST, idx: torch.Tensor, specs: list[RunSpec], ge
     return x.sub_(data.mean).div_(data.std).view(k, n, -1)
 
 
-@functools.lru_cache(maxsize=64)
 def _rows(group: tuple[int, ...], device: torch.device):
     """Stack rows `group` as an index: a slice where they are consecutive (members are stacked by
     variant, so they usually are), else an index tensor made once. Why: a tensor made from a list
     each step is a host-to-device copy, and such a copy waits for every kernel queued before it,
-    so the CPU could no longer prepare the next step while the GPU runs this one."""
+    so the CPU could no longer prepare the next step while the GPU runs this one. The tensors are
+    kept for the process, never evicted or replaced: a captured step reads its index tensor at
+    every replay, and lanes may share one."""
     if group == tuple(range(group[0], group[-1] + 1)):
         return slice(group[0], group[-1] + 1)
-    return torch.tensor(group, device=device)
+    with _ROW_INDEXES_LOCK:
+        if (group, device) not in _ROW_INDEXES:
+            _ROW_INDEXES[group, device] = torch.tensor(group, device=device)
+        return _ROW_INDEXES[group, device]
+
+
+_ROW_INDEXES: dict = {}
+_ROW_INDEXES_LOCK = threading.Lock()
 
 
 def soft_threshold_(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

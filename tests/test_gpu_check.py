@@ -275,17 +275,22 @@ def test_lanes_run_jobs_side_by_side_and_yield_each_value_or_error():
 def test_the_study_on_three_lanes_gives_the_results_of_one_lane(tmp_path, monkeypatch):
     """gpu_check --lanes 3 on the CPU (batched backend, smoke size): the longest experiment first by
     the committed card run's times, the report in the catalog's order, and every result file as one
-    lane makes it, bit for bit but for wall times. The loop backend is refused in lanes."""
-    names = ("early_stopping", "batchnorm", "l1_proximal")
+    lane makes it, bit for bit but for wall times; the repeatability check runs its experiment
+    alone twice and compares the study's run in lanes with the first. The loop backend is refused
+    in lanes."""
+    names = (gpu_check.REPEAT, "batchnorm", "l1_proximal")
     monkeypatch.setattr(gpu_check, "EXPERIMENTS", {n: catalog.EXPERIMENTS[n] for n in names})
     monkeypatch.setattr(gpu_check, "expected_seconds", lambda: {"l1_proximal": 9.0, "batchnorm": 5.0})
-    args = ["--device", "cpu", "--quick", "--seeds", "1", "--skip-bench", "--skip-checks"]
-    for lanes in (1, 3):
-        assert gpu_check.main([*args, "--backend", "batched", "--lanes", str(lanes),
-                               "--out", str(tmp_path / str(lanes))]) == 0
+    args = ["--device", "cpu", "--quick", "--seeds", "1", "--skip-bench"]
+    assert gpu_check.main([*args, "--skip-checks", "--backend", "batched", "--lanes", "1", "--out", str(tmp_path / "1")]) == 0
+    assert gpu_check.main([*args, "--backend", "batched", "--lanes", "3", "--out", str(tmp_path / "3")]) == 0
     report = json.loads((tmp_path / "3" / "gpu-check.json").read_text())
-    assert report["lanes"] == 3 and report["order"] == ["l1_proximal", "batchnorm", "early_stopping"]
+    assert report["lanes"] == 3 and report["order"] == ["l1_proximal", "batchnorm", gpu_check.REPEAT]
     assert list(report["experiments"]) == list(names)
+    variants = len(catalog.EXPERIMENTS[gpu_check.REPEAT].variants)
+    for key in ("lanes_against_one_lane", "repeatability"):   # the CPU repeats bit for bit, in lanes or not
+        assert report[key]["runs"] == variants and report[key]["bit_identical"] == variants, report[key]
+    assert (tmp_path / "3" / "rerun" / f"{gpu_check.REPEAT}-first.json").exists()
 
     def without_times(x):
         if isinstance(x, dict):
@@ -295,6 +300,41 @@ def test_the_study_on_three_lanes_gives_the_results_of_one_lane(tmp_path, monkey
         one, three = (json.loads((tmp_path / lanes / "results" / f"{name}.json").read_text()) for lanes in "13")
         assert without_times(one) == without_times(three), name
     assert gpu_check.main([*args, "--backend", "loop", "--lanes", "2", "--out", str(tmp_path / "loop")]) == 2
+
+
+def test_lanes_refuse_unfold_convolutions_that_would_switch_the_shared_tf32_setting(monkeypatch):
+    """FMREPORT_CONV=unfold switches torch's process-wide TF32 setting to cuDNN's precision for each
+    convolution: in lanes only where FMREPORT_MATMUL already is that precision."""
+    torch = __import__("torch")
+    cuda = torch.device("cuda")   # a device object only: nothing runs
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    for conv, matmul, shared in (("unfold", "ieee", False), ("unfold", "tf32", True), ("split", "ieee", True)):
+        monkeypatch.setattr(stacked, "CONV", conv)
+        monkeypatch.setattr(stacked, "MATMUL", matmul)
+        assert gpu_check.lanes_share_one_matmul_mode(cuda) is shared, (conv, matmul)
+        assert gpu_check.lanes_share_one_matmul_mode(torch.device("cpu"))
+
+
+def test_lanes_start_no_job_once_their_caller_stops_and_never_hold_the_process():
+    """An interrupted caller (the check at its deadline) closes lanes.run: the jobs under way end,
+    no lane takes another, and the lanes are daemon threads, so the process need not wait for them."""
+    import threading
+    from experiments import lanes
+    started, release = [], {n: threading.Event() for n in "abcdef"}
+
+    def job(name):
+        started.append(name)
+        release[name].wait(10)
+        return name
+    runs = lanes.run([(n, lambda n=n: job(n)) for n in "abcdef"], 2, __import__("torch").device("cpu"))
+    release["a"].set()                    # a ends; its lane may take c before the caller stops; b is under way
+    assert next(runs) == ("a", "a", None)
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("lane-"))
+    runs.close()                          # the caller stops
+    for event in release.values():
+        event.set()
+    time.sleep(0.5)
+    assert sorted(started) in (["a", "b"], ["a", "b", "c"]), started   # d, e and f never start
 
 
 @pytest.mark.parametrize("outcome", ["lanes end", "lanes fail", "tests fail"])

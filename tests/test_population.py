@@ -86,6 +86,10 @@ def test_augmented_rows_are_a_slice_where_consecutive_and_an_index_tensor_made_o
     assert stacked._rows((2, 3, 4), CPU) == slice(2, 5)
     assert torch.equal(stacked._rows((1, 4), CPU), torch.tensor([1, 4]))
     assert stacked._rows((1, 4), CPU) is stacked._rows((1, 4), CPU)   # no host-to-device copy per step
+    kept = stacked._rows((0, 2), CPU)
+    for n in range(3, 80):                # never evicted: a captured step reads it at every replay
+        stacked._rows((0, n), CPU)
+    assert stacked._rows((0, 2), CPU) is kept
 
 
 def test_a_training_step_is_a_few_dozen_operations_whatever_the_number_of_tensors(tiny):

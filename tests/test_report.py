@@ -777,12 +777,16 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert rows["The whole study: every experiment make all runs"][1] == "42.0 s"
     assert "The whole study on the GPU" not in page
     (res / "bench-cuda.json").write_text(json.dumps({**gpu, "study_lanes": 4}))
-    (res / "gpu-check.json").write_text(json.dumps({**GPU_CHECK, "lanes": 4}))
+    (res / "gpu-check.json").write_text(json.dumps({**GPU_CHECK, "lanes": 4, "lanes_against_one_lane": {
+        "experiment": "depth", "runs": 40, "bit_identical": 31, "largest_train_loss_difference": 0.00042}}))
     assert render(res, tmp_path / "lanes") == 0
     page = visible_text((tmp_path / "lanes" / "report.html").read_text())
     assert "on one NVIDIA H200, 42.0 s in one process, 4 experiments at a time" in page
     assert "took 42.0 s on the card, 4 experiments at a time, each in its own thread and CUDA stream (gpu_check --lanes)" in page
     assert "(summed over the lanes, so they overlap and add up to more than the study’s wall time)" in page
+    assert "Its run in the study, beside the other lanes, against the first of those two runs alone: 31 of 40 runs " \
+           "bit for bit (the largest training-loss difference 0.0004: while several streams are active cuBLAS may " \
+           "pick other kernels)." in page
     (res / "bench-cuda.json").write_text(json.dumps(gpu))
     (res / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
     assert render(res, tmp_path / "checked") == 0
