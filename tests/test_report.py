@@ -787,6 +787,7 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert "Its run in the study, beside the other lanes, against the first of those two runs alone: 31 of 40 runs " \
            "bit for bit (the largest training-loss difference 0.0004: while several streams are active cuBLAS may " \
            "pick other kernels)." in page
+    assert "<p>Capped at a share of the card" in (tmp_path / "lanes" / "report.html").read_text()   # its own paragraph
     (res / "bench-cuda.json").write_text(json.dumps(gpu))
     (res / "gpu-check.json").write_text(json.dumps(GPU_CHECK))
     assert render(res, tmp_path / "checked") == 0
