@@ -31,7 +31,7 @@ RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 .PHONY: help setup data test test-fast all experiments reproduce report bench gpu-check clean lock FORCE
 
 help: ## print this list of targets
-	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched)"
+	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched, LANES=N)"
 	@grep -E '^[a-zA-Z%/$$()._-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | \
 		sed 's/$$(RESULTS)\/%/results\/NAME/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo "  experiments:           $(EXPERIMENTS)"
@@ -61,7 +61,15 @@ $(DATA): | $(SETUP)
 	$(PY) -m experiments data
 	touch $@
 
-experiments: $(RESULT_FILES) ## run every experiment whose result is missing or stale
+# LANES=N (on a CUDA machine): every stale experiment in one process, N at a time, each in its own
+# thread and CUDA stream (experiments/lanes.py; the batched backend); without it, one process per
+# result file through the pattern rule below.
+ifdef LANES
+experiments: | $(SETUP) $(DATA)
+	$(PY) -m experiments run $(EXPERIMENTS) --lanes $(LANES) --if-stale --skip-unavailable $(RUN_FLAGS)
+else
+experiments: $(RESULT_FILES) ## run every experiment whose result is missing or stale (LANES=N: N at a time, one process)
+endif
 
 # One rule for every experiment. FORCE makes make ask the engine, which compares fingerprints
 # and leaves the file untouched (so nothing downstream reruns) when it is still current.
@@ -106,14 +114,12 @@ bench: | $(SETUP) $(DATA) ## measure speed -> results/bench.json, or results/ben
 # A GPU host may have its own torch and no package registry: this target uses .venv where it
 # exists and the machine's python3 otherwise, and finds the data through FASHION_MNIST_DIR too.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
-# LANES: experiments of the study trained side by side on the card (experiments/lanes.py)
-LANES ?= 4
 gpu-check: ## on a CUDA machine (< 8 min): the probe, the CUDA-graph tests, the study into build/gpu-check, compared with results/, rerun, bench
 	$(GPU_PY) -m experiments.gpu_probe --out build/gpu-check/gpu-probe.json
-	@# the probe's choices and LANES only where the CUDA-graph tests pass on this card; else the defaults, one
-	@# experiment at a time, and exit 1 at the end
+	@# the probe's choices and LANES lanes (default 4) only where the CUDA-graph tests pass on this card; else
+	@# the defaults, one experiment at a time, and exit 1 at the end
 	@if $(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k cuda_graphs; then \
-		probe="--probe build/gpu-check/gpu-probe.json --lanes $(LANES)"; tests=0; \
+		probe="--probe build/gpu-check/gpu-probe.json --lanes $(or $(LANES),4)"; tests=0; \
 	else echo "CUDA-graph tests failed: the check runs with the engine's defaults and one lane, not the probe's choices"; \
 		probe=""; tests=1; fi; \
 	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k on_cuda || \

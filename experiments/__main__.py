@@ -1,4 +1,4 @@
-"""Command line: `python -m experiments list | data | run NAME [...] | restat FILE... | restamp FILE...`.
+"""Command line: `python -m experiments list | data | run NAME... [--lanes N] | restat FILE... | restamp FILE...`.
 
 Exit codes: 0 done, 1 a data or result problem the message explains, 2 bad arguments,
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).  torch is imported only when training.
@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 a data or result problem the message explains, 2 bad argum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -91,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     restamp.add_argument("--verify", action="store_true",
                          help="only retrain the sample and compare it, current or not, writing nothing: whether "
                               "this machine with this code repeats the result bit for bit")
-    run = sub.add_parser("run", help="train every variant and seed of one experiment, write its result JSON")
-    run.add_argument("name", type=experiment_name, help="experiment name (see `list`)")
+    run = sub.add_parser("run", help="train every variant and seed of one experiment (or several), write its "
+                                     "result JSON")
+    run.add_argument("names", type=experiment_name, nargs="+", metavar="name",
+                     help="experiment name (see `list`); several run one after another, or --lanes at a time")
     run.add_argument("--seeds", type=positive_int, help="number of seeds (default: the experiment's)")
     run.add_argument("--epochs", type=positive_int, help="override the maximum epochs of every variant")
     run.add_argument("--quick", action="store_true",
@@ -123,11 +126,72 @@ def build_parser() -> argparse.ArgumentParser:
                      help="transfer: the ImageNet weight file (default: torchvision's cache, see transfer.py)")
     run.add_argument("--skip-unavailable", action="store_true",
                      help="exit 0 with a note when the run needs what is not here (ImageNet weights, CUDA)")
+    run.add_argument("--lanes", type=positive_int, default=1, metavar="N",
+                     help="several experiments: N at a time in this process, each in its own thread and CUDA "
+                          "stream (experiments/lanes.py; batched backend only; `make all LANES=N`)")
     return parser
 
 
 class Terminated(Exception):
     pass
+
+
+def _run(args, argv: list[str], todo: list[tuple]) -> int:
+    """`run`'s work once the request passed the checks that need no torch: each experiment of
+    `todo`, (experiment, result file, accepted fingerprints), checked against this machine before
+    any trains, then trained under its result's lock, --lanes at a time. The first failure is
+    raised (main says what it was)."""
+    from . import data, executors, lanes, locks, planning, runner
+    try:   # check the whole request before any work: a bad device is exit 2
+        device = runner.pick_device(args.device)
+        runner.stacked.check_settings()
+        planned = [(exp, out, current, runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set),
+                                                   runner.population.resolve_backend(args.backend, device),
+                                                   args.executor)[0])
+                   for exp, out, current in todo]
+        if args.executor == "ray":
+            executors.require_ray()
+        if args.lanes > 1 and runner.population.resolve_backend(args.backend, device) != "batched":
+            raise ValueError(f"--lanes {args.lanes} needs the batched backend (--backend batched; auto is batched on "
+                             "CUDA): the loop backend's serial runs draw dropout masks from torch's global generator, "
+                             "which lanes would share")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ready = []
+    for exp, out, current, specs in planned:   # checked before any work: nothing is written when one is missing
+        missing = []
+        if exp.needs_cuda and device.type == "cpu" and not args.quick and args.device != "cpu":
+            missing.append(planning.needs_cuda_note(exp.name))
+        if exp.check:   # the experiment's own hook (transfer: its ImageNet weights)
+            missing += importlib.import_module(f".{exp.check}", __package__).unavailable(specs, args.weights)
+        if missing and not args.skip_unavailable:
+            raise data.DataError("\n".join(missing))
+        if missing:
+            print(f"note: skipped {exp.name}, nothing written:", *missing, sep="\n  ")
+            continue
+        ready.append((exp, out, current))
+
+    def job(exp, out, current):
+        log = print if args.lanes == 1 else lambda line: print(f"[{exp.name}] {line}")
+
+        def train():
+            with locks.exclusive(out, lambda line: print(line, file=sys.stderr)):   # one writer per result
+                if args.if_stale and planning.is_fresh(out, current, args.since):   # made while this one waited
+                    log(f"{out} is up to date (same spec, seeds and engine code)")
+                    return
+                runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
+                                      device_name=args.device, fresh=args.fresh, sets=dict(args.set),
+                                      weights=args.weights, executor=args.executor, threads=args.threads,
+                                      backend=args.backend, log=log)
+        return exp.name, train
+
+    # lanes share torch's process-wide TF32 switch: set once for all, so no lane's end puts it back
+    with runner.stacked.cuda_matmul(device) if args.lanes > 1 else contextlib.nullcontext():
+        for _, _, err in lanes.run([job(*r) for r in ready], args.lanes, device):
+            if err is not None:
+                raise err
+    return 0
 
 
 def _on_sigterm(signum, frame):
@@ -164,37 +228,49 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         from . import planning, results   # no torch: `make all` asks this of every experiment
-        exp = EXPERIMENTS[args.name]
-        out = args.out or planning.default_out(exp.name, args.quick)
-        if args.quick and out.resolve().parent == (results.PROJECT_ROOT / "results").resolve():
-            print(f"error: --quick never writes into results/ (the reference results); drop --out or "
-                  f"point it elsewhere", file=sys.stderr)
+        if len(args.names) > 1 and args.out:
+            print("error: --out names one result file: give one experiment, or drop --out (each then goes to "
+                  "its default file)", file=sys.stderr)
             return 2
-        try:
-            current = planning.accepted_fingerprints(exp, args.seeds, args.epochs, args.quick, dict(args.set),
-                                                     args.backend, args.executor)
-        except ValueError as err:   # a bad spec is exit 2, before any work
-            print(f"error: {err}", file=sys.stderr)
+        if args.lanes > 1 and args.executor == "ray":
+            print("error: --lanes and --executor ray: Ray already spreads the runs; give one of them", file=sys.stderr)
             return 2
-        if args.if_stale and planning.is_fresh(out, current, args.since):
-            print(f"{out} is up to date (same spec, seeds and engine code)")
-            return 0
-        # requests that cannot be met, answered before torch is imported (seconds on a small machine)
-        if args.device.startswith("cuda") and not planning.gpu_driver_loaded():
-            print(f"error: --device {args.device}: no CUDA device is available here (no GPU driver is loaded); "
-                  "use --device cpu or auto", file=sys.stderr)
-            return 2
-        if args.executor == "ray" and importlib.util.find_spec("ray"):   # without Ray: the install hint below
-            from . import executors
+        todo = []   # (experiment, its result file, the fingerprints a current result may have)
+        for name in args.names:
+            exp = EXPERIMENTS[name]
+            out = args.out or planning.default_out(exp.name, args.quick)
+            if args.quick and out.resolve().parent == (results.PROJECT_ROOT / "results").resolve():
+                print(f"error: --quick never writes into results/ (the reference results); drop --out or "
+                      f"point it elsewhere", file=sys.stderr)
+                return 2
             try:
-                executors.check_reachable(os.environ.get("RAY_ADDRESS"))
-            except executors.RayError as err:
+                current = planning.accepted_fingerprints(exp, args.seeds, args.epochs, args.quick, dict(args.set),
+                                                         args.backend, args.executor)
+            except ValueError as err:   # a bad spec is exit 2, before any work
                 print(f"error: {err}", file=sys.stderr)
-                return 1
-        if args.skip_unavailable and args.device == "auto" and not args.quick and exp.needs_cuda \
-                and not planning.gpu_driver_loaded():
-            # the same note as below, without importing torch to find out (a `make all` on a CPU)
-            print(f"note: skipped {exp.name}, nothing written:", planning.needs_cuda_note(exp.name), sep="\n  ")
+                return 2
+            if args.if_stale and planning.is_fresh(out, current, args.since):
+                print(f"{out} is up to date (same spec, seeds and engine code)")
+                continue
+            # requests that cannot be met, answered before torch is imported (seconds on a small machine)
+            if args.device.startswith("cuda") and not planning.gpu_driver_loaded():
+                print(f"error: --device {args.device}: no CUDA device is available here (no GPU driver is loaded); "
+                      "use --device cpu or auto", file=sys.stderr)
+                return 2
+            if args.executor == "ray" and importlib.util.find_spec("ray"):   # without Ray: the install hint below
+                from . import executors
+                try:
+                    executors.check_reachable(os.environ.get("RAY_ADDRESS"))
+                except executors.RayError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    return 1
+            if args.skip_unavailable and args.device == "auto" and not args.quick and exp.needs_cuda \
+                    and not planning.gpu_driver_loaded():
+                # the same note as below, without importing torch to find out (a `make all` on a CPU)
+                print(f"note: skipped {exp.name}, nothing written:", planning.needs_cuda_note(exp.name), sep="\n  ")
+                continue
+            todo.append((exp, out, current))
+        if not todo:
             return 0
 
     deterministic = getattr(args, "deterministic", False)   # `run` only
@@ -220,36 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: {err}", file=sys.stderr)
                     refused += 1
             return 1 if refused else 0
-        try:   # check the whole request before any work: a bad device is exit 2
-            device = runner.pick_device(args.device)
-            runner.stacked.check_settings()
-            specs, _, _, _ = runner.plan(exp, args.seeds, args.epochs, args.quick, dict(args.set),
-                                         runner.population.resolve_backend(args.backend, device), args.executor)
-            if args.executor == "ray":
-                executors.require_ray()
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        missing = []   # checked before any work: nothing is written when a GPU or a needed file is missing
-        if exp.needs_cuda and device.type == "cpu" and not args.quick and args.device != "cpu":
-            missing.append(planning.needs_cuda_note(exp.name))
-        if exp.check:   # the experiment's own hook (transfer: its ImageNet weights)
-            missing += importlib.import_module(f".{exp.check}", __package__).unavailable(specs, args.weights)
-        if missing and not args.skip_unavailable:
-            raise data.DataError("\n".join(missing))
-        if missing:
-            print(f"note: skipped {exp.name}, nothing written:", *missing, sep="\n  ")
-            return 0
-        from . import locks
-        with locks.exclusive(out, lambda line: print(line, file=sys.stderr)):   # one writer per result
-            if args.if_stale and planning.is_fresh(out, current, args.since):   # made while this one waited
-                print(f"{out} is up to date (same spec, seeds and engine code)")
-                return 0
-            runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
-                                  device_name=args.device, fresh=args.fresh, sets=dict(args.set),
-                                  weights=args.weights, executor=args.executor, threads=args.threads,
-                                  backend=args.backend)
-        return 0
+        return _run(args, argv, todo)
     except (data.DataError, results.ResultError, executors.RayError, runner.population.DeviceMemoryError,
             OSError) as err:
         print(f"error: {err}", file=sys.stderr)

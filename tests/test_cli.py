@@ -90,6 +90,18 @@ def test_quick_depth_run_writes_a_valid_result_and_is_then_fresh(tmp_path):
     assert again.returncode == 0 and "up to date" in again.stdout and out.read_bytes() == before
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["depth", "dropout", "--out", "x.json"], "--out names one result file: give one experiment, or drop --out"),
+    (["depth", "dropout", "--lanes", "2", "--executor", "ray"], "--lanes and --executor ray"),
+    (["depth", "dropout", "--lanes", "2", "--device", "cpu", "--quick"], "--lanes 2 needs the batched backend"),
+    (["depth", "--lanes", "0"], "integer >= 1"),
+])
+def test_several_experiments_and_lanes_refuse_what_cannot_be_done_in_one_line(args, fragment, tmp_path):
+    proc = run_cli("run", *(str(tmp_path / a) if a == "x.json" else a for a in args))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert fragment in proc.stderr and not (tmp_path / "x.json").exists()
+
+
 def test_an_engine_switch_the_engine_does_not_know_exits_2_before_any_work(tmp_path):
     """FMREPORT_CONV, FMREPORT_INPUTS and FMREPORT_MATMUL come from the environment: a typo there is
     named in one line, not silently taken as another setting."""

@@ -75,6 +75,23 @@ def test_parallel_make_equals_serial(project):
     assert not list(quick.glob(".*.tmp*"))
 
 
+def test_make_with_lanes_runs_the_stale_experiments_in_one_process_as_one_at_a_time_does(project):
+    """`make experiments LANES=2` (batched backend, on the CPU here): one `run` command for every
+    experiment, two at a time; a second make finds every result up to date; and an experiment made
+    alone by its own pattern rule gives the same histories."""
+    quick = project / "build" / "quick" / "results"
+    flags = ("LANES=2", "BACKEND=batched", "DEVICE=cpu")
+    out = make(project, "experiments", *flags)
+    assert "--lanes 2" in out and "[cnn] wrote" in out
+    again = make(project, "experiments", *flags)
+    assert "wrote" not in again and again.count("is up to date") == len(list(quick.glob("*.json"))) >= 10
+    in_lanes = {name: histories(quick / name) for name in ("dropout.json", "cnn.json")}
+    for name in in_lanes:
+        (quick / name).unlink()
+    make(project, *(f"build/quick/results/{name}" for name in in_lanes), "BACKEND=batched", "DEVICE=cpu")
+    assert {name: histories(quick / name) for name in in_lanes} == in_lanes
+
+
 def test_report_never_trains(project):
     """With one quick result deleted, `make report` renders (exit 0) a report that says it is
     missing, and neither remakes it nor saves any training progress."""
