@@ -12,6 +12,7 @@ import importlib.util
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from .catalog import EXPERIMENTS
@@ -139,9 +140,9 @@ class Terminated(Exception):
 def _run(args, argv: list[str], todo: list[tuple]) -> int:
     """`run`'s work once the request passed the checks that need no torch: each experiment of
     `todo`, (experiment, result file, accepted fingerprints), checked against this machine before
-    any trains, then trained under its result's lock, --lanes at a time. The first failure is
-    raised (main says what it was)."""
-    from . import data, executors, lanes, locks, planning, runner
+    any trains, then trained under its result's lock, --lanes at a time. A failure is raised (main
+    says what it was) at once in one lane; in several, each is said as it comes and the others go on."""
+    from . import data, executors, lanes, planning, runner
     try:   # check the whole request before any work: a bad device is exit 2
         device = runner.pick_device(args.device)
         runner.stacked.check_settings()
@@ -155,6 +156,8 @@ def _run(args, argv: list[str], todo: list[tuple]) -> int:
             raise ValueError(f"--lanes {args.lanes} needs the batched backend (--backend batched; auto is batched on "
                              "CUDA): the loop backend's serial runs draw dropout masks from torch's global generator, "
                              "which lanes would share")
+        if args.lanes > 1 and not lanes.one_matmul_mode(device):
+            raise ValueError(lanes.mixed_matmul_error(args.lanes))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -170,28 +173,57 @@ def _run(args, argv: list[str], todo: list[tuple]) -> int:
         if missing:
             print(f"note: skipped {exp.name}, nothing written:", *missing, sep="\n  ")
             continue
-        ready.append((exp, out, current))
-
-    def job(exp, out, current):
-        log = print if args.lanes == 1 else lambda line: print(f"[{exp.name}] {line}")
-
-        def train():
-            with locks.exclusive(out, lambda line: print(line, file=sys.stderr)):   # one writer per result
-                if args.if_stale and planning.is_fresh(out, current, args.since):   # made while this one waited
-                    log(f"{out} is up to date (same spec, seeds and engine code)")
-                    return
-                runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
-                                      device_name=args.device, fresh=args.fresh, sets=dict(args.set),
-                                      weights=args.weights, executor=args.executor, threads=args.threads,
-                                      backend=args.backend, log=log)
-        return exp.name, train
-
-    # lanes share torch's process-wide TF32 switch: set once for all, so no lane's end puts it back
-    with runner.stacked.cuda_matmul(device) if args.lanes > 1 else contextlib.nullcontext():
-        for _, _, err in lanes.run([job(*r) for r in ready], args.lanes, device):
+        ready.append((exp, out, current, specs))
+    if args.lanes == 1:   # one after another, each loading the data itself; the first failure stops the rest
+        for _, _, err in lanes.run([_job(args, argv, *r[:3]) for r in ready], 1, device):
             if err is not None:
                 raise err
-    return 0
+        return 0
+
+    # In lanes: the data loaded once for all; the experiments the batched backend stacks, longest
+    # first by the last card run; then, alone, any it cannot stack (transfer: its serial runs draw
+    # from torch's global generator). A failure is reported as it comes, naming its experiment (with
+    # its traceback where it is not one of the errors main explains), and the others go on; exit 1.
+    if not ready:
+        return 0
+    loaded = data.load(device)
+    stackable = [r for r in ready if all(runner.population.batchable(s) for s in r[3].values())]
+    order = lanes.longest_first([r[0].name for r in stackable], lanes.expected_seconds())
+    stackable.sort(key=lambda r: order.index(r[0].name))
+    alone = [r for r in ready if r not in stackable]
+    failures = []
+    # lanes share torch's process-wide TF32 switch: set once for all, so no lane's end puts it back
+    with runner.stacked.cuda_matmul(device):
+        for group, n in ((stackable, args.lanes), (alone, 1)):
+            for name, _, err in lanes.run([_job(args, argv, *r[:3], loaded) for r in group], n, device):
+                if err is None:
+                    continue
+                if not isinstance(err, Exception):   # KeyboardInterrupt, SystemExit: at once
+                    raise err
+                if not isinstance(err, (data.DataError, runner.results.ResultError, executors.RayError,
+                                        runner.population.DeviceMemoryError, OSError)):
+                    traceback.print_exception(err)
+                print(f"error: {name}: {err}", file=sys.stderr)
+                failures.append(name)
+    return 1 if failures else 0
+
+
+def _job(args, argv: list[str], exp, out, current, loaded=None) -> tuple:
+    """(name, fn): train `exp` into `out` under its result's lock, unless a run that held the lock
+    before made it current meanwhile; in lanes its log lines carry its name."""
+    from . import locks, planning, runner
+    log = print if args.lanes == 1 else lambda line: print(f"[{exp.name}] {line}")
+
+    def train():
+        with locks.exclusive(out, lambda line: print(line, file=sys.stderr)):   # one writer per result
+            if args.if_stale and planning.is_fresh(out, current, args.since):   # made while this one waited
+                log(f"{out} is up to date (same spec, seeds and engine code)")
+                return
+            runner.run_experiment(exp, out, argv, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
+                                  device_name=args.device, fresh=args.fresh, sets=dict(args.set),
+                                  weights=args.weights, executor=args.executor, threads=args.threads,
+                                  backend=args.backend, log=log, data=loaded)
+    return exp.name, train
 
 
 def _on_sigterm(signum, frame):
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --lanes and --executor ray: Ray already spreads the runs; give one of them", file=sys.stderr)
             return 2
         todo = []   # (experiment, its result file, the fingerprints a current result may have)
-        for name in args.names:
+        for name in dict.fromkeys(args.names):   # a name given twice runs once
             exp = EXPERIMENTS[name]
             out = args.out or planning.default_out(exp.name, args.quick)
             if args.quick and out.resolve().parent == (results.PROJECT_ROOT / "results").resolve():

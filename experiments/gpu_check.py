@@ -65,27 +65,6 @@ def engine_settings(probe: Path | None) -> dict:
             "FMREPORT_INPUTS": stacked.INPUTS, "FMREPORT_MATMUL": stacked.MATMUL, "from": source}
 
 
-def lanes_share_one_matmul_mode(device) -> bool:
-    """Whether every lane can run under one TF32 setting: FMREPORT_CONV=unfold runs the CNN's
-    convolutions as matrix multiplies at cuDNN's precision, switching torch's process-wide setting
-    for each (stacked._ConvMatmul), which lanes share; that is a no-op only where FMREPORT_MATMUL
-    already is cuDNN's precision."""
-    import torch
-    from . import stacked
-    return device.type != "cuda" or stacked.CONV != "unfold" or \
-        (stacked.MATMUL == "tf32") == torch.backends.cudnn.allow_tf32
-
-
-def expected_seconds() -> dict[str, float]:
-    """Each experiment's seconds in the committed results/gpu-check.json (the last card run), which
-    orders the lanes; empty where it is absent or unreadable."""
-    try:
-        saved = json.loads((results.PROJECT_ROOT / "results" / "gpu-check.json").read_text())["experiments"]
-        return {name: float(e["seconds"]) for name, e in saved.items() if "seconds" in e}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-
-
 def compare_to_committed(result: dict, committed: dict) -> list[dict]:
     """Per variant: both mean test accuracies, their difference and whether it is within 2 SE."""
     rows, theirs = [], {v["name"]: v["summary"]["test_acc"] for v in committed["variants"]}
@@ -224,17 +203,14 @@ def main(argv=None) -> int:
               "is batched on CUDA): the loop backend's serial runs draw dropout masks from torch's global "
               "generator, which lanes would share", file=sys.stderr)
         return 2
-    if args.lanes > 1 and not lanes_share_one_matmul_mode(device):
-        print(f"error: --lanes {args.lanes} with FMREPORT_CONV=unfold and FMREPORT_MATMUL={stacked.MATMUL}: the "
-              "CNN's convolutions would switch torch's process-wide TF32 setting to cuDNN's "
-              f"({'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}) while other lanes run their matrix "
-              "multiplies; use --lanes 1, or another FMREPORT_CONV", file=sys.stderr)
+    if args.lanes > 1 and not lanes.one_matmul_mode(device):
+        print(f"error: {lanes.mixed_matmul_error(args.lanes)}", file=sys.stderr)
         return 2
     report["provenance"] = prov = results.provenance(bench.device_name(device), [], started)   # the code and machine
     prov["command"] = " ".join(["python -m experiments.gpu_check", *(sys.argv[1:] if argv is None else argv)])
     study = [exp for exp in EXPERIMENTS.values() if not exp.optional]
     if args.lanes > 1:   # the longest first, by the last card run's times where it has them
-        study = [EXPERIMENTS[n] for n in lanes.longest_first([e.name for e in study], expected_seconds())]
+        study = [EXPERIMENTS[n] for n in lanes.longest_first([e.name for e in study], lanes.expected_seconds())]
     report["lanes"], report["order"] = args.lanes, [e.name for e in study]
 
     def job(exp):

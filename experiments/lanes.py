@@ -13,11 +13,14 @@ capture, is taken by one lane at a time (stacked.SHARED). Each experiment writes
 """
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
 
 import torch
+
+from . import results
 
 
 def run(jobs: list[tuple[str, Callable[[], object]]], lanes: int, device: torch.device
@@ -86,3 +89,32 @@ def longest_first(names: list[str], expected_seconds: dict[str, float]) -> list[
     the order given): lanes that take the long jobs first end closer together."""
     known = sorted((n for n in names if n in expected_seconds), key=lambda n: -expected_seconds[n])
     return known + [n for n in names if n not in expected_seconds]
+
+
+def expected_seconds() -> dict[str, float]:
+    """Each experiment's seconds in the committed results/gpu-check.json (the last card run), which
+    orders the lanes; empty where it is absent or unreadable."""
+    try:
+        saved = json.loads((results.PROJECT_ROOT / "results" / "gpu-check.json").read_text())["experiments"]
+        return {name: float(e["seconds"]) for name, e in saved.items() if "seconds" in e}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def one_matmul_mode(device: torch.device) -> bool:
+    """Whether every lane can run under one TF32 setting: FMREPORT_CONV=unfold runs the CNN's
+    convolutions as matrix multiplies at cuDNN's precision, switching torch's process-wide setting
+    for each (stacked._ConvMatmul), which lanes share; that is a no-op only where FMREPORT_MATMUL
+    already is cuDNN's precision."""
+    from . import stacked
+    return device.type != "cuda" or stacked.CONV != "unfold" or \
+        (stacked.MATMUL == "tf32") == torch.backends.cudnn.allow_tf32
+
+
+def mixed_matmul_error(lanes: int) -> str:
+    """Why lanes are refused where one_matmul_mode() is False, and what to do instead."""
+    from . import stacked
+    return (f"--lanes {lanes} with FMREPORT_CONV=unfold and FMREPORT_MATMUL={stacked.MATMUL}: the CNN's "
+            "convolutions would switch torch's process-wide TF32 setting to cuDNN's "
+            f"({'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}) while other lanes run their matrix "
+            "multiplies; use --lanes 1, or another FMREPORT_CONV")

@@ -121,3 +121,33 @@ def test_a_driver_without_a_usable_cuda_device_is_still_refused(monkeypatch):
     with pytest.raises(ValueError, match="no CUDA device is available here"):
         runner.pick_device("cuda")
     assert runner.pick_device("auto").type == "cpu"
+
+
+@pytest.mark.slow
+def test_in_lanes_a_failure_names_its_experiment_and_what_cannot_be_stacked_trains_alone_after(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """`run A B C --lanes 2`: the stackable experiments train in lane threads, one the batched
+    backend cannot stack (here batchnorm, made unstackable) alone in this thread after them; one
+    that fails is named, the others still finish, and the exit code is 1."""
+    import threading
+    from experiments import __main__ as cli
+    from experiments import data, lanes, planning, population, runner
+    monkeypatch.setattr(planning, "default_out", lambda name, quick: tmp_path / f"{name}.json")
+    monkeypatch.setattr(lanes, "expected_seconds", lambda: {})
+    monkeypatch.setattr(population, "batchable", lambda spec: spec.optimizer != "sgd")   # batchnorm's runs use SGD
+    ran, real = [], runner.run_experiment
+
+    def run_experiment(exp, *args, **kwargs):
+        ran.append((exp.name, threading.current_thread().name))
+        if exp.name == "l1_proximal":
+            raise data.DataError("l1_proximal's data went missing")
+        return real(exp, *args, **kwargs)
+    monkeypatch.setattr(runner, "run_experiment", run_experiment)
+    code = cli.main(["run", "early_stopping", "batchnorm", "l1_proximal", "--quick", "--seeds", "1", "--device", "cpu",
+                     "--backend", "batched", "--lanes", "2"])
+    assert code == 1
+    assert "error: l1_proximal: l1_proximal's data went missing" in capsys.readouterr().err
+    assert ran[-1] == ("batchnorm", threading.current_thread().name)          # alone, after the lanes
+    assert sorted(name for name, thread in ran[:-1] if thread.startswith("lane-")) == ["early_stopping", "l1_proximal"]
+    assert results.load(tmp_path / "early_stopping.json") and results.load(tmp_path / "batchnorm.json")
+    assert not (tmp_path / "l1_proximal.json").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import bench, catalog, gpu_check, stacked
+from experiments import bench, catalog, gpu_check, lanes, stacked
 
 
 @pytest.mark.slow
@@ -280,7 +280,7 @@ def test_the_study_on_three_lanes_gives_the_results_of_one_lane(tmp_path, monkey
     in lanes."""
     names = (gpu_check.REPEAT, "batchnorm", "l1_proximal")
     monkeypatch.setattr(gpu_check, "EXPERIMENTS", {n: catalog.EXPERIMENTS[n] for n in names})
-    monkeypatch.setattr(gpu_check, "expected_seconds", lambda: {"l1_proximal": 9.0, "batchnorm": 5.0})
+    monkeypatch.setattr(lanes, "expected_seconds", lambda: {"l1_proximal": 9.0, "batchnorm": 5.0})
     args = ["--device", "cpu", "--quick", "--seeds", "1", "--skip-bench"]
     assert gpu_check.main([*args, "--skip-checks", "--backend", "batched", "--lanes", "1", "--out", str(tmp_path / "1")]) == 0
     assert gpu_check.main([*args, "--backend", "batched", "--lanes", "3", "--out", str(tmp_path / "3")]) == 0
@@ -297,7 +297,7 @@ def test_the_study_on_three_lanes_gives_the_results_of_one_lane(tmp_path, monkey
             return {k: without_times(v) for k, v in x.items() if k not in ("seconds", "provenance")}
         return [without_times(v) for v in x] if isinstance(x, list) else x
     for name in names:
-        one, three = (json.loads((tmp_path / lanes / "results" / f"{name}.json").read_text()) for lanes in "13")
+        one, three = (json.loads((tmp_path / n / "results" / f"{name}.json").read_text()) for n in "13")
         assert without_times(one) == without_times(three), name
     assert gpu_check.main([*args, "--backend", "loop", "--lanes", "2", "--out", str(tmp_path / "loop")]) == 2
 
@@ -311,8 +311,8 @@ def test_lanes_refuse_unfold_convolutions_that_would_switch_the_shared_tf32_sett
     for conv, matmul, shared in (("unfold", "ieee", False), ("unfold", "tf32", True), ("split", "ieee", True)):
         monkeypatch.setattr(stacked, "CONV", conv)
         monkeypatch.setattr(stacked, "MATMUL", matmul)
-        assert gpu_check.lanes_share_one_matmul_mode(cuda) is shared, (conv, matmul)
-        assert gpu_check.lanes_share_one_matmul_mode(torch.device("cpu"))
+        assert lanes.one_matmul_mode(cuda) is shared, (conv, matmul)
+        assert lanes.one_matmul_mode(torch.device("cpu"))
 
 
 def test_lanes_start_no_job_once_their_caller_stops_and_never_hold_the_process():
