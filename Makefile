@@ -116,12 +116,15 @@ bench: | $(SETUP) $(DATA) ## measure speed -> results/bench.json, or results/ben
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check: ## on a CUDA machine (< 8 min): the probe, the CUDA-graph tests, the study into build/gpu-check, compared with results/, rerun, bench
 	$(GPU_PY) -m experiments.gpu_probe --out build/gpu-check/gpu-probe.json
-	@# the probe's choices and LANES lanes (default 4) only where the CUDA-graph tests pass on this card; else
-	@# the defaults, one experiment at a time, and exit 1 at the end
+	@# the probe's choices only where the CUDA-graph tests pass on this card, and LANES lanes (default 4) only
+	@# where the lanes tests pass too; else the defaults, one experiment at a time, and exit 1 at the end
 	@if $(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k cuda_graphs; then \
-		probe="--probe build/gpu-check/gpu-probe.json --lanes $(or $(LANES),4)"; tests=0; \
+		probe="--probe build/gpu-check/gpu-probe.json"; tests=0; \
 	else echo "CUDA-graph tests failed: the check runs with the engine's defaults and one lane, not the probe's choices"; \
 		probe=""; tests=1; fi; \
+	if [ $$tests = 0 ] && $(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k lanes_cuda; then \
+		probe="$$probe --lanes $(or $(LANES),4)"; \
+	elif [ $$tests = 0 ]; then echo "lanes tests failed: the check's study runs one experiment at a time"; tests=1; fi; \
 	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_population.py -k on_cuda || \
 		echo "CUDA exactness tests failed (a replayed update is not the serial optimizer's, bit for bit): reported, not a gate"; \
 	$(GPU_PY) -m experiments.gpu_check --out build/gpu-check $$probe && exit $$tests

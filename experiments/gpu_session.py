@@ -1,9 +1,10 @@
 """`make gpu-check` within a time limit, for a GPU machine lent a few minutes at a time:
 `python -m experiments.gpu_session --copy-to DIR [--limit SECONDS] [--device cuda] [--quick]`.
 
-The steps of `make gpu-check` (the probe, the CUDA-graph tests, the CUDA exactness tests, which
-gate nothing, and the check with the probe's choices and its study in LANES lanes where the
-CUDA-graph tests pass), each in its own process under a share of the limit. Then, where the study
+The steps of `make gpu-check` (the probe, the CUDA-graph tests, the lanes tests, the CUDA exactness
+tests, which gate nothing, and the check: with the probe's choices where the CUDA-graph tests
+pass, its study in LANES lanes where the lanes tests pass too), each in its own process under a
+share of the limit. Then, where the study
 ran in lanes, the study again one experiment at a time with the same settings in the time left
 (what the lanes gain: each experiment's seconds are saved as it ends), or, where the study in lanes
 did not end, the whole check again in one lane. A step is
@@ -35,7 +36,7 @@ SCRATCH = results.PROJECT_ROOT / "build" / "gpu-check"
 # results/gpu-check.json) and its bench 82 s (results/bench-cuda.json's provenance), before its
 # memory caps and process starts, which were not timed. Where the check's study ran in lanes, the
 # same study in one lane gets the time left after it.
-PROBE_SHARE, TESTS_SHARE, EXACT_SHARE = 0.4, 0.15, 0.05
+PROBE_SHARE, TESTS_SHARE, LANES_TESTS_SHARE, EXACT_SHARE = 0.4, 0.15, 0.05, 0.05
 GRACE = 20                             # seconds the check gets to exit after SIGINT
 LANES = 4                              # experiments the check's study trains side by side (lanes.py)
 COPY_RESERVE = 15                      # seconds kept for copying the files
@@ -122,7 +123,9 @@ def main(argv=None) -> int:
         tested = step("CUDA-graph tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
                                            "-k", "cuda_graphs"], TESTS_SHARE * args.limit, log)
         choices = ["--probe", str(probe)] if tested == 0 and probe.exists() else []   # else the defaults
-        lanes = LANES if tested == 0 and args.device.startswith("cuda") else 1         # else one at a time
+        laned = step("lanes tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
+                                     "-k", "lanes_cuda"], LANES_TESTS_SHARE * args.limit, log)
+        lanes = LANES if tested == 0 and laned == 0 and args.device.startswith("cuda") else 1   # else one at a time
         # bit-for-bit agreement with the serial optimizers on this card: recorded, not a gate
         exact = step("CUDA exactness tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
                                               "-k", "on_cuda"], EXACT_SHARE * args.limit, log)
@@ -146,8 +149,8 @@ def main(argv=None) -> int:
             shutil.copy2(SCRATCH / name, args.copy_to / name)
     with tarfile.open(args.copy_to / "gpu-check.tgz", "w:gz") as tar:
         tar.add(SCRATCH, arcname="gpu-check")
-    print("\n".join([f"probe {probed}, tests {tested}, exactness tests {exact}, check {checked} (exit codes; "
-                     "None: out of time); "
+    print("\n".join([f"probe {probed}, tests {tested}, lanes tests {laned}, exactness tests {exact}, "
+                     f"check {checked} (exit codes; None: out of time); "
                      f"{'with' if choices else 'without'} the probe's choices, {lanes} lane(s)", *summary(SCRATCH)]))
     return 0 if (probed, tested, checked) == (0, 0, 0) else 1
 

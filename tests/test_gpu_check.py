@@ -337,12 +337,14 @@ def test_lanes_start_no_job_once_their_caller_stops_and_never_hold_the_process()
     assert sorted(started) in (["a", "b"], ["a", "b", "c"]), started   # d, e and f never start
 
 
-@pytest.mark.parametrize("outcome", ["lanes end", "lanes fail", "tests fail"])
+@pytest.mark.parametrize("outcome", ["lanes end", "lanes fail", "tests fail", "lanes tests fail"])
 def test_a_session_runs_the_study_in_lanes_then_in_one_or_the_check_again_in_one(tmp_path, monkeypatch, outcome):
-    """gpu_session's steps after the CUDA-graph tests (each step stood in for): where they pass, the
-    check's study runs in LANES lanes, then the same study one experiment at a time (its JSON comes
-    back as gpu-check-one-lane.json); where the study in lanes does not end, the whole check again
-    in one lane (the failed one's JSON kept as gpu-check-lanes.json); where the tests fail, one lane."""
+    """gpu_session's steps after the CUDA-graph and lanes tests (each step stood in for): where both
+    pass, the check's study runs in LANES lanes with the probe's choices, then the same study one
+    experiment at a time (its JSON comes back as gpu-check-one-lane.json); where the study in lanes
+    does not end, the whole check again in one lane (the failed one's JSON kept as
+    gpu-check-lanes.json); where the CUDA-graph tests fail, one lane and no probe choices; where only
+    the lanes tests fail, one lane with the probe's choices."""
     from experiments import gpu_session
     scratch = tmp_path / "scratch"
     monkeypatch.setattr(gpu_session, "SCRATCH", scratch)
@@ -350,8 +352,12 @@ def test_a_session_runs_the_study_in_lanes_then_in_one_or_the_check_again_in_one
 
     def step(name, argv, seconds, log):
         ran.append((name, argv))
+        if name == "probe":
+            Path(argv[argv.index("--out") + 1]).write_text(json.dumps({"fastest": {}}))
         if name == "CUDA-graph tests":
             return 1 if outcome == "tests fail" else 0
+        if name == "lanes tests":
+            return 1 if outcome == "lanes tests fail" else 0
         if "experiments.gpu_check" in argv:
             out = Path(argv[argv.index("--out") + 1])
             out.mkdir(parents=True, exist_ok=True)
@@ -375,7 +381,9 @@ def test_a_session_runs_the_study_in_lanes_then_in_one_or_the_check_again_in_one
         assert checks == [("check", str(gpu_session.LANES), False), ("check, one lane", "1", False)]
         assert json.loads((tmp_path / "out" / "gpu-check.json").read_text())["study_seconds"] == 51.0
         assert "study_seconds" not in json.loads((tmp_path / "out" / "gpu-check-lanes.json").read_text())
-    else:
+    elif outcome == "tests fail":
         assert checks == [("check", "1", False)] and "--probe" not in ran[-1][1]
+    else:
+        assert checks == [("check", "1", False)] and "--probe" in ran[-1][1]
     assert ("gpu-check-one-lane.json" in back) == (outcome == "lanes end")
     assert ("gpu-check-lanes.json" in back) == (outcome == "lanes fail")

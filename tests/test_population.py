@@ -595,9 +595,10 @@ def test_cuda_graphs_capture_the_cnn_under_each_convolution_setting_with_tf32(fm
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("inputs_in_graph", ["host", "graph"])
-def test_cuda_graphs_in_two_lanes_train_as_in_one(fmnist, inputs_in_graph, monkeypatch):
-    """The gate for `gpu_check --lanes` (gpu_session runs the study in lanes only where `-k
-    cuda_graphs` passes): two populations trained at once, each in its own thread and stream,
+def test_lanes_cuda_two_populations_trained_at_once_train_as_each_alone(fmnist, inputs_in_graph, monkeypatch):
+    """The gate for lanes on a card (`make gpu-check` and gpu_session run the study in lanes only
+    where `-k lanes_cuda` passes, a gate apart from the CUDA-graph tests' so that a failure here
+    does not cost the probe's choices): two populations trained at once, each in its own thread and stream,
     capturing while the other replays (and, with the inputs in the graph, drawing from registered
     generators), give the runs each gives trained alone: the same losses within 1e-3 relative (cuBLAS
     may pick other kernels while several streams are active, so bit for bit is not promised; a member
