@@ -6,7 +6,6 @@ Exit codes: 0 done, 1 a data or result problem the message explains, 2 bad argum
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.util
 import os
@@ -152,12 +151,9 @@ def _run(args, argv: list[str], todo: list[tuple]) -> int:
                    for exp, out, current in todo]
         if args.executor == "ray":
             executors.require_ray()
-        if args.lanes > 1 and runner.population.resolve_backend(args.backend, device) != "batched":
-            raise ValueError(f"--lanes {args.lanes} needs the batched backend (--backend batched; auto is batched on "
-                             "CUDA): the loop backend's serial runs draw dropout masks from torch's global generator, "
-                             "which lanes would share")
-        if args.lanes > 1 and not lanes.one_matmul_mode(device):
-            raise ValueError(lanes.mixed_matmul_error(args.lanes))
+        refused = lanes.refusal(args.lanes, runner.population.resolve_backend(args.backend, device), device)
+        if refused:
+            raise ValueError(refused)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -175,9 +171,8 @@ def _run(args, argv: list[str], todo: list[tuple]) -> int:
             continue
         ready.append((exp, out, current, specs))
     if args.lanes == 1:   # one after another, each loading the data itself; the first failure stops the rest
-        for _, _, err in lanes.run([_job(args, argv, *r[:3]) for r in ready], 1, device):
-            if err is not None:
-                raise err
+        for r in ready:
+            _job(args, argv, *r[:3])[1]()
         return 0
 
     # In lanes: the data loaded once for all; the experiments the batched backend stacks, longest
@@ -188,7 +183,7 @@ def _run(args, argv: list[str], todo: list[tuple]) -> int:
         return 0
     loaded = data.load(device)
     stackable = [r for r in ready if all(runner.population.batchable(s) for s in r[3].values())]
-    order = lanes.longest_first([r[0].name for r in stackable], lanes.expected_seconds())
+    order = lanes.longest_first([r[0].name for r in stackable])
     stackable.sort(key=lambda r: order.index(r[0].name))
     alone = [r for r in ready if r not in stackable]
     failures = []

@@ -24,7 +24,6 @@ to run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -198,19 +197,16 @@ def main(argv=None) -> int:
     except (data_mod.DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if args.lanes < 1 or (args.lanes > 1 and population.resolve_backend(args.backend, device) != "batched"):
-        print(f"error: --lanes {args.lanes}: give 1, or more with the batched backend (--backend batched; auto "
-              "is batched on CUDA): the loop backend's serial runs draw dropout masks from torch's global "
-              "generator, which lanes would share", file=sys.stderr)
-        return 2
-    if args.lanes > 1 and not lanes.one_matmul_mode(device):
-        print(f"error: {lanes.mixed_matmul_error(args.lanes)}", file=sys.stderr)
+    refused = f"--lanes {args.lanes}: give 1 or more" if args.lanes < 1 else \
+        lanes.refusal(args.lanes, population.resolve_backend(args.backend, device), device)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     report["provenance"] = prov = results.provenance(bench.device_name(device), [], started)   # the code and machine
     prov["command"] = " ".join(["python -m experiments.gpu_check", *(sys.argv[1:] if argv is None else argv)])
     study = [exp for exp in EXPERIMENTS.values() if not exp.optional]
     if args.lanes > 1:   # the longest first, by the last card run's times where it has them
-        study = [EXPERIMENTS[n] for n in lanes.longest_first([e.name for e in study], lanes.expected_seconds())]
+        study = [EXPERIMENTS[n] for n in lanes.longest_first([e.name for e in study])]
     report["lanes"], report["order"] = args.lanes, [e.name for e in study]
 
     def job(exp):
@@ -225,7 +221,7 @@ def main(argv=None) -> int:
         return exp.name, train
 
     # lanes share torch's process-wide TF32 switch: set once for all, so no lane's end puts it back
-    with stacked.cuda_matmul(device) if args.lanes > 1 else contextlib.nullcontext():
+    with stacked.cuda_matmul(device):
         for name, done, err in lanes.run([job(exp) for exp in study], args.lanes, device):
             if err is not None:   # a check reports every failure and goes on
                 failed = True

@@ -4,11 +4,11 @@
 The steps of `make gpu-check` (the probe, the CUDA-graph tests, the lanes tests, the CUDA exactness
 tests, which gate nothing, and the check: with the probe's choices where the CUDA-graph tests
 pass, its study in LANES lanes where the lanes tests pass too), each in its own process under a
-share of the limit. Then, where the study
-ran in lanes, the study again one experiment at a time with the same settings in the time left
-(what the lanes gain: each experiment's seconds are saved as it ends), or, where the study in lanes
-did not end, the whole check again in one lane. A step is
-interrupted with SIGINT at the deadline: the check has saved what it measured after each experiment. Then
+share of the limit. Then, where the study ran in lanes, the study again one experiment at a time
+with the same settings in the time left (what the lanes gain: each experiment's seconds are saved
+as it ends), or, where the study in lanes did not end, the whole check again in one lane. A step
+is interrupted with SIGINT at the deadline: the check has saved what it measured after each
+experiment. Then
 the JSON files, one log of every step and a tarball of the scratch folder are copied to DIR (a
 lent machine may return files only from one folder, and few of them), and the figures that matter
 are printed last, where a truncated output keeps them.

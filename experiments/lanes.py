@@ -84,11 +84,13 @@ def run(jobs: list[tuple[str, Callable[[], object]]], lanes: int, device: torch.
         stop.set()   # no lane starts another job
 
 
-def longest_first(names: list[str], expected_seconds: dict[str, float]) -> list[str]:
-    """`names` ordered by expected seconds, longest first (those without an expectation last, in
-    the order given): lanes that take the long jobs first end closer together."""
-    known = sorted((n for n in names if n in expected_seconds), key=lambda n: -expected_seconds[n])
-    return known + [n for n in names if n not in expected_seconds]
+def longest_first(names: list[str], expected: dict[str, float] | None = None) -> list[str]:
+    """`names` ordered by expected seconds (default expected_seconds(): the last card run's),
+    longest first, those without an expectation last in the order given: lanes that take the long
+    jobs first end closer together."""
+    expected = expected_seconds() if expected is None else expected
+    known = sorted((n for n in names if n in expected), key=lambda n: -expected[n])
+    return known + [n for n in names if n not in expected]
 
 
 def expected_seconds() -> dict[str, float]:
@@ -101,20 +103,22 @@ def expected_seconds() -> dict[str, float]:
         return {}
 
 
-def one_matmul_mode(device: torch.device) -> bool:
-    """Whether every lane can run under one TF32 setting: FMREPORT_CONV=unfold runs the CNN's
-    convolutions as matrix multiplies at cuDNN's precision, switching torch's process-wide setting
-    for each (stacked._ConvMatmul), which lanes share; that is a no-op only where FMREPORT_MATMUL
-    already is cuDNN's precision."""
+def refusal(lanes: int, backend: str, device: torch.device) -> str | None:
+    """Why `lanes` lanes cannot train with this (resolved) backend on this device, or None. The
+    loop backend's serial runs draw dropout masks from torch's global generator, which lanes would
+    share. FMREPORT_CONV=unfold runs the CNN's convolutions as matrix multiplies at cuDNN's
+    precision, switching torch's process-wide TF32 setting for each (stacked._ConvMatmul): in lanes
+    only where FMREPORT_MATMUL already is that precision, so the switch is a no-op."""
     from . import stacked
-    return device.type != "cuda" or stacked.CONV != "unfold" or \
-        (stacked.MATMUL == "tf32") == torch.backends.cudnn.allow_tf32
-
-
-def mixed_matmul_error(lanes: int) -> str:
-    """Why lanes are refused where one_matmul_mode() is False, and what to do instead."""
-    from . import stacked
-    return (f"--lanes {lanes} with FMREPORT_CONV=unfold and FMREPORT_MATMUL={stacked.MATMUL}: the CNN's "
-            "convolutions would switch torch's process-wide TF32 setting to cuDNN's "
-            f"({'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}) while other lanes run their matrix "
-            "multiplies; use --lanes 1, or another FMREPORT_CONV")
+    if lanes < 2:
+        return None
+    if backend != "batched":
+        return (f"--lanes {lanes} needs the batched backend (--backend batched; auto is batched on CUDA): the loop "
+                "backend's serial runs draw dropout masks from torch's global generator, which lanes would share")
+    if device.type == "cuda" and stacked.CONV == "unfold" and \
+            (stacked.MATMUL == "tf32") != torch.backends.cudnn.allow_tf32:
+        return (f"--lanes {lanes} with FMREPORT_CONV=unfold and FMREPORT_MATMUL={stacked.MATMUL}: the CNN's "
+                "convolutions would switch torch's process-wide TF32 setting to cuDNN's "
+                f"({'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}) while other lanes run their matrix "
+                "multiplies; use --lanes 1, or another FMREPORT_CONV")
+    return None

@@ -308,11 +308,15 @@ def test_lanes_refuse_unfold_convolutions_that_would_switch_the_shared_tf32_sett
     torch = __import__("torch")
     cuda = torch.device("cuda")   # a device object only: nothing runs
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    cpu = torch.device("cpu")
     for conv, matmul, shared in (("unfold", "ieee", False), ("unfold", "tf32", True), ("split", "ieee", True)):
         monkeypatch.setattr(stacked, "CONV", conv)
         monkeypatch.setattr(stacked, "MATMUL", matmul)
-        assert lanes.one_matmul_mode(cuda) is shared, (conv, matmul)
-        assert lanes.one_matmul_mode(torch.device("cpu"))
+        refused = lanes.refusal(2, "batched", cuda)
+        assert (refused is None) is shared, (conv, matmul)
+        assert shared or "FMREPORT_CONV=unfold and FMREPORT_MATMUL=ieee" in refused
+        assert lanes.refusal(2, "batched", cpu) is None and lanes.refusal(1, "batched", cuda) is None
+    assert "needs the batched backend" in lanes.refusal(2, "loop", cpu) and lanes.refusal(1, "loop", cpu) is None
 
 
 def test_lanes_start_no_job_once_their_caller_stops_and_never_hold_the_process():
