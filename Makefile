@@ -23,7 +23,8 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 # QUICK=1: smoke runs (2 epochs on 2048 images) into a git-ignored folder, never over results/.
 RESULTS := $(if $(QUICK),build/quick/results,results)
 RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEEDS),--seeds $(SEEDS)) \
-	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(BACKEND),--backend $(BACKEND))
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(BACKEND),--backend $(BACKEND)) \
+	$(if $(THREADS),--threads $(THREADS))
 # The experiment names come from the catalog (plain Python, no packages needed).
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
@@ -82,7 +83,8 @@ reproduce: | $(SETUP) $(DATA) ## rerun the whole study from scratch (resumes if 
 	@mkdir -p build && { test -f build/reproduce.since || date -u +%Y-%m-%dT%H:%M:%S+00:00 > build/reproduce.since; }
 	for name in $(EXPERIMENTS); do \
 		$(PY) -m experiments run $$name --out results/$$name.json --if-stale --skip-unavailable \
-			--since "$$(cat build/reproduce.since)" $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(BACKEND),--backend $(BACKEND)) || exit $$?; \
+			--since "$$(cat build/reproduce.since)" $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(BACKEND),--backend $(BACKEND)) \
+			$(if $(THREADS),--threads $(THREADS)) || exit $$?; \
 	done
 	rm -f build/reproduce.since
 	$(PY) report/build.py --strict

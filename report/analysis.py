@@ -291,6 +291,26 @@ def concurrent(section, sections: list) -> list[str]:
     return sorted(name for name, w in others if w and w[2] == mine[2] and w[0] < mine[1] and mine[0] < w[1])
 
 
+def elapsed_seconds(provenances: list[dict]) -> float:
+    """Seconds during which at least one of these commands ran: the union of their windows
+    [started, started + wall_seconds]. Commands that ran side by side count once, so this is
+    less than the sum of their wall times (a window without both fields is left out)."""
+    windows = []
+    for p in provenances:
+        try:
+            start = datetime.fromisoformat(p["started"])
+            windows.append((start, start + timedelta(seconds=float(p["wall_seconds"]))))
+        except (KeyError, TypeError, ValueError):
+            continue
+    total, end = 0.0, None
+    for start, stop in sorted(windows):
+        if end is None or start > end:
+            total, end = total + (stop - start).total_seconds(), stop
+        elif stop > end:
+            total, end = total + (stop - end).total_seconds(), stop
+    return total
+
+
 def by_precision(sections: list) -> dict[str, list]:
     """{precision: [sections]} from the specs the result files record, so the Method section can
     say which experiments left the base precision instead of leaving each section to say it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from markupsafe import Markup
 
 from experiments import catalog
 
-from .analysis import HELPERS, by_precision, concurrent, distinct, restamp_changes
+from .analysis import HELPERS, by_precision, concurrent, distinct, elapsed_seconds, restamp_changes
 from .config import (BASELINES, ESSAYS, LICENSES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, ROOT, TARGET_VAL_ACC, TEMPLATES,
                      ReportError)
 from .sections import Section, display_path, load_bench, load_gpu_check, make_command, missing_message
@@ -179,6 +180,23 @@ def base_accuracy(sections: list[Section]) -> dict | None:
     return {"val": control["summary"]["val_acc"]["mean"], "test": control["summary"]["test_acc"]["mean"]}
 
 
+def base_epoch(sections: list[Section]) -> dict | None:
+    """The median wall time of an epoch (its evaluation included) of the base MLP, the depth
+    experiment's control, over its runs' histories, with the machine and threads that ran it: what
+    an epoch cost where the results were made, beside the bench's figures from its own machine."""
+    depth = next((s for s in sections if s.name == "depth" and s.result), None)
+    control = next((v for v in depth.result["variants"] if v["name"] == depth.result.get("control")), None) \
+        if depth else None
+    seconds = [h["seconds"] for r in (control or {}).get("runs", []) for h in r["history"]
+               if isinstance(h.get("seconds"), (int, float))]
+    if not seconds:
+        return None
+    p = depth.result["provenance"]
+    return {"seconds": statistics.median(seconds), "epochs": len(seconds), "variant": control["name"],
+            "precision": control["params"].get("precision"), "platform": p.get("platform"),
+            "threads": p.get("torch_threads"), "cpu_count": p.get("cpu_count")}
+
+
 def described(sections: list[Section]) -> dict | None:
     """The base RunSpec and the data set's constants as the results record them (every current
     result holds the same; the first in report order is taken)."""
@@ -188,7 +206,8 @@ def described(sections: list[Section]) -> dict | None:
 
 def front_matter(sections: list[Section]) -> dict | None:
     """Title-block facts from the result files: their dates, the commits they were made at (files
-    per commit, whether made from a modified tree), the newest result's date and commit, the study's training time (the sum of the results' wall times),
+    per commit, whether made from a modified tree), the newest result's date and commit, the study's time (the sum of
+    the results' wall times, and the time during which at least one of them ran), their torch thread counts,
     the machines they ran on, and the data's digests."""
     loaded = [s.result for s in sections if s.result and not s.result.get("quick")]
     if not loaded:
@@ -206,6 +225,10 @@ def front_matter(sections: list[Section]) -> dict | None:
                         for c, (n, d) in sorted(commits.items(), key=lambda kv: -kv[1][0])],
             "dirty": any(r["provenance"].get("git_dirty") for r in loaded),
             "study_seconds": sum(r["provenance"].get("wall_seconds") or 0 for r in loaded),
+            "elapsed_seconds": elapsed_seconds([r["provenance"] for r in loaded]),
+            "threads": sorted({r["provenance"]["torch_threads"] for r in loaded
+                               if r["provenance"].get("torch_threads")}),
+            "platforms": sorted({r["provenance"].get("platform") or "?" for r in loaded}),
             "devices": sorted({r["provenance"].get("device") or "?" for r in loaded}),
             "cpu_counts": sorted({r["provenance"].get("cpu_count") or 0 for r in loaded}),
             "digests": loaded[0]["data"]["sha256"]}
@@ -246,6 +269,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "gpu_check": load_gpu_check(results_dir),
         "loaded": [s for s in sections if s.result],
         "base_acc": base_accuracy(sections),
+        "base_epoch": base_epoch(sections),
         "front": front_matter(sections), "bibtex": bibtex,
         "headline_trials": getattr(catalog.EXPERIMENTS.get("best"), "trials", 0),
     }

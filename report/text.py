@@ -135,6 +135,14 @@ def code(text) -> Markup:
     return Markup(f"{fence}{pad}{text}{pad}{fence}")
 
 
+DEVICE_WORDS = {"cpu": "a CPU", "cuda": "a CUDA GPU"}   # torch's device types, as prose says them
+
+
+def device(name) -> Markup:
+    """A torch device type in words ("cpu" -> "a CPU"); another name stays code."""
+    return Markup(DEVICE_WORDS[name]) if name in DEVICE_WORDS else code(name)
+
+
 def yesno(x) -> Markup:
     return Markup("n/a" if x is None else ("yes" if x else "no"))
 
@@ -151,7 +159,7 @@ def and_list(items) -> Markup:
 
 
 FILTERS = {"pct": pct, "pm": pm, "ci": ci, "ci_pp": ci_pp, "pmn": pmn, "pp": pp, "num": num, "g": g, "sec": sec,
-           "duration": duration, "code": code, "yesno": yesno, "upfirst": upfirst, "and_list": and_list,
+           "duration": duration, "code": code, "device": device, "yesno": yesno, "upfirst": upfirst, "and_list": and_list,
            # only for text a template rendered itself ({% set x | md %}...{% endset %}): its
            # prints were escaped already, so it must not be escaped again
            "md": lambda text: Markup(text)}

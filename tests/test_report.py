@@ -801,7 +801,7 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     cpu_torch = json.loads((res / "depth.json").read_text())["provenance"]["packages"]["torch"]
     assert f"differ in more than the device (and in PyTorch: {cpu_torch} for the CPU results, " \
            "2.11.0 on the card)" in page
-    assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40; each such deterministic rerun of its 40 runs took 12.0 s or more, against 8.5 s and 9.0 s for the " \
+    assert "depth repeated 39 of 40 runs bit for bit" in page and "40 of 40; each such deterministic rerun of its 40 runs took 12.1 s on average, against 8.5 s and 9.0 s for the " \
         "two runs without that setting" in page
     assert "training steps (CUDA-graph captures included: 1.5 s) took 29.0 s" in page and "evaluation 4.0 s" in page
     assert "6.0 s (of which the final evaluation 1.0 s, the records 2.5 s and saving 0.5 s)" in page
@@ -845,6 +845,22 @@ def test_the_gpu_check_is_read_only_when_complete_and_summarised_by_one_rule(tmp
     assert (a["n"], a["agree"], a["below"]) == (3, 2, 2)                   # the row without a comparison is left out
     assert [r["variant"] for r in a["outside"]] == ["2 hidden"] and abs(a["mean_diff"] + 0.001) < 1e-12
     assert (a["setups"], a["setups_agree"], a["repeats"]) == (3, 2, [])
+
+
+def test_the_study_time_counts_commands_that_ran_side_by_side_once():
+    """The Reproduce box's time is the union of the commands' windows, not the sum of their wall
+    times: two overlapping hours count 1.5 h, a window inside another adds nothing, and a result
+    without a start or wall time is left out."""
+    from report import analysis
+    p = lambda start, wall: {"started": f"2026-01-01T{start}:00+00:00", "wall_seconds": wall}  # noqa: E731
+    windows = [p("10:30", 3600), p("10:00", 3600), p("10:10", 60), p("13:00", 600), {"started": None}, {}]
+    assert analysis.elapsed_seconds(windows) == 5400 + 600
+    assert analysis.elapsed_seconds([]) == 0
+
+
+def test_devices_are_named_in_words():
+    from report import text
+    assert (text.device("cpu"), text.device("cuda"), text.device("mps")) == ("a CPU", "a CUDA GPU", "`mps`")
 
 
 def test_a_variant_that_repeats_another_experiments_setup_counts_once():
