@@ -377,6 +377,12 @@ def gpu_time(check: dict) -> dict:
     return {"phases": phases, "slowest": sorted(timed, key=lambda nt: -nt[1])[:2], "caps": caps}
 
 
+def uneven_epochs(variants: list[dict]) -> bool:
+    """Whether some variant's runs trained different numbers of epochs (early stopping, divergence):
+    only then does a curve's late epoch average fewer seeds than its first, and its caption says so."""
+    return any(len({len(r["history"]) for r in v["runs"]}) > 1 for v in variants)
+
+
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
@@ -384,4 +390,4 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "against_control": against_control, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
            "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se,
-           "gpu_agreement": gpu_agreement, "gpu_time": gpu_time}
+           "gpu_agreement": gpu_agreement, "gpu_time": gpu_time, "uneven_epochs": uneven_epochs}
