@@ -14,8 +14,11 @@ function Div(el)
   end
   for _, cls in ipairs({"missing", "note"}) do
     if el.classes:includes(cls) then
+      -- a box of a few lines stays on one page; a long one (it could exceed a page) may break
+      local breakable = utf8.len(pandoc.utils.stringify(el)) > 1500 and "true" or "false"
       local blocks = {pandoc.RawBlock("typst",
-        "#block(" .. styles[cls] .. ", inset: 8pt, radius: 3pt, width: 100%, breakable: true)[#set par(justify: false)")}
+        "#block(" .. styles[cls] .. ", inset: 8pt, radius: 3pt, width: 100%, breakable: " .. breakable ..
+        ")[#set par(justify: false)")}
       for _, b in ipairs(el.content) do
         table.insert(blocks, b)
       end
