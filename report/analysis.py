@@ -227,6 +227,16 @@ def methods(result: dict) -> list[dict]:
     return out
 
 
+def curve_panels(result: dict) -> list[dict] | None:
+    """The methods whose training curves get a column of their own, each beside the control, where
+    one panel would crowd them: more than six variants in two or more regularization methods (the
+    weight-penalty experiments). None: every variant in one panel. figures.curves and the figure's
+    caption both ask this, so the caption describes the figure drawn."""
+    groups = [g for g in methods(result) if g["method"] != "none"]
+    has_control = any(v["name"] == result.get("control") for v in result["variants"])
+    return groups if len(result["variants"]) > 6 and len(groups) > 1 and has_control else None
+
+
 def per_class(result: dict, variant: dict) -> list[dict]:
     """Test accuracy per class over seeds, from the confusion matrices; class names from the result."""
     names = result["data"]["classes"]
@@ -390,4 +400,5 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "against_control": against_control, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
            "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se,
-           "gpu_agreement": gpu_agreement, "gpu_time": gpu_time, "uneven_epochs": uneven_epochs}
+           "gpu_agreement": gpu_agreement, "gpu_time": gpu_time, "uneven_epochs": uneven_epochs,
+           "curve_panels": curve_panels}

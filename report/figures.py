@@ -17,7 +17,7 @@ from pathlib import Path
 from experiments import results as results_mod
 from experiments.catalog import EXPERIMENTS
 
-from .analysis import best_variant, per_class, summary
+from .analysis import best_variant, curve_panels, per_class, summary
 
 plt = np = None   # matplotlib and numpy, imported by _plotting() only when a figure is drawn
 
@@ -65,19 +65,29 @@ def _curve(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.arange(1, longest + 1), np.array(mean), np.array(half), len(ok)
 
 
+def _plot_curves(variant: dict, color: str, ax_loss, ax_acc, label: str | None = None) -> None:
+    """One variant's mean curves with their 95% bands: train (solid) and validation (dashed) loss
+    on ax_loss, validation accuracy on ax_acc, labelled with its name and n."""
+    for key, style, ax in (("train_loss", "-", ax_loss), ("val_loss", "--", ax_loss), ("val_acc", "-", ax_acc)):
+        x, m, s, n = _curve(variant["runs"], key)
+        if not n:
+            continue
+        scale = 100 if key.endswith("acc") else 1
+        name = f"{label or variant['name']} (n={n})" if key == "val_acc" else None
+        ax.plot(x, m * scale, style, color=color, label=name, lw=1.3)
+        ax.fill_between(x, (m - s) * scale, (m + s) * scale, color=color, alpha=0.2, lw=0)
+
+
 def curves(result: dict, out_dir: Path) -> Path:
-    """Loss (train solid, validation dashed) and validation accuracy per epoch, per variant."""
+    """Loss (train solid, validation dashed) and validation accuracy per epoch, per variant; one
+    column per regularization method, each with the control, where one panel would crowd them
+    (analysis.curve_panels)."""
+    panels = curve_panels(result)
+    if panels:
+        return _curves_by_method(result, panels, out_dir)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(7.5, 3.0))
     for i, v in enumerate(result["variants"]):
-        color = f"C{i}"
-        for key, style, ax in (("train_loss", "-", ax_loss), ("val_loss", "--", ax_loss), ("val_acc", "-", ax_acc)):
-            x, m, s, n = _curve(v["runs"], key)
-            if not n:
-                continue
-            scale = 100 if key.endswith("acc") else 1
-            label = f"{v['name']} (n={n})" if key == "val_acc" else None
-            ax.plot(x, m * scale, style, color=color, label=label, lw=1.3)
-            ax.fill_between(x, (m - s) * scale, (m + s) * scale, color=color, alpha=0.2, lw=0)
+        _plot_curves(v, f"C{i}", ax_loss, ax_acc)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss: train (solid), validation (dashed)")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy, mean, 95% interval")
     if len(result["variants"]) > 4:   # inside the axes, a long legend would hide the last epochs' curves
@@ -85,6 +95,26 @@ def curves(result: dict, out_dir: Path) -> Path:
         ax_acc.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     else:
         ax_acc.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"{result['experiment']}-curves.svg")
+
+
+def _curves_by_method(result: dict, panels: list[dict], out_dir: Path) -> Path:
+    """curves() as small multiples: loss (top) and validation accuracy (bottom), one column per
+    method, each holding the control (black) and the method's strengths, on shared axes."""
+    control = next(v for v in result["variants"] if v["name"] == result["control"])
+    cols = len(panels)
+    fig, axes = plt.subplots(2, cols, figsize=(3.0 * cols, 4.6), sharex=True, sharey="row", squeeze=False)
+    for c, group in enumerate(panels):
+        ax_loss, ax_acc = axes[0][c], axes[1][c]
+        _plot_curves(control, "black", ax_loss, ax_acc)
+        for i, v in enumerate(group["variants"]):
+            _plot_curves(v, f"C{i}", ax_loss, ax_acc)
+        ax_loss.set_title(group["method"])
+        ax_acc.set(xlabel="epoch")
+        ax_acc.legend(loc="lower right", fontsize=7)
+    axes[0][0].set(ylabel="loss: train (solid), val. (dashed)")
+    axes[1][0].set(ylabel="validation accuracy (%)")
     fig.tight_layout()
     return _save(fig, out_dir, f"{result['experiment']}-curves.svg")
 

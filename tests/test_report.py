@@ -858,6 +858,21 @@ def test_the_study_time_counts_commands_that_ran_side_by_side_once():
     assert analysis.elapsed_seconds([]) == 0
 
 
+def test_crowded_weight_penalty_curves_get_one_column_per_method():
+    """More than six variants in two or more methods: one column per method, each with the control;
+    fewer variants, or variants of one kind (depth), stay in one panel."""
+    from report import analysis
+    v = lambda name, **params: {"name": name, "params": params, "runs": [], "summary": {}}  # noqa: E731
+    many = {"control": "none", "variants": [v("none"), *(v(f"L1 {x}", l1=x) for x in (1e-5, 3e-5, 1e-4)),
+                                            *(v(f"L2 {x}", l2=x) for x in (1e-4, 1e-3, 1e-2))]}
+    panels = analysis.curve_panels(many)
+    assert [(p["method"], len(p["variants"])) for p in panels] == [("L1 penalty in the loss", 3),
+                                                                    ("L2 penalty in the loss", 3)]
+    assert analysis.curve_panels({**many, "variants": many["variants"][:5]}) is None
+    assert analysis.curve_panels({"control": "2", "variants": [v(str(d), depth=d) for d in range(1, 9)]}) is None
+    assert analysis.curve_panels({**many, "control": "absent"}) is None
+
+
 def test_devices_are_named_in_words():
     from report import text
     assert (text.device("cpu"), text.device("cuda"), text.device("mps")) == ("a CPU", "a CUDA GPU", "`mps`")
