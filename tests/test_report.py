@@ -765,7 +765,7 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     (res / "bench-cuda.json").write_text(json.dumps(gpu))
     assert render(res, tmp_path / "out") == 0
     page = visible_text((tmp_path / "out" / "report.html").read_text())
-    assert "a member-epoch of the base MLP in a population of 32 costs 3.7 ms" in page
+    assert "one epoch of one member, a member-epoch, of the base MLP in a population of 32 costs 3.7 ms" in page
     assert "reaches 21.0% of the card" in page and "sets the GPU bench (NVIDIA H200" in page
     assert "on a GPU not measured yet" not in page and "on one NVIDIA H200, 42.0 s in one process" in page   # Reproduce box
     table = re.search(r'<table[^>]*>(?:(?!</table>).)*NVIDIA H200.*?</table>', (tmp_path / "out" / "report.html").read_text(), re.S)
