@@ -32,7 +32,7 @@ RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 .PHONY: help setup data test test-fast all experiments reproduce report bench gpu-check clean lock FORCE
 
 help: ## print this list of targets
-	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched, LANES=N)"
+	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched, THREADS=N, LANES=N, STRICT=1, RENDERER=quarto)"
 	@grep -E '^[a-zA-Z%/$$()._-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | \
 		sed 's/$$(RESULTS)\/%/results\/NAME/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo "  experiments:           $(EXPERIMENTS)"

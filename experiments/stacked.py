@@ -79,7 +79,9 @@ def check_settings() -> None:
     bad = [f"{name}={value!r} is not one of {', '.join(allowed)}"
            for name, value, allowed in (("FMREPORT_CONV", CONV, CONV_CHOICES),
                                         ("FMREPORT_INPUTS", INPUTS, ("host", "graph")),
-                                        ("FMREPORT_MATMUL", MATMUL, MATMUL_CHOICES)) if value not in allowed]
+                                        ("FMREPORT_MATMUL", MATMUL, MATMUL_CHOICES),
+                                        ("FMREPORT_CUDNN_BENCHMARK", os.environ.get("FMREPORT_CUDNN_BENCHMARK", "0"),
+                                         ("0", "1"))) if value not in allowed]
     if bad:
         raise ValueError("; ".join(bad) + " (README: 'On a GPU: populations')")
 

@@ -103,13 +103,15 @@ def test_several_experiments_and_lanes_refuse_what_cannot_be_done_in_one_line(ar
 
 
 def test_an_engine_switch_the_engine_does_not_know_exits_2_before_any_work(tmp_path):
-    """FMREPORT_CONV, FMREPORT_INPUTS and FMREPORT_MATMUL come from the environment: a typo there is
-    named in one line, not silently taken as another setting."""
+    """FMREPORT_CONV, FMREPORT_INPUTS, FMREPORT_MATMUL and FMREPORT_CUDNN_BENCHMARK come from the
+    environment: a typo there is named in one line, not silently taken as another setting."""
     proc = run_cli("run", "depth", "--quick", "--device", "cpu", "--out", str(tmp_path / "x.json"),
-                   env={**os.environ, "FMREPORT_MATMUL": "fp16", "FMREPORT_CONV": "Split"})
+                   env={**os.environ, "FMREPORT_MATMUL": "fp16", "FMREPORT_CONV": "Split",
+                        "FMREPORT_CUDNN_BENCHMARK": "yes"})
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "FMREPORT_CONV='Split' is not one of split, grouped, unfold" in proc.stderr
     assert "FMREPORT_MATMUL='fp16' is not one of ieee, tf32" in proc.stderr
+    assert "FMREPORT_CUDNN_BENCHMARK='yes' is not one of 0, 1" in proc.stderr
     assert not (tmp_path / "x.json").exists()
 
 
