@@ -65,7 +65,7 @@ def _curve(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.arange(1, longest + 1), np.array(mean), np.array(half), len(ok)
 
 
-def _plot_curves(variant: dict, color: str, ax_loss, ax_acc, label: str | None = None) -> None:
+def _plot_curves(variant: dict, color: str, ax_loss, ax_acc) -> None:
     """One variant's mean curves with their 95% bands: train (solid) and validation (dashed) loss
     on ax_loss, validation accuracy on ax_acc, labelled with its name and n."""
     for key, style, ax in (("train_loss", "-", ax_loss), ("val_loss", "--", ax_loss), ("val_acc", "-", ax_acc)):
@@ -73,7 +73,7 @@ def _plot_curves(variant: dict, color: str, ax_loss, ax_acc, label: str | None =
         if not n:
             continue
         scale = 100 if key.endswith("acc") else 1
-        name = f"{label or variant['name']} (n={n})" if key == "val_acc" else None
+        name = f"{variant['name']} (n={n})" if key == "val_acc" else None
         ax.plot(x, m * scale, style, color=color, label=name, lw=1.3)
         ax.fill_between(x, (m - s) * scale, (m + s) * scale, color=color, alpha=0.2, lw=0)
 

@@ -169,12 +169,17 @@ def make_env(doc: Document) -> jinja2.Environment:
     return env
 
 
+def base_variant(sections: list[Section]) -> tuple[dict | None, dict | None]:
+    """The depth experiment's result and its control variant, the base MLP (None where absent)."""
+    depth = next((s.result for s in sections if s.name == "depth" and s.result), None)
+    control = next((v for v in depth["variants"] if v["name"] == depth.get("control")), None) if depth else None
+    return depth, control
+
+
 def base_accuracy(sections: list[Section]) -> dict | None:
     """Mean validation and test accuracy of the base MLP (the depth experiment's control), the
     accuracy at which the Method section states the binomial standard error of one evaluation."""
-    depth = next((s for s in sections if s.name == "depth" and s.result), None)
-    control = next((v for v in depth.result["variants"] if v["name"] == depth.result.get("control")), None) \
-        if depth else None
+    _, control = base_variant(sections)
     if not control or _na(control["summary"]["val_acc"]["mean"]):
         return None
     return {"val": control["summary"]["val_acc"]["mean"], "test": control["summary"]["test_acc"]["mean"]}
@@ -184,14 +189,12 @@ def base_epoch(sections: list[Section]) -> dict | None:
     """The median wall time of an epoch (its evaluation included) of the base MLP, the depth
     experiment's control, over its runs' histories, with the machine and threads that ran it: what
     an epoch cost where the results were made, beside the bench's figures from its own machine."""
-    depth = next((s for s in sections if s.name == "depth" and s.result), None)
-    control = next((v for v in depth.result["variants"] if v["name"] == depth.result.get("control")), None) \
-        if depth else None
+    depth, control = base_variant(sections)
     seconds = [h["seconds"] for r in (control or {}).get("runs", []) for h in r["history"]
                if isinstance(h.get("seconds"), (int, float))]
     if not seconds:
         return None
-    p = depth.result["provenance"]
+    p = depth["provenance"]
     return {"seconds": statistics.median(seconds), "epochs": len(seconds), "variant": control["name"],
             "precision": control["params"].get("precision"), "platform": p.get("platform"),
             "threads": p.get("torch_threads"), "cpu_count": p.get("cpu_count")}
@@ -219,16 +222,17 @@ def front_matter(sections: list[Section]) -> dict | None:
         entry[0] += 1
         entry[1] = entry[1] or bool(r["provenance"].get("git_dirty"))
     starts = sorted((r["provenance"].get("started") or "")[:10] for r in loaded)
+    wall = sum(r["provenance"].get("wall_seconds") or 0 for r in loaded)
+    elapsed = elapsed_seconds([r["provenance"] for r in loaded])
     return {"date": (newest["provenance"].get("started") or "")[:10], "first_date": starts[0],
             "commit": (newest["provenance"].get("git_commit") or "unknown")[:12],
             "commits": [{"commit": c, "files": n, "dirty": d}
                         for c, (n, d) in sorted(commits.items(), key=lambda kv: -kv[1][0])],
             "dirty": any(r["provenance"].get("git_dirty") for r in loaded),
-            "study_seconds": sum(r["provenance"].get("wall_seconds") or 0 for r in loaded),
-            "elapsed_seconds": elapsed_seconds([r["provenance"] for r in loaded]),
+            "study_seconds": wall, "elapsed_seconds": elapsed,
+            "side_by_side": wall - elapsed > 60,   # more than a minute of the sum ran beside other commands
             "threads": sorted({r["provenance"]["torch_threads"] for r in loaded
                                if r["provenance"].get("torch_threads")}),
-            "platforms": sorted({r["provenance"].get("platform") or "?" for r in loaded}),
             "devices": sorted({r["provenance"].get("device") or "?" for r in loaded}),
             "cpu_counts": sorted({r["provenance"].get("cpu_count") or 0 for r in loaded}),
             "digests": loaded[0]["data"]["sha256"]}
