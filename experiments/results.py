@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -54,15 +53,14 @@ def _code_digest(path: Path) -> str:
     """Hash of a module's syntax tree without docstrings: comments and wording don't invalidate results."""
     path = Path(path).resolve()
     stat = path.stat()
-    # ast.dump differs between Python versions, and the GPU machine's python3 may not be .venv's
-    key = f"py{sys.version_info[0]}.{sys.version_info[1]} {path}"
+    key = str(path)
     seen = [stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size]
     cache = _digest_cache()
     entry = cache.get(key)
     if isinstance(entry, list) and len(entry) == 4 and entry[:3] == seen:
         return str(entry[3])
     digest = _tree_digest(str(path), stat.st_mtime_ns, stat.st_size)
-    cache = {k: e for k, e in cache.items() if Path(k.partition(" ")[2]).exists()}   # files gone are forgotten
+    cache = {k: e for k, e in cache.items() if Path(k).exists()}   # files gone are forgotten
     cache[key] = [*seen, digest]
     try:
         write_atomic(DIGEST_CACHE, json.dumps(cache))
@@ -72,7 +70,7 @@ def _code_digest(path: Path) -> str:
 
 
 def _digest_cache() -> dict:
-    """DIGEST_CACHE's entries, "pyX.Y path" -> [mtime_ns, ctime_ns, size, digest]; empty when
+    """DIGEST_CACHE's entries, "path" -> [mtime_ns, ctime_ns, size, digest]; empty when
     absent or damaged."""
     try:
         cache = json.loads(DIGEST_CACHE.read_text())
@@ -88,14 +86,40 @@ def _tree_digest(path: str, mtime_ns: int, size: int) -> str:
 
 
 def source_digest(text: str) -> str:
-    """Hash of Python source's syntax tree without docstrings (what a fingerprint holds per file)."""
+    """Hash of Python source's syntax tree without docstrings (what a fingerprint holds per file),
+    the same on every Python from 3.10 (see syntax_dump)."""
     tree = ast.parse(text)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
                 and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+    return hashlib.sha256(syntax_dump(tree).encode()).hexdigest()
+
+
+_MISSING = object()
+
+
+def syntax_dump(node) -> str:
+    """ast.dump(node) as Python 3.11 writes it, on any Python from 3.10. Why: ast.dump's text
+    changes between versions (3.12 adds type_params to every function and class, 3.13 leaves out
+    empty fields), so hashing it made every committed result look stale to another Python, and
+    `make all` there would have trained the whole study again."""
+    if isinstance(node, list):
+        return f"[{', '.join(syntax_dump(v) for v in node)}]"
+    if not isinstance(node, ast.AST):
+        return repr(node)
+    fields = []
+    for name in node._fields:
+        value = getattr(node, name, _MISSING)
+        if value is _MISSING or value is None and getattr(type(node), name, ...) is None:   # unset, or optional
+            continue
+        if name == "type_params" and not value:                           # 3.12+ (PEP 695) only
+            continue
+        if isinstance(node, ast.JoinedStr):                               # 3.12 ends some format specs
+            value = [v for v in value if not (isinstance(v, ast.Constant) and v.value == "")]   # with ''
+        fields.append(f"{name}={syntax_dump(value)}")
+    return f"{type(node).__name__}({', '.join(fields)})"
 
 
 def engine_sources(specs: dict, backend: str = "loop") -> tuple[str, ...]:
