@@ -29,7 +29,7 @@ RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SE
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 
-.PHONY: help setup data test test-fast all experiments reproduce report bench gpu-check clean lock FORCE
+.PHONY: help setup data test test-fast test-gpu-host all experiments reproduce report bench gpu-check clean lock FORCE
 
 help: ## print this list of targets
 	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched, THREADS=N, LANES=N, STRICT=1, RENDERER=quarto)"
@@ -137,8 +137,28 @@ test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke,
 test-fast: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the tests not marked slow (no training runs of whole experiments)
 	$(PY) -m pytest -q -m "not slow"
 
+# The GPU machine's own torch pair (it has its own Python and no package registry): the fast tests
+# against it here, on the CPU, so a torch API that differs between the two versions, or anything
+# else that differs on that machine, shows before a card's few minutes are spent on it.
+GPU_HOST_VENV := .venv-gpu-host
+GPU_HOST_TORCH := torch==2.11.0 torchvision==0.26.0
+GPU_HOST_SETUP := $(GPU_HOST_VENV)/.installed
+$(GPU_HOST_SETUP): pyproject.toml requirements.lock
+	test -x $(GPU_HOST_VENV)/bin/python || $(PYTHON) -m venv $(GPU_HOST_VENV)
+	@# pyproject's packages and requirements.lock's pins but for torch's own, and the project from this folder
+	$(GPU_HOST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-c <(grep -v -i -E '^(torch|torchvision|triton|nvidia|cuda)' requirements.lock) $(GPU_HOST_TORCH) \
+		$$($(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+			print(*[r for r in p["dependencies"] + p["optional-dependencies"]["dev"] if not r.startswith("torch")])')
+	touch $@
+
+test-gpu-host: | $(GPU_HOST_SETUP) $(DATA) $(TEST_TOOLS) ## test-fast with the GPU machine's torch 2.11 / torchvision 0.26 (.venv-gpu-host)
+	$(GPU_HOST_VENV)/bin/python -c 'import torch, torchvision, sys; print("torch", torch.__version__, \
+		"torchvision", torchvision.__version__, "Python", sys.version.split()[0])'
+	$(GPU_HOST_VENV)/bin/python -m pytest -q -m "not slow"
+
 clean: ## delete caches and quick results (never results/ or the published report)
 	rm -rf build .pytest_cache
-	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+	find . -name __pycache__ -not -path './$(VENV)*' -prune -exec rm -rf {} +
 
 FORCE:
