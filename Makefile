@@ -137,19 +137,20 @@ test: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the test suite (unit, real-data smoke,
 test-fast: | $(SETUP) $(DATA) $(TEST_TOOLS) ## the tests not marked slow (no training runs of whole experiments)
 	$(PY) -m pytest -q -m "not slow"
 
-# The GPU machine's own torch pair (it has its own Python and no package registry): the fast tests
-# against it here, on the CPU, so a torch API that differs between the two versions, or anything
-# else that differs on that machine, shows before a card's few minutes are spent on it.
+# The GPU machine's own torch pair (its Python is 3.12 and it has no package registry): the fast
+# tests with that pair here, on the CPU and this machine's python3, so a torch API that differs
+# between the two versions shows before a card's few minutes are spent on it.
 GPU_HOST_VENV := .venv-gpu-host
 GPU_HOST_TORCH := torch==2.11.0 torchvision==0.26.0
 GPU_HOST_SETUP := $(GPU_HOST_VENV)/.installed
 $(GPU_HOST_SETUP): pyproject.toml requirements.lock
 	test -x $(GPU_HOST_VENV)/bin/python || $(PYTHON) -m venv $(GPU_HOST_VENV)
-	@# pyproject's packages and requirements.lock's pins but for torch's own, and the project from this folder
+	@# pyproject's packages, dev's too, at requirements.lock's pins, but for torch's own (the tests
+	@# import the project from this folder, as python -m does)
+	packages=$$($(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print(*[r for r in p["dependencies"] + p["optional-dependencies"]["dev"] if not r.startswith("torch")])') && \
 	$(GPU_HOST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		-c <(grep -v -i -E '^(torch|torchvision|triton|nvidia|cuda)' requirements.lock) $(GPU_HOST_TORCH) \
-		$$($(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-			print(*[r for r in p["dependencies"] + p["optional-dependencies"]["dev"] if not r.startswith("torch")])')
+		-c <(grep -v -i -E '^(torch|torchvision|triton|nvidia|cuda)' requirements.lock) $(GPU_HOST_TORCH) $$packages
 	touch $@
 
 test-gpu-host: | $(GPU_HOST_SETUP) $(DATA) $(TEST_TOOLS) ## test-fast with the GPU machine's torch 2.11 / torchvision 0.26 (.venv-gpu-host)

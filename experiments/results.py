@@ -101,14 +101,16 @@ _MISSING = object()
 
 
 def syntax_dump(node) -> str:
-    """ast.dump(node) as Python 3.11 writes it, on any Python from 3.10. Why: ast.dump's text
-    changes between versions (3.12 adds type_params to every function and class, 3.13 leaves out
-    empty fields), so hashing it made every committed result look stale to another Python, and
+    """ast.dump(node) as Python 3.11 writes it, on any Python from 3.10, but for one thing: a
+    constant is written with ascii(), not repr(), whose escapes follow each version's Unicode
+    tables (the two agree on ASCII text, which is all the engine's strings hold). Why: ast.dump's
+    text changes between versions (3.12 adds type_params to every function and class, 3.13 leaves
+    out empty fields), so hashing it made every committed result look stale to another Python, and
     `make all` there would have trained the whole study again."""
     if isinstance(node, list):
         return f"[{', '.join(syntax_dump(v) for v in node)}]"
     if not isinstance(node, ast.AST):
-        return repr(node)
+        return ascii(node)
     fields = []
     for name in node._fields:
         value = getattr(node, name, _MISSING)
