@@ -28,6 +28,17 @@ def test_a_committed_result_is_current_and_carries_its_statistics(name):
     assert {c["control"] for c in result["comparisons"]} <= {exp.control_variant}
 
 
+@pytest.mark.parametrize("name", COMMITTED)
+def test_a_committed_results_figures_are_current(name, tmp_path, monkeypatch):
+    """The fingerprint make all compares before it redraws, computed afresh (no digest cache, as in
+    a fresh clone), is the committed one: make all there leaves results/figures as committed."""
+    from report import figures
+    monkeypatch.setattr(results, "DIGEST_CACHE", tmp_path / "digests.json")
+    recorded = (RESULTS / "figures" / f"{name}.fingerprint").read_text().split()
+    assert recorded[0] == figures.fingerprint(RESULTS / f"{name}.json", catalog.EXPERIMENTS[name].figures), \
+        f"results/figures/{name}.fingerprint is stale: run make report and commit results/figures"
+
+
 def test_every_experiment_asks_for_at_least_ten_seeds():
     assert {name: exp.seeds for name, exp in catalog.EXPERIMENTS.items() if exp.seeds < 10} == {}
 
