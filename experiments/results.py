@@ -47,24 +47,22 @@ class ResultError(Exception):
 # Digests of the engine's files by (path, mtime, size), kept between processes: `make all` asks
 # for them once per experiment, and parsing the files costs more than the rest of the check.
 DIGEST_CACHE = Path(os.environ.get("FMREPORT_DIGEST_CACHE") or PROJECT_ROOT / "build" / "code-digests.json")
-# source_digest's own version, in each cache key: a new one when its output for the same file
-# changes, so no cache serves a digest the code would no longer give (2: constants with ascii())
-DIGEST_FORMAT = 2
 
 
 def _code_digest(path: Path) -> str:
     """Hash of a module's syntax tree without docstrings: comments and wording don't invalidate results."""
     path = Path(path).resolve()
     stat = path.stat()
-    key = f"{DIGEST_FORMAT} {path}"
+    made_by = _digest_code()
+    key = f"{made_by} {path}"
     seen = [stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size]
     cache = _digest_cache()
     entry = cache.get(key)
     if isinstance(entry, list) and len(entry) == 4 and entry[:3] == seen:
         return str(entry[3])
     digest = _tree_digest(str(path), stat.st_mtime_ns, stat.st_size)
-    cache = {k: e for k, e in cache.items()                      # other formats and files gone are forgotten
-             if k.startswith(f"{DIGEST_FORMAT} ") and Path(k.partition(" ")[2]).exists()}
+    cache = {k: e for k, e in cache.items()                      # other digest code and files gone are forgotten
+             if k.startswith(f"{made_by} ") and Path(k.partition(" ")[2]).exists()}
     cache[key] = [*seen, digest]
     try:
         write_atomic(DIGEST_CACHE, json.dumps(cache))
@@ -73,8 +71,15 @@ def _code_digest(path: Path) -> str:
     return digest
 
 
+def _digest_code() -> str:
+    """This module's mtime, ctime and size, in each cache key: source_digest lives here, so after any
+    change to it the cache serves no digest that the code would no longer give."""
+    stat = Path(__file__).stat()
+    return f"{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_size}"
+
+
 def _digest_cache() -> dict:
-    """DIGEST_CACHE's entries, "DIGEST_FORMAT path" -> [mtime_ns, ctime_ns, size, digest]; empty when
+    """DIGEST_CACHE's entries, "_digest_code() path" -> [mtime_ns, ctime_ns, size, digest]; empty when
     absent or damaged."""
     try:
         cache = json.loads(DIGEST_CACHE.read_text())
