@@ -79,6 +79,13 @@ endif
 $(RESULTS)/%.json: FORCE | $(SETUP) $(DATA) ## one experiment, e.g. `make results/depth.json`
 	$(PY) -m experiments run $* --out $@ --if-stale --skip-unavailable $(RUN_FLAGS)
 
+# QUICK=1 never writes into results/: `make results/NAME.json QUICK=1` makes the smoke result
+# build/quick/results/NAME.json instead, and says so.
+ifdef QUICK
+results/%.json: build/quick/results/%.json
+	@echo "QUICK=1: smoke result in $< (results/ holds full runs only; $@ is untouched)"
+endif
+
 reproduce: | $(SETUP) $(DATA) ## rerun the whole study from scratch (resumes if killed), then the report
 	@mkdir -p build && { test -f build/reproduce.since || date -u +%Y-%m-%dT%H:%M:%S+00:00 > build/reproduce.since; }
 	for name in $(EXPERIMENTS); do \

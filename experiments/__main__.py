@@ -74,7 +74,7 @@ def spec_setting(text: str) -> tuple[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    sub.add_parser("list", help="print every experiment: name, then what it asks")
+    sub.add_parser("list", help="print every experiment: name, then what it asks (exit 2 naming each broken catalog entry)")
     sub.add_parser("data", help="find, verify and copy Fashion-MNIST into data/ (see experiments/data.py)")
     restat = sub.add_parser("restat", help="recompute the summaries (95%% intervals), seed-paired comparisons and "
                                            "self-description (base spec, data constants, example pixels) of result "
@@ -228,10 +228,13 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    if args.command == "list":
+    if args.command == "list":   # and every problem of the catalog's entries, each on its own line
+        found = [problem for exp in EXPERIMENTS.values() for problem in exp.problems()]
         for exp in EXPERIMENTS.values():
             print(f"{exp.name:<16} {exp.description}")
-        return 0
+        for problem in found:
+            print(f"error: experiments/catalog.py: {problem}", file=sys.stderr)
+        return 2 if found else 0
 
     if args.command == "restat":   # plain Python: no torch
         from . import describe, planning, results

@@ -7,7 +7,9 @@ pattern rule and the result schema need no change.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from difflib import get_close_matches
 
 
 @dataclass(frozen=True)
@@ -52,28 +54,79 @@ class RunSpec:
     precision: str = "bf16"       # bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU: for CPUs without bf16 units)
 
     def __post_init__(self):
-        choices = {"model": ("mlp", "cnn", "transfer"), "optimizer": ("sgd", "adam", "adamw"),
-                   "backbone": ("resnet18", "resnet50", "resnet101"), "train_backbone": ("none", "layer4"),
-                   "precision": ("auto", "fp32", "bf16"),
-                   "schedule": ("constant", "cosine"), "augment": ("none", "crop", "flip", "crop+flip", "shift", "shift+flip")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        """A ValueError naming every field whose value the engine cannot train with, and what it
+        may be, before any work (a typo in the catalog, a negative epoch count, a string for a number)."""
+        for f in fields(self):            # a list where a tuple is meant (channels=[32, 64]) is taken as one
+            if isinstance(getattr(self, f.name), list) and isinstance(f.default, tuple):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        bad = [f"{key}={getattr(self, key)!r}: {allowed}" for key, allowed in field_problems(self)]
+        if bad:
+            raise ValueError("; ".join(bad))
         if self.test_time_shifts and self.model == "transfer":
             raise ValueError("test_time_shifts needs images, and the transfer model's frozen variant sees "
                              "cached features: use it with model=mlp or model=cnn")
-        if self.epochs < 1 or self.batch_size < 1 or self.depth < 0 or self.width < 1:
-            raise ValueError("epochs, batch_size and width must be >= 1 and depth >= 0")
 
     def with_overrides(self, **overrides) -> "RunSpec":
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
+        known = [f.name for f in fields(self)]
+        unknown = sorted(set(overrides) - set(known))
         if unknown:
-            raise ValueError(f"unknown RunSpec field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            guesses = {u: get_close_matches(u, known, 1) for u in unknown}
+            said = ", ".join(f"{u} (did you mean {close[0]}?)" if close else u for u, close in guesses.items())
+            listed = "" if all(guesses.values()) else f"; known: {', '.join(sorted(known))}"
+            raise ValueError(f"unknown RunSpec field(s) {said}{listed}")
         return replace(self, **overrides)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# What each RunSpec field may hold: the named choices, or a type and a test, with the words an error
+# uses for them. RunSpec.__post_init__ checks every field against its entry (a test asserts each
+# field has one).
+CHOICES = {"model": ("mlp", "cnn", "transfer"), "optimizer": ("sgd", "adam", "adamw"),
+           "backbone": ("resnet18", "resnet50", "resnet101"), "train_backbone": ("none", "layer4"),
+           "precision": ("auto", "fp32", "bf16"), "schedule": ("constant", "cosine"),
+           "augment": ("none", "crop", "flip", "crop+flip", "shift", "shift+flip")}
+
+
+def _integer(least: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least, f"an integer >= {least}"
+
+
+def _number(test, words: str):
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v),
+            f"a number {words}")
+
+
+_FLAG = (lambda v: isinstance(v, bool), "True or False")
+_PROBABILITY = _number(lambda v: 0 <= v < 1, "in [0, 1)")
+_NON_NEGATIVE = _number(lambda v: v >= 0, ">= 0")
+LIMITS = {
+    "depth": _integer(0), "width": _integer(1), "dropout": _PROBABILITY, "input_dropout": _PROBABILITY,
+    "batchnorm": _FLAG, "image_size": _integer(1),
+    "channels": (lambda v: isinstance(v, tuple) and len(v) >= 1 and all(_integer(1)[0](c) for c in v),
+                 "one or more integers >= 1, e.g. (32, 64)"),
+    "lr": _number(lambda v: v > 0, "> 0"), "momentum": _PROBABILITY, "epochs": _integer(1),
+    "batch_size": _integer(1), "label_smoothing": _number(lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "weight_decay": _NON_NEGATIVE, "l1": _NON_NEGATIVE, "l2": _NON_NEGATIVE, "l1_proximal": _FLAG,
+    "patience": _integer(0),
+    "crop_scale": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(_NON_NEGATIVE[0](x) for x in v)
+                   and 0 < v[0] <= v[1] <= 1, "two numbers (lo, hi) with 0 < lo <= hi <= 1"),
+    "max_shift": _integer(0), "test_time_shifts": _FLAG,
+}
+
+
+def field_problems(spec: RunSpec) -> list[tuple[str, str]]:
+    """(field, what it may be) for every field of `spec` whose value is not allowed."""
+    bad = []
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if f.name in CHOICES:
+            if value not in CHOICES[f.name]:
+                bad.append((f.name, f"not one of {', '.join(CHOICES[f.name])}"))
+        elif not LIMITS[f.name][0](value):
+            bad.append((f.name, f"must be {LIMITS[f.name][1]}"))
+    return bad
 
 
 FIGURE_KINDS = {"curves", "accuracy", "weights", "confusion"}
@@ -85,7 +138,7 @@ class Experiment:
     description: str              # one line, shown by `python -m experiments list`
     variants: dict                # variant name -> overrides of `base`
     base: dict = field(default_factory=dict)  # overrides shared by every variant
-    seeds: int = 3                # runs per variant, seeds 0 .. seeds-1
+    seeds: int = 10               # runs per variant, seeds 0 .. seeds-1 (SEEDS=N or --seeds N for a trial)
     control: str | None = None    # the variant every other is compared with (seed-paired); default the first
     trials: int = 0               # configurations tried on the validation split before this one was chosen
     title: str = ""               # the report's section heading (default: the name, capitalized)
@@ -101,13 +154,30 @@ class Experiment:
     needs_cuda: bool = False
     check: str = ""
 
-    def __post_init__(self):
+    def problems(self) -> list[str]:
+        """What is wrong with this entry, each naming the experiment and, for a spec, the variant;
+        empty when every variant resolves to a RunSpec the engine can train. Checked when the entry
+        is used (specs(), `experiments list`, the report), not on import: one broken entry does not
+        stop the others from running."""
+        where = f"experiment {self.name!r}"
+        if not isinstance(self.variants, dict) or not self.variants:
+            return [f"{where}: variants must be a dict of one or more variant name -> overrides"]
+        found = []
         if self.control is not None and self.control not in self.variants:
-            raise ValueError(f"experiment {self.name}: control {self.control!r} is not one of its variants")
+            close = get_close_matches(str(self.control), list(self.variants), 1)
+            found.append(f"{where}: control {self.control!r} is not one of its variants "
+                         f"({', '.join(map(repr, self.variants))}){f'; did you mean {close[0]!r}?' if close else ''}")
         unknown = sorted(set(self.figures) - FIGURE_KINDS)
         if unknown:
-            raise ValueError(f"experiment {self.name}: unknown figure kind(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(FIGURE_KINDS))}")
+            found.append(f"{where}: unknown figure kind(s) {', '.join(unknown)}; known: {', '.join(sorted(FIGURE_KINDS))}")
+        if not (isinstance(self.seeds, int) and not isinstance(self.seeds, bool) and self.seeds >= 1):
+            found.append(f"{where}: seeds={self.seeds!r}: must be an integer >= 1 (the study's experiments run 10)")
+        for name, over in self.variants.items():
+            try:
+                RunSpec().with_overrides(**{**self.base, **over})
+            except (ValueError, TypeError) as err:
+                found.append(f"{where}, variant {name!r}: {err}")
+        return found
 
     @property
     def heading(self) -> str:
@@ -123,9 +193,19 @@ class Experiment:
         return self.control or next(iter(self.variants))
 
     def specs(self, **cli_overrides) -> dict[str, RunSpec]:
-        """Variant name -> resolved RunSpec (base <- experiment base <- variant <- CLI)."""
-        return {name: RunSpec().with_overrides(**{**self.base, **over, **cli_overrides})
-                for name, over in self.variants.items()}
+        """Variant name -> resolved RunSpec (base <- experiment base <- variant <- CLI). A ValueError
+        names every problem of the entry itself first (problems()): a command-line override such as
+        --quick's epochs does not hide a bad value in the catalog."""
+        found = self.problems()
+        if found:
+            raise ValueError("; ".join(found))
+        specs = {}
+        for name, over in self.variants.items():
+            try:
+                specs[name] = RunSpec().with_overrides(**{**self.base, **over, **cli_overrides})
+            except ValueError as err:
+                raise ValueError(f"experiment {self.name!r}, variant {name!r}: {err}") from None
+        return specs
 
 
 def penalty_variants(l1=(), l2=(), adamw=()) -> dict:

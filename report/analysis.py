@@ -141,6 +141,21 @@ def against_control(result: dict, key: str = "val_acc") -> dict | None:
             "same": [c for c in rows if not stats.excludes_zero(c["ci95"])]}
 
 
+
+def above_controls(results: list[dict], named: int = 2) -> tuple[list[tuple[int, str]], int, int]:
+    """Where variants beat their control beyond seed noise (validation accuracy), for the abstract:
+    (count, control) of the `named` experiments with the most such variants (catalog order among
+    equals), then how many more variants beat the controls of how many other experiments. The
+    abstract names a few controls and stays short however many experiments the catalog holds."""
+    found = []
+    for result in results:
+        compared = against_control(result)
+        up = [c for c in compared["differ"] if c["diff_mean"] > 0] if compared else []
+        if up:
+            found.append((len(up), up[0]["control"]))
+    ranked = sorted(found, key=lambda f: -f[0])      # stable: catalog order among equal counts
+    return ranked[:named], sum(n for n, _ in ranked[named:]), len(ranked[named:])
+
 def gap(variant: dict, a: str = "train_acc", b: str = "val_acc") -> dict:
     """Per-seed a - b (generalization gap), summarized."""
     return summary(r["final"][a] - r["final"][b] for r in ok_runs(variant))
@@ -397,7 +412,7 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
-           "against_control": against_control, "comparison": comparison, "paired": paired,
+           "against_control": against_control, "above_controls": above_controls, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
            "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se,
            "gpu_agreement": gpu_agreement, "gpu_time": gpu_time, "uneven_epochs": uneven_epochs,

@@ -144,8 +144,9 @@ def _build(results_dir: Path, out: Path, work: Path, strict: bool, renderer: str
     sections = load_sections(results_dir)
     draw_stale(sections, results_dir / "figures", log)   # only the figures whose result or code changed
     markdown, doc = render_markdown(sections, results_dir)
-    if strict and doc.problems:
-        for problem in doc.problems:
+    problems = [f"experiments/catalog.py: {p}" for s in sections for p in s.catalog_problems] + doc.problems
+    if strict and problems:
+        for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1
     work.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,7 @@ def _build(results_dir: Path, out: Path, work: Path, strict: bool, renderer: str
             log(f"{out / 'report.html'} and report.pdf are up to date (same inputs)")
             return 0
         render_pandoc(work, out, sections, digest)
-    for problem in doc.problems:
+    for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     log(f"wrote {out / 'report.html'} and {out / 'report.pdf'} from {results_dir} "
         f"in {time.perf_counter() - started:.1f} s")

@@ -20,6 +20,7 @@ class Section:
         self.title = exp.heading if exp else name.replace("_", " ").capitalize()
         self.optional = bool(exp and exp.optional)
         self.description = (result or {}).get("description") or (exp.description if exp else "")
+        self.catalog_problems = exp.problems() if exp else []   # a broken entry: no result can be current
         self.stale = bool(result and exp and not current(result, exp))
 
     @property

@@ -52,6 +52,23 @@ def test_list_names_every_experiment_first():
     assert [line.split()[0] for line in proc.stdout.splitlines()] == list(EXPERIMENTS)
 
 
+def test_list_exits_2_naming_each_broken_catalog_entry(monkeypatch, capsys):
+    """A typo in the catalog is found by `experiments list` (and by the report, and by any run of
+    that experiment), while the other entries still list and run."""
+    from experiments import __main__ as cli
+    from experiments.catalog import EXPERIMENTS, Experiment
+    broken = Experiment(name="smoothing", description="label smoothing", control="none",
+                        variants={"none": {}, "0.1": {"label_smothing": 0.1}})
+    monkeypatch.setitem(EXPERIMENTS, "smoothing", broken)
+    assert cli.main(["list"]) == 2
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == list(EXPERIMENTS)
+    assert err.splitlines() == ["error: experiments/catalog.py: experiment 'smoothing', variant '0.1': unknown "
+                                "RunSpec field(s) label_smothing (did you mean label_smoothing?)"]
+    assert cli.main(["run", "smoothing", "--quick"]) == 2
+    assert "variant '0.1'" in capsys.readouterr().err
+
+
 def test_quick_refuses_to_write_into_results():
     proc = run_cli("run", "depth", "--quick", "--out", str(ROOT / "results" / "depth.json"))
     assert proc.returncode == 2 and "never writes into results/" in proc.stderr

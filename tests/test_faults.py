@@ -140,9 +140,60 @@ def test_a_failing_write_keeps_the_old_file(tmp_path, previous_result, monkeypat
 
 def test_unknown_variant_override_in_a_spec_is_refused():
     from experiments.catalog import Experiment
-    with pytest.raises(ValueError, match="unknown RunSpec field"):
+    with pytest.raises(ValueError, match=r"experiment 'x', variant 'v': unknown RunSpec field\(s\) widht "
+                                         r"\(did you mean width\?\)$"):
         Experiment(name="x", description="", variants={"v": {"widht": 3}}).specs()
     assert all(e.specs() for e in EXPERIMENTS.values())
+
+
+@pytest.mark.parametrize("override, said", [
+    ({"epochs": -3}, "epochs=-3: must be an integer >= 1"),
+    ({"epochs": 2.5}, "epochs=2.5: must be an integer >= 1"),
+    ({"epochs": "3"}, "epochs='3': must be an integer >= 1"),
+    ({"lr": -0.001}, "lr=-0.001: must be a number > 0"),
+    ({"lr": float("nan")}, "lr=nan: must be a number > 0"),
+    ({"label_smoothing": 1.5}, "label_smoothing=1.5: must be a number in [0, 1]"),
+    ({"dropout": 1.5}, "dropout=1.5: must be a number in [0, 1)"),
+    ({"l2": -1}, "l2=-1: must be a number >= 0"),
+    ({"patience": -2}, "patience=-2: must be an integer >= 0"),
+    ({"batchnorm": "yes"}, "batchnorm='yes': must be True or False"),
+    ({"optimizer": "rmsprop"}, "optimizer='rmsprop': not one of sgd, adam, adamw"),
+    ({"crop_scale": (0.5, 0.1)}, "crop_scale=(0.5, 0.1): must be two numbers (lo, hi) with 0 < lo <= hi <= 1"),
+    ({"channels": (32, 0)}, "channels=(32, 0): must be one or more integers >= 1, e.g. (32, 64)"),
+])
+def test_a_value_the_engine_cannot_train_with_is_named_with_its_experiment_and_variant(override, said):
+    """A catalog entry's bad value is refused before any work, naming the experiment, the variant,
+    the field, its value and what it may be; --quick's own epoch count does not hide it."""
+    from experiments.catalog import Experiment
+    exp = Experiment(name="x", description="", variants={"control": {}, "v": override})
+    for cli in ({}, {"epochs": 2}):
+        with pytest.raises(ValueError) as err:
+            exp.specs(**cli)
+        assert str(err.value) == f"experiment 'x', variant 'v': {said}"
+
+
+def test_every_runspec_field_has_a_rule_and_the_defaults_and_committed_specs_pass_it():
+    from dataclasses import fields
+    from experiments import catalog, planning
+    assert sorted(f.name for f in fields(catalog.RunSpec)) == sorted([*catalog.CHOICES, *catalog.LIMITS])
+    assert catalog.field_problems(catalog.RunSpec()) == []
+    for path in sorted((ROOT / "results").glob("*.json")):
+        result = results.read(path)
+        if "variants" in result:
+            assert all(planning.recorded_specs(result).values())      # each built, so each passed
+
+
+def test_an_entry_s_control_figures_and_seeds_are_checked_when_used_not_on_import():
+    from experiments.catalog import Experiment
+    exp = Experiment(name="x", description="", variants={"none": {}, "L1": {"l1": 1e-4}}, control="nnoe",
+                     figures=("curve",), seeds=0)    # made without an error: one broken entry stops no other
+    assert exp.problems() == [
+        "experiment 'x': control 'nnoe' is not one of its variants ('none', 'L1'); did you mean 'none'?",
+        "experiment 'x': unknown figure kind(s) curve; known: accuracy, confusion, curves, weights",
+        "experiment 'x': seeds=0: must be an integer >= 1 (the study's experiments run 10)"]
+    with pytest.raises(ValueError, match="control 'nnoe'"):
+        exp.specs()
+    assert all(not e.problems() for e in EXPERIMENTS.values())
 
 
 def test_unreadable_idx_file_is_named(tmp_path, monkeypatch):

@@ -49,6 +49,10 @@ def test_second_make_does_nothing_and_edit_reruns_only_that_experiment(project):
     again = make(project, "build/quick/results/depth.json", "build/quick/results/augmentation.json")
     assert again.count("is up to date") == 2 and "wrote" not in again
     assert {p.name: p.read_bytes() for p in quick.glob("*.json")} == before
+    said = make(project, "results/depth.json")   # README's path, under QUICK=1: the smoke result, said so
+    assert "build/quick/results/depth.json is up to date" in said and \
+        "QUICK=1: smoke result in build/quick/results/depth.json" in said
+    assert not (project / "results" / "depth.json").exists()
 
     catalog = project / "experiments" / "catalog.py"
     text = catalog.read_text()

@@ -657,6 +657,23 @@ def test_a_stale_result_is_marked_with_the_command_that_remakes_it(rendered, tmp
     assert stale.index("dropout.json") < stale.index("make results/dropout.json") < 400
 
 
+
+def test_a_broken_catalog_entry_fails_a_strict_build_and_is_named_in_its_section(rendered, monkeypatch, capsys):
+    """A typo in an entry makes no result current: the section says the entry is invalid and why
+    (not merely "stale"), and a strict build (make all) exits 1 naming it."""
+    import dataclasses
+    from report.render import render_markdown
+    from report.sections import load_sections
+    broken = dataclasses.replace(catalog.EXPERIMENTS["dropout"], control="no dropuot")
+    monkeypatch.setitem(catalog.EXPERIMENTS, "dropout", broken)
+    assert render(rendered["results"], rendered["base"] / "never", "--strict") == 1
+    err = capsys.readouterr().err
+    assert "error: experiments/catalog.py: experiment 'dropout': control 'no dropuot' is not one of its " \
+           "variants" in err and "did you mean 'no dropout'?" in err
+    assert not (rendered["base"] / "never").exists()
+    markdown, _ = render_markdown(load_sections(rendered["results"]), rendered["results"])
+    assert markdown.count("**Invalid catalog entry.**") == 1 and "Stale result" not in markdown
+
 def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered):
     page = visible_text(rendered["html"])
     head = rendered["data"]["best"]["variants"][0]["summary"]["test_acc"]
@@ -671,10 +688,16 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     up = sum(c["diff_mean"] > 0 for c in differ)
     assert (f"Of the {len(rows)} variants so compared, {len(differ)} differ from their control"
             in " ".join(abstract.split())), abstract
-    # above it: how many, and against which control (a control may itself be regularized)
+    # above it: how many, and against which control (a control may itself be regularized): the two
+    # experiments with the most such variants by name, the others counted
     above = " ".join(abstract.split()).split(f"{up} above it")[1].split(f"and {len(differ) - up} below")[0]
-    controls = {c["control"] for c in differ if c["diff_mean"] > 0}
-    assert controls and all(f"against “{c}”" in above for c in controls), above
+    from report import analysis
+    from report.sections import section_names
+    named, rest, others = analysis.above_controls([rendered["data"][n] for n in section_names()
+                                                   if n in rendered["data"]])
+    assert named and all(f"{n} against “{c}”" in above for n, c in named), above
+    assert sum(n for n, _ in named) + rest == up
+    assert (f"{rest} against the controls of {others} other experiments" in above) == (others > 1), above
     assert "Cite as." in page and "@misc{fmreport" in page and "make reproduce" in page
     from report.config import LICENSES
     license = page[page.index("License."):page.index("Abstract.")]
@@ -682,6 +705,18 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     assert all(f'href="{url}"' in rendered["html"] for _, _, url in LICENSES)
     from experiments import data
     assert all(digest in page for digest in data.SHA256.values())
+
+
+def test_the_abstract_names_the_two_experiments_with_most_variants_above_their_control():
+    from report import analysis
+
+    def result(control: str, diffs: list[float]) -> dict:
+        return {"comparisons": [{"metric": "val_acc", "n": 10, "control": control, "diff_mean": d,
+                                 "ci95": [d - 0.001, d + 0.001] if d else [-0.001, 0.001]} for d in diffs]}
+    got = analysis.above_controls([result("a", [0.01, -0.01]), result("b", [0.02, 0.01, 0.03]),
+                                   result("c", [0.0]), result("d", [0.01]), result("e", [0.01, -0.02])])
+    assert got == ([(3, "b"), (1, "a")], 2, 2)     # b the most; a before d and e, catalog order among equals
+    assert analysis.above_controls([result("a", [-0.01])]) == ([], 0, 0)
 
 
 def test_the_baseline_table_cites_entries_of_the_bibliography(rendered):
