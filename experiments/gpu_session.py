@@ -31,13 +31,16 @@ SCRATCH = results.PROJECT_ROOT / "build" / "gpu-check"
 # Shares of the limit, each at most: a step that ends sooner leaves its time to the check, which gets
 # the rest. The probe names its input placement and TF32 choices only once every experiment's step
 # parts are timed (then come its profiles, which a cut-off keeps as far as they got), so it gets
-# 40%. The check then has at least 560 - 224 - 15 = 321 s less the tests' time; its timed parts on an
+# 40%. The lanes tests get 10% (pytest's start, CUDA's and the data's before two short trainings: 5%,
+# 28 s, left little room). The check then has at least 560 - 224 - 15 - 20 = 301 s less the tests'
+# time (20: the GRACE it may take to stop); its timed parts on an
 # H200 at 46b833d came to 141 s (the study 114 s, two reruns 11 s, two deterministic ones 16 s;
 # results/gpu-check.json) and its bench 82 s (results/bench-cuda.json's provenance), before its
 # memory caps and process starts, which were not timed. Where the check's study ran in lanes, the
-# same study in one lane gets the time left after it.
-PROBE_SHARE, TESTS_SHARE, LANES_TESTS_SHARE, EXACT_SHARE = 0.4, 0.15, 0.05, 0.05
+# same study in one lane gets the time left after it, where that is at least FOLLOW_UP_LEAST.
+PROBE_SHARE, TESTS_SHARE, LANES_TESTS_SHARE, EXACT_SHARE = 0.4, 0.15, 0.1, 0.05
 GRACE = 20                             # seconds the check gets to exit after SIGINT
+FOLLOW_UP_LEAST = 60                   # seconds a step after the check needs to be worth starting
 LANES = 4                              # experiments the check's study trains side by side (lanes.py)
 COPY_RESERVE = 15                      # seconds kept for copying the files
 
@@ -130,16 +133,21 @@ def main(argv=None) -> int:
         exact = step("CUDA exactness tests", ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_population.py",
                                               "-k", "on_cuda"], EXACT_SHARE * args.limit, log)
         check = ["experiments.gpu_check", "--device", args.device, *quick, *choices]
-        checked = step("check", [*check, "--out", str(SCRATCH), "--lanes", str(lanes)], deadline - time.perf_counter(), log)
-        if lanes > 1 and study_seconds(SCRATCH / "gpu-check.json") is None:   # the study in lanes did not end
+
+        def left() -> float:   # for a step that may take GRACE seconds to exit once interrupted
+            return deadline - time.perf_counter() - GRACE
+        checked = step("check", [*check, "--out", str(SCRATCH), "--lanes", str(lanes)], left(), log)
+        follow_up = left() >= FOLLOW_UP_LEAST
+        if lanes > 1 and study_seconds(SCRATCH / "gpu-check.json") is None and follow_up:   # lanes did not end
             if (SCRATCH / "gpu-check.json").exists():
                 (SCRATCH / "gpu-check.json").replace(SCRATCH / "gpu-check-lanes.json")
             lanes = 1
-            checked = step("check, one lane", [*check, "--out", str(SCRATCH), "--lanes", "1"],
-                           deadline - time.perf_counter(), log)
-        elif lanes > 1:   # what the lanes gain: the same study one experiment at a time, in the time left
+            checked = step("check, one lane", [*check, "--out", str(SCRATCH), "--lanes", "1"], left(), log)
+        elif lanes > 1 and follow_up:   # what the lanes gain: the same study one experiment at a time, in the time left
             step("study, one lane", [*check, "--out", str(SCRATCH / "one-lane"), "--lanes", "1", "--skip-bench",
-                                     "--skip-checks"], deadline - time.perf_counter(), log)
+                                     "--skip-checks"], left(), log)
+        elif lanes > 1:
+            log.write(f"\n===== no step after the check: {max(left(), 0):.0f} s left, under {FOLLOW_UP_LEAST} s\n")
     args.copy_to.mkdir(parents=True, exist_ok=True)
     if (SCRATCH / "one-lane" / "gpu-check.json").exists():
         shutil.copy2(SCRATCH / "one-lane" / "gpu-check.json", args.copy_to / "gpu-check-one-lane.json")

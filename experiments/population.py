@@ -107,13 +107,17 @@ def fit_population(data: FashionMNIST, members: list[Member], device: torch.devi
     use_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
     pending = [list(range(len(members)))]
     while pending:
-        rows = pending.pop(0)
+        rows, stack = pending.pop(0), None
         try:
             built = time.perf_counter()
             stack = StackedRun(data, [members[j] for j in rows], device, max_batches, use_graphs)
             built = time.perf_counter() - built
             stack.train(lambda done, rows=rows: finished([(rows[r], run) for r, run in done]))
-        except torch.cuda.OutOfMemoryError as err:
+        except BaseException as err:
+            if stack is not None:   # its graphs let go holding SHARED (torch 2.11 unregisters them unlocked),
+                stack._drop_graphs()    # not whenever the collector frees them, maybe in another lane's capture
+            if not isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
             left = [j for j in rows if j not in runs]
             if device.type == "cuda":
                 with stacked.SHARED:   # torch's allocator asserts that no other lane is capturing

@@ -451,7 +451,7 @@ class StackedRun:
                 raise                                   # fit_population splits the population
             except RuntimeError as err:                 # the inputs are then made on the host, and it says so
                 self.inputs_in_graph, self.inputs_error = False, f"{type(err).__name__}: {str(err).splitlines()[0]}"
-                self.input_graphs.clear()
+                self._drop_graphs()                     # holding SHARED, as every graph is let go
                 print(f"  warning: CUDA graph capture with the step's inputs failed ({self.inputs_error}); "
                       "this population makes them on the host")
                 return self._step(b)

@@ -341,21 +341,29 @@ def test_lanes_start_no_job_once_their_caller_stops_and_never_hold_the_process()
     assert sorted(started) in (["a", "b"], ["a", "b", "c"]), started   # d, e and f never start
 
 
-@pytest.mark.parametrize("outcome", ["lanes end", "lanes fail", "tests fail", "lanes tests fail"])
+@pytest.mark.parametrize("outcome", ["lanes end", "lanes fail", "tests fail", "lanes tests fail", "late"])
 def test_a_session_runs_the_study_in_lanes_then_in_one_or_the_check_again_in_one(tmp_path, monkeypatch, outcome):
     """gpu_session's steps after the CUDA-graph and lanes tests (each step stood in for): where both
     pass, the check's study runs in LANES lanes with the probe's choices, then the same study one
     experiment at a time (its JSON comes back as gpu-check-one-lane.json); where the study in lanes
     does not end, the whole check again in one lane (the failed one's JSON kept as
     gpu-check-lanes.json); where the CUDA-graph tests fail, one lane and no probe choices; where only
-    the lanes tests fail, one lane with the probe's choices."""
+    the lanes tests fail, one lane with the probe's choices; where the check in lanes ends with less
+    than FOLLOW_UP_LEAST seconds left, nothing after it. Each step is given the time left less the
+    GRACE it may take to stop."""
+    from types import SimpleNamespace
     from experiments import gpu_session
     scratch = tmp_path / "scratch"
     monkeypatch.setattr(gpu_session, "SCRATCH", scratch)
-    ran = []
+    clock = [1000.0]   # the session's clock: a step takes no time but where said
+    monkeypatch.setattr(gpu_session, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    ran, given = [], {}
 
     def step(name, argv, seconds, log):
         ran.append((name, argv))
+        given[name] = seconds
+        if name == "check" and outcome == "late":
+            clock[0] += seconds - gpu_session.FOLLOW_UP_LEAST + 1   # leaves 59 s for a next step
         if name == "probe":
             Path(argv[argv.index("--out") + 1]).write_text(json.dumps({"fastest": {}}))
         if name == "CUDA-graph tests":
@@ -378,8 +386,14 @@ def test_a_session_runs_the_study_in_lanes_then_in_one_or_the_check_again_in_one
     checks = [(name, argv[argv.index("--lanes") + 1], "--skip-bench" in argv) for name, argv in ran
               if "experiments.gpu_check" in argv]
     back = sorted(p.name for p in (tmp_path / "out").iterdir())
-    if outcome == "lanes end":
+    limit = 560 - gpu_session.COPY_RESERVE - gpu_session.GRACE
+    assert given["check"] == limit
+    if outcome == "late":
+        assert checks == [("check", str(gpu_session.LANES), False)]
+        assert "no step after the check: 59 s left, under 60 s" in (scratch / "session.log").read_text()
+    elif outcome == "lanes end":
         assert checks == [("check", str(gpu_session.LANES), False), ("study, one lane", "1", True)]
+        assert given["study, one lane"] == limit
         assert json.loads((tmp_path / "out" / "gpu-check-one-lane.json").read_text())["study_seconds"] == 51.0
     elif outcome == "lanes fail":
         assert checks == [("check", str(gpu_session.LANES), False), ("check, one lane", "1", False)]

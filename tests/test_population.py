@@ -758,6 +758,35 @@ def test_a_population_that_runs_out_of_memory_is_split_and_keeps_its_finished_me
     assert [without_times(r) for r in split] == [without_times(r) for r in whole]
 
 
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"), RuntimeError("boom")])
+def test_a_population_that_fails_lets_go_of_its_graphs_holding_the_lock_first(tiny, monkeypatch, error):
+    """A population whose training raises drops its CUDA graphs through _drop_graphs (holding
+    stacked.SHARED: torch 2.11 unregisters a destroyed graph without a lock, which must not overlap
+    another lane's capture) before it is split or the error goes on, not whenever it is collected."""
+    dropped = []
+    real_drop = StackedRun._drop_graphs
+
+    def drop(self):
+        dropped.append(len(self.members))
+        real_drop(self)
+
+    def step(self, *args):
+        if len(self.members) == 2:
+            raise error
+        return real_step(self, *args)
+    real_step = StackedRun._run_step
+    monkeypatch.setattr(StackedRun, "_drop_graphs", drop)
+    monkeypatch.setattr(StackedRun, "_run_step", step)
+    members = [Member(f"m{i}", RunSpec(precision="fp32", width=32, epochs=1), i) for i in range(2)]
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        fit_population(tiny, members, CPU, "batched", log=lambda *a: None)   # split in two, each trains
+        assert dropped == [2, 1, 1]                    # the failed pair's, then each single's at its end
+    else:
+        with pytest.raises(RuntimeError, match="boom"):
+            fit_population(tiny, members, CPU, "batched", log=lambda *a: None)
+        assert dropped == [2]
+
+
 def test_one_member_that_does_not_fit_is_a_clear_error(tiny, monkeypatch):
     def step(self, *args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
