@@ -282,6 +282,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_stale and planning.is_fresh(out, current, args.since):
                 print(f"{out} is up to date (same spec, seeds and engine code)")
                 continue
+            if not args.quick and out.exists() and not planning.is_fresh(out, current) and \
+                    planning.is_fresh(out, planning.accepted_fingerprints(exp, None, None, False, None, "auto")):
+                # other seeds, epochs, settings or backend than the catalog's would replace current
+                # work (hours, for some experiments) with runs that are not the study's
+                asked = [f"--seeds {args.seeds}" if args.seeds else "", f"--epochs {args.epochs}" if args.epochs else "",
+                         *(f"--set {k}={v}" for k, v in args.set), "" if args.backend == "auto" else f"--backend {args.backend}"]
+                print(f"error: {out} holds {exp.name}'s current result, as the catalog asks it; "
+                      f"{' '.join(a for a in asked if a)} would replace it with other runs. Give --out another file "
+                      f"(make: QUICK=1 for a trial), change the entry in experiments/catalog.py, or delete {out} first",
+                      file=sys.stderr)
+                return 2
             # requests that cannot be met, answered before torch is imported (seconds on a small machine)
             if args.device.startswith("cuda") and not planning.gpu_driver_loaded():
                 print(f"error: --device {args.device}: no CUDA device is available here (no GPU driver is loaded); "

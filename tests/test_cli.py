@@ -69,6 +69,22 @@ def test_list_exits_2_naming_each_broken_catalog_entry(monkeypatch, capsys):
     assert "variant '0.1'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("request_", [["--seeds", "3"], ["--epochs", "2", "--backend", "batched"],
+                                      ["--set", "lr=0.01"]])
+def test_other_seeds_epochs_settings_or_backend_never_replace_a_current_result(tmp_path, request_):
+    """make results/NAME.json SEEDS=3 once overwrote a current 10-seed result: now it exits 2 before
+    any work, saying how to go on, and the file is unchanged. The catalog's own request still runs."""
+    out = tmp_path / "early_stopping.json"
+    out.write_bytes((ROOT / "results" / "early_stopping.json").read_bytes())
+    before = out.read_bytes()
+    proc = run_cli("run", "early_stopping", *request_, "--out", str(out), "--if-stale")
+    assert proc.returncode == 2 and out.read_bytes() == before
+    assert f"{out} holds early_stopping's current result, as the catalog asks it; " in proc.stderr
+    assert " ".join(request_) in proc.stderr and "QUICK=1" in proc.stderr
+    same = run_cli("run", "early_stopping", "--out", str(out), "--if-stale")
+    assert same.returncode == 0 and "is up to date" in same.stdout
+
+
 def test_quick_refuses_to_write_into_results():
     proc = run_cli("run", "depth", "--quick", "--out", str(ROOT / "results" / "depth.json"))
     assert proc.returncode == 2 and "never writes into results/" in proc.stderr

@@ -127,3 +127,16 @@ def test_interrupted_make_leaves_no_half_target(project):
     assert proc.returncode != 0
     assert not target.exists()
     assert not list(target.parent.glob(".*.tmp*"))
+
+
+def test_make_with_other_seeds_keeps_a_current_result_and_says_how_to_go_on(project):
+    """`make results/NAME.json SEEDS=2` over a current result made as the catalog asks: the run
+    refuses (exit 2) before any work, and make (.DELETE_ON_ERROR) leaves the unmodified file."""
+    target = project / "results" / "early_stopping.json"
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes((ROOT / "results" / "early_stopping.json").read_bytes())
+    before = target.read_bytes()
+    proc = subprocess.run(["make", "-o", ".venv/.installed", "SEEDS=2", "results/early_stopping.json"],
+                          cwd=project, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and target.read_bytes() == before
+    assert "holds early_stopping's current result" in proc.stderr and "--seeds 2 would replace it" in proc.stderr
