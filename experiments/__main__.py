@@ -328,15 +328,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "restamp":   # every file is tried; one that is refused stays as it was
             from . import restamp
-            refused = 0
+            counts = dict.fromkeys(("restamped", "current", "refused", "skipped"), 0)
             for path in args.paths:
                 try:
-                    restamp.restamp(path, argv, args.rev, args.check_seeds or restamp.CHECK_SEEDS,
-                                    verify=args.verify)
+                    if not restamp.is_experiment_result(path):   # results/*.json holds the benches' files too
+                        print(f"{path}: not an experiment's result (a bench or GPU-check file); skipped")
+                        counts["skipped"] += 1
+                        continue
+                    done = restamp.restamp(path, argv, args.rev, args.check_seeds or restamp.CHECK_SEEDS,
+                                           verify=args.verify)
+                    counts["restamped" if done else "current"] += 1
                 except results.ResultError as err:
                     print(f"error: {err}", file=sys.stderr)
-                    refused += 1
-            return 1 if refused else 0
+                    counts["refused"] += 1
+            if len(args.paths) > 1:
+                print("restamp: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+                      + (" (checked, nothing written)" if args.verify else ""))
+            return 1 if counts["refused"] else 0
         return _run(args, argv, todo)
     except (data.DataError, results.ResultError, executors.RayError, runner.population.DeviceMemoryError,
             OSError) as err:

@@ -50,6 +50,17 @@ def first_difference(stored, again, where: str = "") -> str | None:
     return None if stored == again else f"{where.lstrip('.') or 'run'}: stored {stored!r}, now {again!r}"
 
 
+def is_experiment_result(path) -> bool:
+    """Whether `path` holds an experiment's result (an experiment and its variants), as opposed to the
+    benches' and the GPU check's files beside them in results/; an unreadable file counts as one, so
+    that restamp says what is wrong with it."""
+    try:
+        obj = results.read(path)
+    except results.ResultError:
+        return True
+    return "experiment" in obj or "variants" in obj
+
+
 def _refuse_early(result: dict, path: Path) -> None:
     """Results whose runs this check cannot repeat bit for bit here, refused before any training."""
     prov, target = result["provenance"], results.make_target(path)
@@ -97,7 +108,8 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         if old != result["fingerprint"]:
             raise results.ResultError(
                 f"{path} is not a result of the engine code at {rev!r} either, so what changed since it was "
-                f"made is unknown; give the commit that made it with --from, or retrain it: "
+                f"made is unknown; give with --from a commit at which it was current (with the change "
+                f"committed already, the commit before it: --from HEAD~1), or retrain it: "
                 f"make {results.make_target(path)}")
         _refuse_early(result, path)
         new = planning.recorded_fingerprint(result)   # of the code the check runs (the code imported now)

@@ -46,15 +46,16 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     # runs made under TF32 never share a progress file with true-fp32 ones
     progress_path = PROGRESS_DIR / f"{exp.name}{'-quick' if quick else ''}{'-tf32' if matmul == 'tf32' else ''}-{fp[:16]}.json"
     # one writer per progress file, even across --out paths; TF32 or not for this experiment only
+    threads = threads or torch.get_num_threads()
     with locks.exclusive(progress_path, log), stacked.cuda_matmul(device, matmul):
-        done = {} if fresh else read_progress(progress_path, fp, specs, log)
+        # on the CPU float sums depend on the thread count: a result's runs share one
+        done = {} if fresh else read_progress(progress_path, fp, specs, log, threads if device.type == "cpu" else None)
         started, t0 = results.now(), time.perf_counter()
         data = data if data is not None else data_mod.load(device)
         log(f"{exp.name}: data from {data.source}; device {device}; "
             f"{len(specs)} variant(s) x {len(seed_list)} seed(s); {backend} backend")
         if quick:
             data = data.subset(QUICK_TRAIN, QUICK_EVAL)
-        threads = threads or torch.get_num_threads()
         torch.set_num_threads(threads)   # float sums depend on it: same threads, bit-identical runs
 
         def record(name, seed, run, save=True):
@@ -65,7 +66,8 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
             log(f"  {name:>22} seed {seed}: {status}  ({f['epochs']} epochs, {f['seconds']:.1f} s)")
             done.setdefault(name, {})[str(seed)] = {"seed": seed, **run}
             if save:   # compact, through json's C encoder (the indenting encoder is pure Python)
-                results.write_atomic(progress_path, json.dumps({"fingerprint": fp, "runs": done}, allow_nan=False))
+                results.write_atomic(progress_path, json.dumps({"fingerprint": fp, "torch_threads": threads, "runs": done},
+                                                               allow_nan=False))
 
         def record_together(finished):
             """The members of a population that finished in one epoch, saved in one write: a write
@@ -127,12 +129,24 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         return result
 
 
-def read_progress(path: Path, fingerprint: str, specs: dict, log=print) -> dict:
+def read_progress(path: Path, fingerprint: str, specs: dict, log=print, threads: int | None = None) -> dict:
     """The finished runs saved in a progress file, variant -> seed -> run. A file that cannot be
     read, belongs to another plan or holds a damaged run is reported and set aside (renamed to
-    *.bad-<time>), and the runs it held train again: a bad partial run never reaches a result."""
+    *.bad-<time>), and the runs it held train again: a bad partial run never reaches a result.
+    `threads` (on the CPU): runs saved with another torch thread count are a ResultError naming
+    both counts, and the file is left as it is (a result's runs must share one count to repeat)."""
     if not path.exists():
         return {}
+    try:
+        saved_threads = json.loads(path.read_text()).get("torch_threads")
+    except (OSError, ValueError, AttributeError):
+        saved_threads = None   # the checks below set a damaged file aside
+    if threads is not None and saved_threads is not None and saved_threads != threads:
+        raise results.ResultError(
+            f"{path} holds finished runs made with {saved_threads} torch thread(s), and this run would use "
+            f"{threads}: on the CPU the numbers depend on it, and a result's runs must share one count. "
+            f"Resume with --threads {saved_threads} (make THREADS={saved_threads}), or delete that file to train "
+            f"them again with {threads}")
     try:
         saved = json.loads(path.read_text())
         if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:

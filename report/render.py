@@ -19,7 +19,7 @@ from .config import (BIBLIOGRAPHY, BOXES_FILTER, PANDOC_COMMON, STYLE, TYPST_HEA
                      ReportError)
 from .figures import draw_stale
 from .numbering import render_markdown
-from .sections import Section, load_sections
+from .sections import Section, display_path, load_sections, make_command
 
 # Output
 
@@ -149,6 +149,11 @@ def _build(results_dir: Path, out: Path, work: Path, strict: bool, renderer: str
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1
+    for sec in sections:   # shown in a box in their sections; said here too, where a terminal shows it
+        if sec.stale and not sec.catalog_problems:
+            print(f"warning: {display_path(sec.path)} is stale (made by other specs or engine code than this "
+                  f"checkout's): remake it with `{make_command(results_dir, sec.name)}`, or restamp it after a "
+                  f"refactor (README: Changing the engine's code)", file=sys.stderr)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work / "figures", ignore_errors=True)

@@ -41,9 +41,12 @@ def quote_functions(module: str, *names: str) -> Markup:
     return Markup("\n\n".join(parts))
 
 
-def quote_uses(module: str, function: str, attribute: str = "penalties", also: tuple = ("objective",)) -> Markup:
+def quote_uses(module: str, function: str, attribute: str = "penalties", also: tuple = ("objective",),
+               calls: tuple = ("l1_penalty", "l2_penalty", "soft_threshold_")) -> Markup:
     """The statements of `function` that use `attribute`.X (or assign a name in `also`), as
-    contiguous spans of the innermost statement lists that hold them (an `if` is kept whole)."""
+    contiguous spans of the innermost statement lists that hold them (an `if` is kept whole). Each
+    of `attribute`.`calls` must be among them: a refactor that moves one into a helper would
+    otherwise leave the report quoting lines that no longer show it, without an error."""
     path = ENGINE / module
     lines = path.read_text().splitlines()
     fn = next((n for n in ast.walk(ast.parse("\n".join(lines))) if isinstance(n, ast.FunctionDef)
@@ -76,5 +79,11 @@ def quote_uses(module: str, function: str, attribute: str = "penalties", also: t
     if not spans:
         raise ReportError(f"{path.relative_to(ROOT)}: {function}() no longer uses {attribute}.*")
     spans.sort()
+    quoted = "\n".join(line for a, b in spans for line in lines[a - 1:b])
+    missing = [c for c in calls if f"{attribute}.{c}(" not in quoted]
+    if missing:
+        raise ReportError(f"{path.relative_to(ROOT)}: {function}() no longer calls {', '.join(f'{attribute}.{c}' for c in missing)} "
+                          f"itself, so the report's quote of it would not show how the penalties are applied: quote "
+                          f"the function that does now (templates/report.md.j2, quote_uses)")
     parts = [f"{_where(path, a, b, function)}:\n\n{_code_block(lines[a - 1:b])}" for a, b in spans]
     return Markup("\n\n".join(parts))

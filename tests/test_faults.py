@@ -57,16 +57,21 @@ def test_kill_9_keeps_previous_result_and_rerun_resumes(tmp_path, previous_resul
     out, before = previous_result
     for p in progress_files():
         p.unlink()
-    proc = start([*SLOW_QUICK, "--out", str(out)], tmp_path)
+    proc = start([*SLOW_QUICK, "--threads", "1", "--out", str(out)], tmp_path)
     wait_for_progress(proc, set())
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.json"]     # no half-written temp file
-    kept = json.loads(next(iter(progress_files())).read_text())["runs"]
+    progress = next(iter(progress_files()))
+    kept = json.loads(progress.read_text())["runs"]
     finished = sum(map(len, kept.values()))
     assert finished >= 1
-    again = run_cli(*SLOW_QUICK, "--out", str(out))
+    saved = progress.read_bytes()   # resumed with another thread count: refused, nothing lost or mixed
+    other = run_cli(*SLOW_QUICK, "--threads", "2", "--out", str(out))
+    assert other.returncode == 1 and progress.read_bytes() == saved and out.read_bytes() == before
+    assert "made with 1 torch thread(s), and this run would use 2" in other.stderr and "--threads 1" in other.stderr
+    again = run_cli(*SLOW_QUICK, "--threads", "1", "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert f"{finished} finished run(s) kept" in again.stdout
     trained = again.stdout.count(" seed ")          # one line per run trained now

@@ -643,7 +643,7 @@ def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, c
 
 
 @pytest.mark.slow
-def test_a_stale_result_is_marked_with_the_command_that_remakes_it(rendered, tmp_path):
+def test_a_stale_result_is_marked_with_the_command_that_remakes_it(rendered, tmp_path, capsys):
     res = tmp_path / "results"
     shutil.copytree(rendered["results"], res)
     old = json.loads((res / "dropout.json").read_text())
@@ -651,6 +651,8 @@ def test_a_stale_result_is_marked_with_the_command_that_remakes_it(rendered, tmp
     (res / "dropout.json").write_text(json.dumps(old))
     assert "Stale result" not in visible_text(rendered["html"])
     assert render(res, tmp_path / "out") == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "is stale" in line]
+    assert len(warned) == 1 and "dropout.json is stale" in warned[0] and "make results/dropout.json" in warned[0]
     page = visible_text((tmp_path / "out" / "report.html").read_text())
     assert page.count("Stale result") == 1
     stale = page[page.index("Stale result"):]
@@ -1009,3 +1011,23 @@ def test_restamps_are_listed_once_per_change_with_the_results_it_was_checked_on(
     undated = {"from_commit": "c" * 40, "changed_files": ["models.py"], "checked_runs": ["1"], "runs_in_result": 1}
     rows = analysis.restamp_changes([section("depth.json", undated), section("cnn.json", {**undated, "started": "2026-11-28T09:00"})])
     assert rows[0]["checked"] == "2026-11-28"                           # the day of the entry that has one
+
+
+def test_a_refactor_that_moves_the_penalty_calls_out_of_fit_stops_the_quote(tmp_path, monkeypatch):
+    """The report quotes the lines of train.fit that apply the penalties. A refactor that moves a
+    call into a helper would have left the quote without it, silently; now the build names it."""
+    from report import sources
+    from report.config import ReportError
+    engine = tmp_path / "experiments"
+    engine.mkdir()
+    text = (ROOT / "experiments" / "train.py").read_text()
+    moved = text.replace("objective = objective + spec.l1 * penalties.l1_penalty(weights)",
+                         "objective = objective + spec.l1 * l1_term(weights)")
+    assert moved != text
+    (engine / "train.py").write_text(moved)
+    monkeypatch.setattr(sources, "ENGINE", engine)
+    monkeypatch.setattr(sources, "ROOT", tmp_path)
+    with pytest.raises(ReportError, match=r"fit\(\) no longer calls penalties\.l1_penalty itself"):
+        sources.quote_uses("train.py", "fit")
+    (engine / "train.py").write_text(text)
+    assert "penalties.l2_penalty(weights)" in sources.quote_uses("train.py", "fit")

@@ -48,6 +48,29 @@ def test_a_current_result_is_left_as_it_is(tmp_path):
     assert path.read_bytes() == before and "nothing to do" in said[0]
 
 
+def test_restamp_of_results_glob_skips_the_benches_files_and_sums_up(tmp_path):
+    """`restamp results/*.json`, as README writes it, meets bench.json and gpu-check.json too: they
+    are skipped, saying so, not refused with a remedy that cannot work."""
+    for name in ("bench.json", "gpu-check.json", "depth.json"):
+        shutil.copy2(ROOT / "results" / name, tmp_path / name)
+    if not planning.made_by_this_engine(results.load(tmp_path / "depth.json")):
+        pytest.skip("results/depth.json is stale in this checkout (tests/test_committed.py says so)")
+    proc = subprocess.run([sys.executable, "-m", "experiments", "restamp", *sorted(map(str, tmp_path.glob("*.json")))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{tmp_path / 'bench.json'}: not an experiment's result (a bench or GPU-check file); skipped" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "restamp: 1 current, 2 skipped"
+
+
+def test_a_result_not_current_at_the_given_commit_says_which_commit_to_give(tmp_path):
+    path = tmp_path / "depth.json"
+    result = results.load(ROOT / "results" / "depth.json")
+    result["fingerprint"] = "0" * 64          # current nowhere
+    results.write_atomic(path, result)
+    with pytest.raises(results.ResultError, match=r"a commit at which it was current .*--from HEAD~1"):
+        restamp.restamp(path, ["restamp", str(path)], log=lambda *a: None)
+
+
 def test_a_result_records_the_cpu_whose_kernels_made_it():
     cpu = results.provenance("cpu", ["run", "depth"], results.now())["cpu"]
     assert cpu == results.cpu_identity() and cpu["name"]
