@@ -17,7 +17,13 @@ provenance that says what was compared; the report's provenance appendix lists i
 """
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,7 +98,7 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         result = results.load(path)
         if verify:
             _refuse_early(result, path)
-            checked, _ = _retrain_sample(result, path, check_seeds, log, planning.made_by_this_engine(result))
+            checked, _, _ = _retrain_sample(result, path, check_seeds, log, planning.made_by_this_engine(result))
             log(f"{path}: {len(checked)} retrained run(s) repeat the stored ones bit for bit on this machine "
                 f"({describe_cpu(results.cpu_identity())}); nothing written")
             return False
@@ -118,7 +124,7 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         log(f"{path}: current at {rev}; the checkout changed {', '.join(changed)}; retraining "
             f"{check_seeds} seed(s) of each of its {len(specs)} variant(s) to compare")
         started = results.now()
-        checked, (threads, seconds) = _retrain_sample(result, path, check_seeds, log)
+        checked, (threads, seconds), here = _retrain_sample(result, path, check_seeds, log, rev=rev)
         if planning.recorded_fingerprint(result) != new:
             raise results.ResultError(f"{path}: the engine's code changed while its runs were checked; run the "
                                       f"restamp again (the file is unchanged)")
@@ -127,41 +133,107 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         entry["torch_threads"] = threads
         entry.update(from_commit=results.git_revision(rev), from_fingerprint=old, changed_files=changed,
                      checked_runs=checked, runs_in_result=sum(len(v["runs"]) for v in result["variants"]))
+        if here:   # runs this CPU does not repeat as stored: matched with the code at rev trained here instead
+            entry["compared_with_code_here"] = here
         result["fingerprint"] = entry["to_fingerprint"] = new
         prov.setdefault("restamps", []).append(entry)
         results.write_atomic(path, results.validate(result, path))
-        log(f"{path}: restamped; {len(checked)} retrained run(s) repeat the stored ones bit for bit "
-            f"({entry['wall_seconds']:.0f} s)")
+        log(f"{path}: restamped; {len(checked) - len(here)} retrained run(s) repeat the stored ones bit for bit"
+            + (f", {len(here)} the runs the code at {rev} gives on this machine" if here else "")
+            + f" ({entry['wall_seconds']:.0f} s)")
         return True
 
 
-def _retrain_sample(result: dict, path: Path, check_seeds: int, log,
-                    same_code: bool = False) -> tuple[list[str], tuple[int, float]]:
+def _retrain_sample(result: dict, path: Path, check_seeds: int, log, same_code: bool = False,
+                    rev: str | None = None) -> tuple[list[str], tuple[int, float], list[str]]:
     """Train the first `check_seeds` seeds of every variant again with the checkout's code, on the
     CPU at the result's thread count, and compare each with its stored run; (the runs checked,
-    (threads, wall seconds)), or a ResultError naming the first difference and its likely cause
-    (`same_code`: the checkout's engine code is the one that made the result)."""
+    (threads, wall seconds), the runs compared with the code at `rev` instead), or a ResultError
+    naming the first difference and its likely cause (`same_code`: the checkout's engine code is the
+    one that made the result).
+
+    A run that differs from the stored one on a CPU that neither made nor checked the result (its
+    kernels may round otherwise) is trained once more here by the code committed at `rev`: where the
+    two codes agree bit for bit on this CPU, the difference is this CPU's, not the change's, and the
+    run counts as checked against that code; where they do not, the change alters results."""
     t0, prov = time.perf_counter(), result["provenance"]
     threads = prov.get("torch_threads") or torch.get_num_threads()
     torch.set_num_threads(threads)   # float sums depend on it
     data = data_mod.load("cpu")
     if result.get("quick"):
         data = data.subset(QUICK_TRAIN, QUICK_EVAL)
-    specs, checked = planning.recorded_specs(result), []
+    specs, checked, here = planning.recorded_specs(result), [], []
+    other_cpu = results.cpu_identity() not in known_cpus(prov)
     for variant in result["variants"]:
         for run in variant["runs"][:check_seeds]:
             name, seed = variant["name"], run["seed"]
             again = fit(data, specs[name], seed, torch.device("cpu"),
                         desc=f"restamp {result['experiment']} | {name} | seed {seed}")
             diff = first_difference(measured(run), measured(again))
+            if diff and rev is not None and other_cpu and not same_code:
+                log(f"  {name:>22} seed {seed}: this CPU does not repeat the stored run ({diff}); training it "
+                    f"with the code at {rev} here to compare")
+                code_diff = first_difference(measured(train_at(rev, path, name, seed, threads)), measured(again))
+                if code_diff:
+                    raise results.ResultError(
+                        f"{path}: {name} seed {seed}: the code at {rev} and the checkout's, both trained on this "
+                        f"machine, give different runs ({code_diff.replace('stored', f'at {rev}')}): the change "
+                        f"alters results, so retrain them: make {results.make_target(path)} (the file is unchanged)")
+                here.append(f"{name} / seed {seed}")
+                diff = None
             if diff:
                 raise results.ResultError(
                     f"{path}: {name} seed {seed} trained again differs from the stored run ({diff}); "
                     f"{difference_cause(prov, same_code)}: make {results.make_target(path)} (the file is unchanged)")
             checked.append(f"{name} / seed {seed}")
-            log(f"  {name:>22} seed {seed}: identical ({again['final']['epochs']} epochs, "
-                f"{again['final']['seconds']:.1f} s)")
-    return checked, (threads, time.perf_counter() - t0)
+            log(f"  {name:>22} seed {seed}: identical{' to the code at ' + rev + ' here' if here and here[-1] == checked[-1] else ''} "
+                f"({again['final']['epochs']} epochs, {again['final']['seconds']:.1f} s)")
+    return checked, (threads, time.perf_counter() - t0), here
+
+
+# One run trained by another commit's engine code, in a fresh process whose `experiments` package is
+# that commit's: its history and final metrics, on stdout's last line.
+_TRAIN_ONE = """
+import json, sys, torch
+from experiments import data, planning
+from experiments.train import fit
+path, name, seed, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+result = json.load(open(path))
+torch.set_num_threads(threads)
+d = data.load("cpu")
+if result.get("quick"):
+    d = d.subset(planning.QUICK_TRAIN, planning.QUICK_EVAL)
+run = fit(d, planning.recorded_specs(result)[name], seed, torch.device("cpu"))
+print("RUN " + json.dumps({"history": run["history"], "final": run["final"]}))
+"""
+
+
+def train_at(rev: str, path: Path, name: str, seed: int, threads: int) -> dict:
+    """The run (`name`, `seed`) of the result at `path` as the engine code committed at `rev` trains
+    it on this machine: that commit's experiments/ unpacked into a scratch folder (sharing this
+    checkout's verified data) and run there in a fresh process at `threads` torch threads."""
+    archive = subprocess.run(["git", "archive", rev, "experiments"], cwd=results.PROJECT_ROOT,
+                             capture_output=True, timeout=60)
+    if archive.returncode:
+        raise results.ResultError(f"git cannot archive experiments/ at {rev!r}: {archive.stderr.decode().strip()}")
+    with tempfile.TemporaryDirectory(prefix="restamp-") as scratch:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:   # git's own archive of a commit
+            tar.extractall(scratch, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        (Path(scratch) / "data").symlink_to(results.PROJECT_ROOT / "data")
+        env = {**os.environ, "PYTHONPATH": scratch}
+        proc = subprocess.run([sys.executable, "-c", _TRAIN_ONE, str(Path(path).resolve()), name, str(seed), str(threads)],
+                              cwd=scratch, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RUN ")]
+    if proc.returncode or not lines:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise results.ResultError(f"the code at {rev!r} could not train {name} seed {seed} here ({last}); "
+                                  f"the file is unchanged")
+    return json.loads(lines[-1][4:])
+
+
+def known_cpus(prov: dict) -> list[dict]:
+    """The CPUs a result was made and restamped on, as its provenance records them."""
+    return [c for c in [prov.get("cpu"), *(r.get("cpu") for r in prov.get("restamps", []))] if c]
 
 
 def difference_cause(prov: dict, same_code: bool = False) -> str:
@@ -170,8 +242,7 @@ def difference_cause(prov: dict, same_code: bool = False) -> str:
     machine's CPU is one of them; else perhaps the CPU, whose kernels may round differently (on
     one of this project's 2-core machines the committed code itself retrained `depth`'s first run
     0.1 point of test accuracy apart: README, Changing the engine's code)."""
-    here = results.cpu_identity()
-    known = [c for c in [prov.get("cpu"), *(r.get("cpu") for r in prov.get("restamps", []))] if c]
+    here, known = results.cpu_identity(), known_cpus(prov)
     where = (f"it was made and checked on {'; '.join(sorted({describe_cpu(c) for c in known}))}" if known
              else "it does not record the CPU that made it")
     if same_code:

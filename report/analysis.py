@@ -277,7 +277,9 @@ def restamp_changes(sections: list) -> list[dict]:
         for r in (s.result or {}).get("provenance", {}).get("restamps", []):
             key = (r.get("from_commit"), tuple(r.get("changed_files", [])))
             c = changes.setdefault(key, {"from_commit": r.get("from_commit"), "files": list(key[1]),
-                                         "checked": (r.get("started") or "")[:10], "seconds": 0.0, "results": []})
+                                         "checked": (r.get("started") or "")[:10], "seconds": 0.0, "results": [],
+                                         "against_code": 0})
+            c["against_code"] += len(r.get("compared_with_code_here", []))   # runs matched with the code before
             c["checked"] = min(filter(None, (c["checked"], (r.get("started") or "")[:10])), default="")
             c["seconds"] += r.get("wall_seconds") or 0.0
             c["results"].append({"name": s.path.name, "retrained": len(r.get("checked_runs", [])),

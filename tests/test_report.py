@@ -1002,12 +1002,14 @@ def test_restamps_are_listed_once_per_change_with_the_results_it_was_checked_on(
     rows = analysis.restamp_changes([
         section("depth.json", {**change, "checked_runs": ["1", "2"], "runs_in_result": 20, "wall_seconds": 60.0},
                 {**other, "checked_runs": ["1"], "runs_in_result": 20, "wall_seconds": 5.0}),
-        section("cnn.json", {**change, "checked_runs": ["1"], "runs_in_result": 10, "wall_seconds": 30.0}),
+        section("cnn.json", {**change, "checked_runs": ["1"], "runs_in_result": 10, "wall_seconds": 30.0,
+                             "compared_with_code_here": ["1"]}),
         SimpleNamespace(path=Path("transfer.json"), result=None)])
     assert [r["from_commit"][0] for r in rows] == ["b", "a"]            # by the day they were checked
     assert rows[1]["results"] == [{"name": "depth.json", "retrained": 2, "runs": 20},
                                   {"name": "cnn.json", "retrained": 1, "runs": 10}]
     assert rows[1]["seconds"] == 90.0 and rows[1]["checked"] == "2026-11-27" and rows[0]["files"] == ["data.py", "train.py"]
+    assert (rows[0]["against_code"], rows[1]["against_code"]) == (0, 1)   # matched with the code before it, not stored
     undated = {"from_commit": "c" * 40, "changed_files": ["models.py"], "checked_runs": ["1"], "runs_in_result": 1}
     rows = analysis.restamp_changes([section("depth.json", undated), section("cnn.json", {**undated, "started": "2026-11-28T09:00"})])
     assert rows[0]["checked"] == "2026-11-28"                           # the day of the entry that has one

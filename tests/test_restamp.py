@@ -202,3 +202,39 @@ def test_a_refactor_is_restamped_and_a_change_of_behaviour_is_refused(repo):
     unknown = cli(repo, "restamp", str(out))
     assert unknown.returncode == 1 and "not a result of the engine code at 'HEAD'" in unknown.stderr
     assert out.read_bytes() == kept
+
+
+@pytest.mark.slow
+def test_on_a_cpu_that_rounds_otherwise_the_change_is_set_against_the_code_before_it_trained_here(repo):
+    """A result made on another CPU, whose stored runs this CPU does not repeat (stood in for by one
+    stored number nudged, and another CPU in its provenance): a refactor is restamped because the
+    code before it, trained here, gives the same run as the code after it, and the restamp says which
+    runs were so compared; a change of behaviour is refused because the two codes differ here."""
+    out = repo / "depth.json"
+    made = cli(repo, "run", "depth", "--quick", "--seeds", "1", "--threads", "1", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    result = json.loads(out.read_text())
+    result["provenance"]["cpu"] = {"name": "Another CPU", "family": "6", "model": "143", "stepping": "8",
+                                   "vector_extensions": "avx512_bf16"}
+    first = result["variants"][0]["runs"][0]["history"][0]
+    first["train_loss"] = first["train_loss"] + 1e-7             # what another CPU's rounding looks like
+    results.write_atomic(out, results.validate(result, out))
+    kept = out.read_bytes()
+    train = (repo / "experiments" / "train.py").read_text()
+    edit(repo, "train.py", "return spec.lr * 0.5 * (1 + math.cos(", "return spec.lr * 0.4995 * (1 + math.cos(")   # behaviour
+    refused = cli(repo, "restamp", str(out))
+    assert refused.returncode == 1 and out.read_bytes() == kept
+    assert "the code at HEAD and the checkout's, both trained on this machine, give different runs" in refused.stderr
+    assert "the change alters results" in refused.stderr
+
+    (repo / "experiments" / "train.py").write_text(train)
+    edit(repo, "train.py", '''    if spec.schedule == "cosine":
+        return spec.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return spec.lr''', '''    factor = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if spec.schedule == "cosine" else None
+    return spec.lr if factor is None else spec.lr * factor''')   # a refactor
+    done = cli(repo, "restamp", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "1 hidden seed 0: this CPU does not repeat the stored run (history[0].train_loss" in done.stdout
+    entry = json.loads(out.read_text())["provenance"]["restamps"][-1]
+    assert entry["compared_with_code_here"] == ["1 hidden / seed 0"] and len(entry["checked_runs"]) == 4
+    assert "3 retrained run(s) repeat the stored ones bit for bit, 1 the runs the code at HEAD gives" in done.stdout
