@@ -138,9 +138,10 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         result["fingerprint"] = entry["to_fingerprint"] = new
         prov.setdefault("restamps", []).append(entry)
         results.write_atomic(path, results.validate(result, path))
-        log(f"{path}: restamped; {len(checked) - len(here)} retrained run(s) repeat the stored ones bit for bit"
-            + (f", {len(here)} the runs the code at {rev} gives on this machine" if here else "")
-            + f" ({entry['wall_seconds']:.0f} s)")
+        matched = [f"{len(checked) - len(here)} retrained run(s) repeat the stored ones bit for bit"] * (len(here) < len(checked))
+        matched += [f"{len(here)} match, bit for bit, the runs the code at {rev} gives on this machine, "
+                    f"which does not repeat them as stored"] * bool(here)
+        log(f"{path}: restamped; {'; '.join(matched)} ({entry['wall_seconds']:.0f} s)")
         return True
 
 
