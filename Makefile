@@ -29,7 +29,7 @@ RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SE
 EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 
-.PHONY: help setup data test test-fast test-gpu-host all experiments reproduce report bench gpu-check clean lock FORCE
+.PHONY: help setup data status test test-fast test-gpu-host all experiments reproduce report bench gpu-check clean lock FORCE
 
 help: ## print this list of targets
 	@echo "fmreport: make <target>   (variables: QUICK=1 smoke mode, DEVICE=cpu|cuda, SEEDS=N, EPOCHS=N, EXECUTOR=ray, BACKEND=loop|batched, THREADS=N, LANES=N, STRICT=1, RENDERER=quarto)"
@@ -61,6 +61,9 @@ $(DATA): | $(SETUP)
 	fi
 	$(PY) -m experiments data
 	touch $@
+
+status: | $(SETUP) ## each result: current, stale (and why: the catalog entry, or which engine files changed), missing
+	$(PY) -m experiments status
 
 # LANES=N (on a CUDA machine): every stale experiment in one process, N at a time, each in its own
 # thread and CUDA stream (experiments/lanes.py; the batched backend); without it, one process per

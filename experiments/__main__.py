@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("list", help="print every experiment: name, then what it asks (exit 2 naming each broken catalog entry)")
+    sub.add_parser("status", help="each experiment's result file: current, stale (and why), missing or invalid, "
+                                  "as make all would see it")
     sub.add_parser("data", help="find, verify and copy Fashion-MNIST into data/ (see experiments/data.py)")
     restat = sub.add_parser("restat", help="recompute the summaries (95%% intervals), seed-paired comparisons and "
                                            "self-description (base spec, data constants, example pixels) of result "
@@ -235,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         for problem in found:
             print(f"error: experiments/catalog.py: {problem}", file=sys.stderr)
         return 2 if found else 0
+
+    if args.command == "status":   # plain Python: no torch
+        from . import planning
+        for exp in EXPERIMENTS.values():
+            state, why = planning.status(exp, planning.default_out(exp.name, False))
+            print(f"{exp.name:<20} {state:<8} {why}")
+        return 0
 
     if args.command == "restat":   # plain Python: no torch
         from . import describe, planning, results

@@ -82,6 +82,44 @@ def made_by_this_engine(result: dict) -> bool:
         return False
 
 
+def status(exp: Experiment, path: Path) -> tuple[str, str]:
+    """What `make all` would do about one experiment's result file, without torch: (state, why).
+    State: current, stale (and whether its specs or the engine's code changed, with the engine files
+    changed since the commit that made it, where git knows that commit), missing, or invalid."""
+    target = results.make_target(path)
+    problems = exp.problems()
+    if problems:
+        return "invalid", f"its catalog entry: {problems[0]}"
+    if not path.exists():
+        return "missing", (f"optional (needs a GPU or other files): `make {target}` where it can run"
+                           if exp.optional else f"`make {target}` trains it")
+    try:
+        result = results.load(path)
+    except results.ResultError as err:
+        return "invalid", str(err).splitlines()[0]
+    seeds = f"{len(result['seeds'])} seeds"
+    if result["fingerprint"] in accepted_fingerprints(exp, None, None, bool(result.get("quick")), None, "auto"):
+        return "current", seeds
+    if made_by_this_engine(result):
+        return "stale", f"{seeds}; its specs or seeds are not the catalog entry's now: `make {target}` retrains it"
+    # the code that made its fingerprint: most likely that of the commit that last committed the file
+    # (a result is committed with its code, a restamped one too), else the commit it was trained at
+    candidates = [results.git_log_last(path), result["provenance"].get("git_commit")]
+    commit, changed = None, None
+    for rev in filter(None, candidates):
+        try:
+            at = results.digests_at(rev)
+            if recorded_fingerprint(result, at) == result["fingerprint"]:
+                commit = rev
+                changed = [n for n in results.engine_sources(recorded_specs(result)) if at(n) != results.code_digest(n)]
+                break
+        except (results.ResultError, KeyError, TypeError, ValueError):
+            continue
+    files = f" ({', '.join(changed)} since {commit[:10]})" if changed else ""
+    return "stale", (f"{seeds}; the engine's code changed{files}: `make {target}` retrains it, or `python -m "
+                     f"experiments restamp {target}` after a refactor")
+
+
 def default_out(name: str, quick: bool) -> Path:
     base = results.PROJECT_ROOT / ("build/quick/results" if quick else "results")
     return base / f"{name}.json"

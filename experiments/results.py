@@ -178,6 +178,11 @@ def git_revision(rev: str) -> str | None:
     return _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
 
 
+def git_log_last(path: Path) -> str | None:
+    """The commit that last changed `path` (None outside git, or where it was never committed)."""
+    return _git("log", "-1", "--format=%H", "--", str(path)) or None
+
+
 def _git(*args: str) -> str | None:
     try:
         return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,

@@ -186,3 +186,31 @@ def test_in_lanes_a_failure_names_its_experiment_and_what_cannot_be_stacked_trai
     assert sorted(name for name, thread in ran[:-1] if thread.startswith("lane-")) == ["early_stopping", "l1_proximal"]
     assert results.load(tmp_path / "early_stopping.json") and results.load(tmp_path / "batchnorm.json")
     assert not (tmp_path / "l1_proximal.json").exists()
+
+
+def test_status_says_what_make_all_would_do_about_each_result_and_why(tmp_path, monkeypatch):
+    """`experiments status`: current, stale with why (the catalog entry's specs, or which engine files
+    changed since the commit that last committed the result), missing, or invalid; without torch."""
+    import dataclasses
+    from experiments import planning
+    from experiments.catalog import EXPERIMENTS
+    proc = run_cli("status")
+    assert proc.returncode == 0
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in proc.stdout.splitlines()}
+    assert list(lines) == list(EXPERIMENTS) and lines["transfer"][0] == "missing"
+    if any(state != "current" for name, (state, *_) in lines.items() if name != "transfer"):
+        pytest.skip("a committed result is stale in this checkout (tests/test_committed.py says so)")
+    assert lines["depth"] == ["current", "10 seeds"]
+    depth = ROOT / "results" / "depth.json"
+    fewer_epochs = dataclasses.replace(EXPERIMENTS["depth"], base={**EXPERIMENTS["depth"].base, "epochs": 3})
+    state, why = planning.status(fewer_epochs, depth)
+    assert state == "stale" and "its specs or seeds are not the catalog entry's now" in why
+    real = results.code_digest
+    monkeypatch.setattr(results, "code_digest", lambda name: "changed" if name == "train.py" else real(name))
+    state, why = planning.status(EXPERIMENTS["depth"], depth)
+    assert state == "stale" and f"(train.py since {results.git_log_last(depth)[:10]})" in why
+    assert "restamp results/depth.json" in why
+    (tmp_path / "depth.json").write_text("{")
+    assert planning.status(EXPERIMENTS["depth"], tmp_path / "depth.json")[0] == "invalid"
+    assert planning.status(EXPERIMENTS["depth"], ROOT / "results" / "none.json") == \
+        ("missing", "`make results/none.json` trains it")
