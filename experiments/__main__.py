@@ -319,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                 # the same note as below, without importing torch to find out (a `make all` on a CPU)
                 print(f"note: skipped {exp.name}, nothing written:", planning.needs_cuda_note(exp.name), sep="\n  ")
                 continue
+            if out.exists() and not (args.seeds or args.epochs or args.set or args.quick):   # why it trains again
+                state, why = planning.status(exp, out)
+                if state == "stale":
+                    print(f"{out} is stale: {why.split('; ', 1)[-1].split(': `make')[0]}; training it again")
             todo.append((exp, out, current))
         if not todo:
             return 0

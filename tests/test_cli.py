@@ -1,5 +1,6 @@
 """The command line as a user meets it: exit codes, one-line errors, a real --quick run."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -214,3 +215,15 @@ def test_status_says_what_make_all_would_do_about_each_result_and_why(tmp_path, 
     assert planning.status(EXPERIMENTS["depth"], tmp_path / "depth.json")[0] == "invalid"
     assert planning.status(EXPERIMENTS["depth"], ROOT / "results" / "none.json") == \
         ("missing", "`make results/none.json` trains it")
+
+
+def test_a_run_says_why_it_trains_a_stale_result_again(tmp_path, monkeypatch, capsys):
+    from experiments import __main__ as cli
+    stale = json.loads((ROOT / "results" / "early_stopping.json").read_text())
+    stale["fingerprint"] = "f" * 64                    # made by other engine code
+    (tmp_path / "es.json").write_text(json.dumps(stale))
+    trained = []
+    monkeypatch.setattr(cli, "_run", lambda args, argv, todo: trained.extend(todo) or 0)   # no training here
+    assert cli.main(["run", "early_stopping", "--out", str(tmp_path / "es.json"), "--if-stale"]) == 0
+    assert f"{tmp_path / 'es.json'} is stale: the engine's code changed; training it again" in capsys.readouterr().out
+    assert [exp.name for exp, _, _ in trained] == ["early_stopping"]
