@@ -85,8 +85,9 @@ $(RESULTS)/%.json: FORCE | $(SETUP) $(DATA) ## one experiment, e.g. `make result
 # QUICK=1 never writes into results/: `make results/NAME.json QUICK=1` makes the smoke result
 # build/quick/results/NAME.json instead, and says so.
 ifdef QUICK
-results/%.json: build/quick/results/%.json
-	@echo "QUICK=1: smoke result in $< (results/ holds full runs only; $@ is untouched)"
+results/%.json: FORCE   # a sub-make: as a prerequisite here, the smoke file would be an intermediate make deletes
+	@$(MAKE) --no-print-directory build/quick/results/$*.json
+	@echo "QUICK=1: smoke result in build/quick/results/$*.json (results/ holds full runs only; $@ is untouched)"
 endif
 
 reproduce: | $(SETUP) $(DATA) ## rerun the whole study from scratch (resumes if killed), then the report

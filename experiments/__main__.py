@@ -291,12 +291,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_stale and planning.is_fresh(out, current, args.since):
                 print(f"{out} is up to date (same spec, seeds and engine code)")
                 continue
-            if not args.quick and out.exists() and not planning.is_fresh(out, current) and \
-                    planning.is_fresh(out, planning.accepted_fingerprints(exp, None, None, False, None, "auto")):
-                # other seeds, epochs, settings or backend than the catalog's would replace current
-                # work (hours, for some experiments) with runs that are not the study's
+            if not args.quick and args.since is None and out.exists() and not planning.is_fresh(out, current) and \
+                    planning.is_fresh(out, planning.accepted_fingerprints(exp, None, None, False, None, "auto")) and \
+                    not planning.is_fresh(out, planning.accepted_fingerprints(exp, args.seeds, args.epochs, False,
+                                                                              dict(args.set), "auto")):
+                # other seeds, epochs or settings than the catalog's would replace current work (hours,
+                # for some experiments) with runs that are not the study's; another backend or executor
+                # (how, not what) and make reproduce (--since: retrain all) may
                 asked = [f"--seeds {args.seeds}" if args.seeds else "", f"--epochs {args.epochs}" if args.epochs else "",
-                         *(f"--set {k}={v}" for k, v in args.set), "" if args.backend == "auto" else f"--backend {args.backend}"]
+                         *(f"--set {k}={v}" for k, v in args.set)]
                 print(f"error: {out} holds {exp.name}'s current result, as the catalog asks it; "
                       f"{' '.join(a for a in asked if a)} would replace it with other runs. Give --out another file "
                       f"(make: QUICK=1 for a trial), change the entry in experiments/catalog.py, or delete {out} first",
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "restamp":   # every file is tried; one that is refused stays as it was
             from . import restamp
-            counts = dict.fromkeys(("restamped", "current", "refused", "skipped"), 0)
+            counts = dict.fromkeys(("restamped", "current", "verified", "refused", "skipped"), 0)
             for path in args.paths:
                 try:
                     if not restamp.is_experiment_result(path):   # results/*.json holds the benches' files too
@@ -350,13 +353,13 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     done = restamp.restamp(path, argv, args.rev, args.check_seeds or restamp.CHECK_SEEDS,
                                            verify=args.verify)
-                    counts["restamped" if done else "current"] += 1
+                    counts["verified" if args.verify else "restamped" if done else "current"] += 1
                 except results.ResultError as err:
                     print(f"error: {err}", file=sys.stderr)
                     counts["refused"] += 1
             if len(args.paths) > 1:
                 print("restamp: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n)
-                      + (" (checked, nothing written)" if args.verify else ""))
+                      + (" (nothing written)" if args.verify else ""))
             return 1 if counts["refused"] else 0
         return _run(args, argv, todo)
     except (data.DataError, results.ResultError, executors.RayError, runner.population.DeviceMemoryError,

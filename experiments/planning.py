@@ -104,20 +104,24 @@ def status(exp: Experiment, path: Path) -> tuple[str, str]:
         return "stale", f"{seeds}; its specs or seeds are not the catalog entry's now: `make {target}` retrains it"
     # the code that made its fingerprint: most likely that of the commit that last committed the file
     # (a result is committed with its code, a restamped one too), else the commit it was trained at
-    candidates = [results.git_log_last(path), result["provenance"].get("git_commit")]
+    prov = result["provenance"]
+    backend = prov.get("backend") or "loop"
+    candidates = [results.git_log_last(path), prov.get("git_commit")]
     commit, changed = None, None
     for rev in filter(None, candidates):
         try:
             at = results.digests_at(rev)
             if recorded_fingerprint(result, at) == result["fingerprint"]:
                 commit = rev
-                changed = [n for n in results.engine_sources(recorded_specs(result)) if at(n) != results.code_digest(n)]
+                changed = [n for n in results.engine_sources(recorded_specs(result), backend)
+                           if at(n) != results.code_digest(n)]
                 break
         except (results.ResultError, KeyError, TypeError, ValueError):
             continue
     files = f" ({', '.join(changed)} since {commit[:10]})" if changed else ""
-    return "stale", (f"{seeds}; the engine's code changed{files}: `make {target}` retrains it, or `python -m "
-                     f"experiments restamp {target}` after a refactor")
+    restamp = f", or `python -m experiments restamp {target}` after a refactor" \
+        if backend == "loop" and prov.get("device") == "cpu" else ""   # what restamp can repeat
+    return "stale", f"{seeds}; the engine's code changed{files}: `make {target}` retrains it{restamp}"
 
 
 def default_out(name: str, quick: bool) -> Path:

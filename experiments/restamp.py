@@ -213,8 +213,11 @@ def train_at(rev: str, path: Path, name: str, seed: int, threads: int) -> dict:
     """The run (`name`, `seed`) of the result at `path` as the engine code committed at `rev` trains
     it on this machine: that commit's experiments/ unpacked into a scratch folder (sharing this
     checkout's verified data) and run there in a fresh process at `threads` torch threads."""
-    archive = subprocess.run(["git", "archive", rev, "experiments"], cwd=results.PROJECT_ROOT,
-                             capture_output=True, timeout=60)
+    try:
+        archive = subprocess.run(["git", "archive", rev, "experiments"], cwd=results.PROJECT_ROOT,
+                                 capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise results.ResultError(f"git cannot archive experiments/ at {rev!r} ({err}); the file is unchanged") from None
     if archive.returncode:
         raise results.ResultError(f"git cannot archive experiments/ at {rev!r}: {archive.stderr.decode().strip()}")
     with tempfile.TemporaryDirectory(prefix="restamp-") as scratch:
@@ -233,8 +236,11 @@ def train_at(rev: str, path: Path, name: str, seed: int, threads: int) -> dict:
 
 
 def known_cpus(prov: dict) -> list[dict]:
-    """The CPUs a result was made and restamped on, as its provenance records them."""
-    return [c for c in [prov.get("cpu"), *(r.get("cpu") for r in prov.get("restamps", []))] if c]
+    """The CPUs whose kernels repeat a result's runs as stored: the one that made it and those of
+    restamps that repeated its stored runs (not of one that matched them with the code before the
+    change instead, on a CPU that rounds otherwise)."""
+    return [c for c in [prov.get("cpu"), *(r.get("cpu") for r in prov.get("restamps", [])
+                                            if not r.get("compared_with_code_here"))] if c]
 
 
 def difference_cause(prov: dict, same_code: bool = False) -> str:

@@ -70,8 +70,7 @@ def test_list_exits_2_naming_each_broken_catalog_entry(monkeypatch, capsys):
     assert "variant '0.1'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("request_", [["--seeds", "3"], ["--epochs", "2", "--backend", "batched"],
-                                      ["--set", "lr=0.01"]])
+@pytest.mark.parametrize("request_", [["--seeds", "3"], ["--epochs", "2"], ["--set", "lr=0.01"]])
 def test_other_seeds_epochs_settings_or_backend_never_replace_a_current_result(tmp_path, request_):
     """make results/NAME.json SEEDS=3 once overwrote a current 10-seed result: now it exits 2 before
     any work, saying how to go on, and the file is unchanged. The catalog's own request still runs."""
@@ -84,6 +83,10 @@ def test_other_seeds_epochs_settings_or_backend_never_replace_a_current_result(t
     assert " ".join(request_) in proc.stderr and "QUICK=1" in proc.stderr
     same = run_cli("run", "early_stopping", "--out", str(out), "--if-stale")
     assert same.returncode == 0 and "is up to date" in same.stdout
+    from experiments import planning
+    if not planning.gpu_driver_loaded():   # another backend (how, not what) passes; here CUDA's refusal follows
+        how = run_cli("run", "early_stopping", "--backend", "batched", "--device", "cuda", "--out", str(out), "--if-stale")
+        assert how.returncode == 2 and "no CUDA device" in how.stderr and "current result" not in how.stderr
 
 
 def test_quick_refuses_to_write_into_results():
@@ -199,6 +202,10 @@ def test_status_says_what_make_all_would_do_about_each_result_and_why(tmp_path, 
     assert proc.returncode == 0
     lines = {line.split()[0]: line.split(None, 2)[1:] for line in proc.stdout.splitlines()}
     assert list(lines) == list(EXPERIMENTS) and lines["transfer"][0] == "missing"
+    (tmp_path / "depth.json").write_text("{")
+    assert planning.status(EXPERIMENTS["depth"], tmp_path / "depth.json")[0] == "invalid"
+    assert planning.status(EXPERIMENTS["depth"], ROOT / "results" / "none.json") == \
+        ("missing", "`make results/none.json` trains it")
     if any(state != "current" for name, (state, *_) in lines.items() if name != "transfer"):
         pytest.skip("a committed result is stale in this checkout (tests/test_committed.py says so)")
     assert lines["depth"] == ["current", "10 seeds"]
@@ -211,10 +218,6 @@ def test_status_says_what_make_all_would_do_about_each_result_and_why(tmp_path, 
     state, why = planning.status(EXPERIMENTS["depth"], depth)
     assert state == "stale" and f"(train.py since {results.git_log_last(depth)[:10]})" in why
     assert "restamp results/depth.json" in why
-    (tmp_path / "depth.json").write_text("{")
-    assert planning.status(EXPERIMENTS["depth"], tmp_path / "depth.json")[0] == "invalid"
-    assert planning.status(EXPERIMENTS["depth"], ROOT / "results" / "none.json") == \
-        ("missing", "`make results/none.json` trains it")
 
 
 def test_a_run_says_why_it_trains_a_stale_result_again(tmp_path, monkeypatch, capsys):

@@ -53,6 +53,8 @@ def test_second_make_does_nothing_and_edit_reruns_only_that_experiment(project):
     assert "build/quick/results/depth.json is up to date" in said and \
         "QUICK=1: smoke result in build/quick/results/depth.json" in said
     assert not (project / "results" / "depth.json").exists()
+    said = make(project, "results/depth.json", "LANES=2")   # nor does make then delete it as an intermediate
+    assert "QUICK=1: smoke result in build/quick/results/depth.json" in said and (quick / "depth.json").exists()
 
     catalog = project / "experiments" / "catalog.py"
     text = catalog.read_text()

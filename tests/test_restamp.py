@@ -84,6 +84,8 @@ def test_a_differing_rerun_blames_the_change_only_on_a_cpu_that_made_or_checked_
     monkeypatch.setattr(results, "cpu_identity", lambda: here)
     assert restamp.difference_cause({"cpu": here}).startswith("the change alters results")
     assert restamp.difference_cause({"cpu": other, "restamps": [{"cpu": here}]}).startswith("the change alters")
+    matched_code_only = {"cpu": other, "restamps": [{"cpu": here, "compared_with_code_here": ["v / seed 0"]}]}
+    assert "may explain it rather than the change" in restamp.difference_cause(matched_code_only)   # here repeats none
     elsewhere = restamp.difference_cause({"cpu": other})
     assert "may explain it rather than the change" in elsewhere and "family 25 model 160 stepping 1" in elsewhere
     assert "--verify" in elsewhere
