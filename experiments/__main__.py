@@ -371,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "restamp":
             print(f"\n{what}: the result being checked is unchanged; run the same command again", file=sys.stderr)
         else:
-            print(f"\n{what}: finished runs are kept in {runner.PROGRESS_DIR}; "
-                  "run the same command again to resume", file=sys.stderr)
+            kept = sum(runner.SAVED.values())
+            print(f"\n{what}: {kept} finished run(s) kept in {runner.PROGRESS_DIR}; run the same command again "
+                  f"to resume" if kept else f"\n{what} before any run finished: nothing to keep; run the same "
+                  f"command again to start over", file=sys.stderr)
         return 130 if isinstance(stop, KeyboardInterrupt) else 143
 
 

@@ -21,6 +21,8 @@ from .train import fit  # importing train sets the denormal flush before torch s
 
 # $FMREPORT_PROGRESS_DIR moves it (the tests point it at a temporary folder)
 PROGRESS_DIR = Path(os.environ.get("FMREPORT_PROGRESS_DIR") or results.PROJECT_ROOT / "build" / "progress")
+# What this process has saved for resuming: progress file -> finished runs in it (an interrupt says so)
+SAVED: dict[Path, int] = {}
 
 
 def pick_device(name: str) -> torch.device:
@@ -50,6 +52,8 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
     with locks.exclusive(progress_path, log), stacked.cuda_matmul(device, matmul):
         # on the CPU float sums depend on the thread count: a result's runs share one
         done = {} if fresh else read_progress(progress_path, fp, specs, log, threads if device.type == "cpu" else None)
+        if done:
+            SAVED[progress_path] = sum(map(len, done.values()))
         started, t0 = results.now(), time.perf_counter()
         data = data if data is not None else data_mod.load(device)
         log(f"{exp.name}: data from {data.source}; device {device}; "
@@ -68,6 +72,7 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
             if save:   # compact, through json's C encoder (the indenting encoder is pure Python)
                 results.write_atomic(progress_path, json.dumps({"fingerprint": fp, "torch_threads": threads, "runs": done},
                                                                allow_nan=False))
+                SAVED[progress_path] = sum(map(len, done.values()))
 
         def record_together(finished):
             """The members of a population that finished in one epoch, saved in one write: a write
@@ -125,6 +130,7 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
                   "control": exp.control_variant, "comparisons": results.comparisons(variants, exp.control_variant)}
         results.write_atomic(out, results.validate(describe.describe(result, exp), out))
         progress_path.unlink(missing_ok=True)
+        SAVED.pop(progress_path, None)
         log(f"wrote {out} ({prov['wall_seconds']:.0f} s)")
         return result
 

@@ -3,6 +3,7 @@ files, a read-only output folder.  Each test injects the fault for real (subproc
 corrupted files) and checks that nothing computed is lost and the message says what to do."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,8 @@ def test_interrupt_exits_fast_with_one_line_and_keeps_work(tmp_path, previous_re
     _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == code and time.time() - sent < 3
     assert "Traceback" not in stderr and "run the same command again to resume" in stderr
+    said = re.search(r"(\d+) finished run\(s\) kept in ", stderr)   # how many: those saved when the signal came
+    assert said and int(said.group(1)) >= 1, stderr
     assert out.read_bytes() == before and progress_files()
     for p in progress_files():
         p.unlink()
