@@ -25,8 +25,12 @@ RESULTS := $(if $(QUICK),build/quick/results,results)
 RUN_FLAGS := $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(BACKEND),--backend $(BACKEND)) \
 	$(if $(THREADS),--threads $(THREADS))
-# The experiment names come from the catalog (plain Python, no packages needed).
-EXPERIMENTS := $(shell $(PYTHON) -c 'import experiments.catalog as c; print(*c.EXPERIMENTS)')
+# The experiment names come from the catalog (plain Python, no packages needed), and GPU_DRIVER is 1
+# where a GPU driver is loaded (experiments/planning.py: from /proc and /dev, without torch).
+CATALOG := $(shell $(PYTHON) -c 'import experiments.catalog as c, experiments.planning as p; \
+	print(int(p.gpu_driver_loaded()), *c.EXPERIMENTS)')
+GPU_DRIVER ?= $(filter 1,$(firstword $(CATALOG)))
+EXPERIMENTS := $(wordlist 2,$(words $(CATALOG)),$(CATALOG))
 RESULT_FILES := $(EXPERIMENTS:%=$(RESULTS)/%.json)
 
 .PHONY: help setup data status test test-fast test-gpu-host all experiments reproduce report bench gpu-check clean lock FORCE
@@ -66,11 +70,13 @@ status: | $(SETUP) ## each result: current, stale (and why: the catalog entry, o
 	$(PY) -m experiments status
 
 # LANES=N (on a CUDA machine): every stale experiment in one process, N at a time, each in its own
-# thread and CUDA stream (experiments/lanes.py; the batched backend); without it, one process per
-# result file through the pattern rule below.
-ifdef LANES
+# thread and CUDA stream (experiments/lanes.py; the batched backend). Where a GPU driver is loaded
+# and LANES is not given, one process too, one experiment at a time: the data loaded and CUDA started
+# once, as the GPU check's study_seconds is measured. Elsewhere one process per result file through
+# the pattern rule below (make -j runs several).
+ifneq ($(or $(LANES),$(GPU_DRIVER)),)
 experiments: | $(SETUP) $(DATA)
-	$(PY) -m experiments run $(EXPERIMENTS) --lanes $(LANES) --if-stale --skip-unavailable $(RUN_FLAGS)
+	$(PY) -m experiments run $(EXPERIMENTS) --lanes $(or $(LANES),1) --if-stale --skip-unavailable $(RUN_FLAGS)
 else
 experiments: $(RESULT_FILES) ## run every experiment whose result is missing or stale (LANES=N: N at a time, one process)
 endif

@@ -98,6 +98,24 @@ def test_make_with_lanes_runs_the_stale_experiments_in_one_process_as_one_at_a_t
     assert {name: histories(quick / name) for name in in_lanes} == in_lanes
 
 
+def test_where_a_gpu_driver_is_loaded_make_trains_every_stale_experiment_in_one_process(project):
+    """On a machine with a GPU driver (GPU_DRIVER, from experiments/planning.py) `make experiments`
+    is one `run` of every experiment, one at a time, as the GPU check's study is timed; elsewhere one
+    process per result file; LANES=N takes precedence either way."""
+    def planned(*flags):
+        proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "experiments", *flags], cwd=project,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return [line for line in proc.stdout.splitlines() if "-m experiments run" in line]
+    from experiments import catalog, planning
+    names = " ".join(catalog.EXPERIMENTS)
+    on_gpu = planned("GPU_DRIVER=1")
+    assert len(on_gpu) == 1 and f"run {names} --lanes 1 --if-stale" in on_gpu[0]
+    assert len(planned("GPU_DRIVER=")) == len(catalog.EXPERIMENTS)
+    assert len(planned("GPU_DRIVER=", "LANES=3")) == 1 and "--lanes 3" in planned("GPU_DRIVER=1", "LANES=3")[0]
+    assert len(planned()) == (1 if planning.gpu_driver_loaded() else len(catalog.EXPERIMENTS))   # found by itself
+
+
 def test_report_never_trains(project):
     """With one quick result deleted, `make report` renders (exit 0) a report that says it is
     missing, and neither remakes it nor saves any training progress."""
