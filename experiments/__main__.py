@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":   # plain Python: no torch
         from . import planning
         for exp in EXPERIMENTS.values():
-            state, why = planning.status(exp, planning.default_out(exp.name, False))
+            state, why, _ = planning.status(exp, planning.default_out(exp.name, False))
             print(f"{exp.name:<20} {state:<8} {why}")
         return 0
 
@@ -291,13 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_stale and planning.is_fresh(out, current, args.since):
                 print(f"{out} is up to date (same spec, seeds and engine code)")
                 continue
-            if not args.quick and args.since is None and out.exists() and not planning.is_fresh(out, current) and \
-                    planning.is_fresh(out, planning.accepted_fingerprints(exp, None, None, False, None, "auto")) and \
-                    not planning.is_fresh(out, planning.accepted_fingerprints(exp, args.seeds, args.epochs, False,
-                                                                              dict(args.set), "auto")):
-                # other seeds, epochs or settings than the catalog's would replace current work (hours,
-                # for some experiments) with runs that are not the study's; another backend or executor
-                # (how, not what) and make reproduce (--since: retrain all) may
+            if not args.quick and args.since is None and \
+                    planning.replaces_current(exp, out, args.seeds, args.epochs, dict(args.set)):
                 asked = [f"--seeds {args.seeds}" if args.seeds else "", f"--epochs {args.epochs}" if args.epochs else "",
                          *(f"--set {k}={v}" for k, v in args.set)]
                 print(f"error: {out} holds {exp.name}'s current result, as the catalog asks it; "
@@ -323,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: skipped {exp.name}, nothing written:", planning.needs_cuda_note(exp.name), sep="\n  ")
                 continue
             if out.exists() and not (args.seeds or args.epochs or args.set or args.quick):   # why it trains again
-                state, why = planning.status(exp, out)
-                if state == "stale":
-                    print(f"{out} is stale: {why.split('; ', 1)[-1].split(': `make')[0]}; training it again")
+                cause = planning.status(exp, out).cause
+                if cause:
+                    print(f"{out} is stale: {cause}; training it again")
             todo.append((exp, out, current))
         if not todo:
             return 0

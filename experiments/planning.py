@@ -6,6 +6,7 @@ experiment here (mostly reading its result file), against seconds for a torch im
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from . import results
 from .catalog import Experiment, RunSpec
@@ -82,46 +83,66 @@ def made_by_this_engine(result: dict) -> bool:
         return False
 
 
-def status(exp: Experiment, path: Path) -> tuple[str, str]:
-    """What `make all` would do about one experiment's result file, without torch: (state, why).
-    State: current, stale (and whether its specs or the engine's code changed, with the engine files
-    changed since the commit that made it, where git knows that commit), missing, or invalid."""
+def replaces_current(exp: Experiment, out: Path, seeds, epochs, sets: dict) -> bool:
+    """Whether a run with these seeds, epochs and --set settings would replace a result at `out`
+    that is current as the catalog asks it with other runs: hours of work, for some experiments,
+    lost to a trial. Another backend or executor (how the runs train, not what) does not count."""
+    as_catalog_asks = accepted_fingerprints(exp, None, None, False, None, "auto")
+    return out.exists() and is_fresh(out, as_catalog_asks) and \
+        not is_fresh(out, accepted_fingerprints(exp, seeds, epochs, False, sets, "auto"))
+
+
+class Status(NamedTuple):
+    """What `make all` would do about one result file: `state` (current, stale, missing or invalid),
+    `why` (the line `experiments status` prints) and, for a stale one, `cause` alone."""
+    state: str
+    why: str
+    cause: str | None = None
+
+
+def status(exp: Experiment, path: Path) -> Status:
+    """One experiment's result file as `make all` would see it, without torch. A stale one says
+    whether its specs or the engine's code changed, with the engine files changed since the commit
+    that made it, where git knows that commit."""
     target = results.make_target(path)
     problems = exp.problems()
     if problems:
-        return "invalid", f"its catalog entry: {problems[0]}"
+        return Status("invalid", f"its catalog entry: {problems[0]}")
     if not path.exists():
-        return "missing", (f"optional (needs a GPU or other files): `make {target}` where it can run"
-                           if exp.optional else f"`make {target}` trains it")
+        return Status("missing", f"optional (needs a GPU or other files): `make {target}` where it can run"
+                      if exp.optional else f"`make {target}` trains it")
     try:
         result = results.load(path)
     except results.ResultError as err:
-        return "invalid", str(err).splitlines()[0]
+        return Status("invalid", str(err).splitlines()[0])
     seeds = f"{len(result['seeds'])} seeds"
     if result["fingerprint"] in accepted_fingerprints(exp, None, None, bool(result.get("quick")), None, "auto"):
-        return "current", seeds
+        return Status("current", seeds)
     if made_by_this_engine(result):
-        return "stale", f"{seeds}; its specs or seeds are not the catalog entry's now: `make {target}` retrains it"
-    # the code that made its fingerprint: most likely that of the commit that last committed the file
-    # (a result is committed with its code, a restamped one too), else the commit it was trained at
+        cause = "its specs or seeds are not the catalog entry's now"
+        return Status("stale", f"{seeds}; {cause}: `make {target}` retrains it", cause)
+    cause = f"the engine's code changed{_changed_since(result, path)}"
     prov = result["provenance"]
-    backend = prov.get("backend") or "loop"
-    candidates = [results.git_log_last(path), prov.get("git_commit")]
-    commit, changed = None, None
-    for rev in filter(None, candidates):
+    restamp = f", or `python -m experiments restamp {target}` after a refactor" \
+        if (prov.get("backend") or "loop") == "loop" and prov.get("device") == "cpu" else ""   # what it can repeat
+    return Status("stale", f"{seeds}; {cause}: `make {target}` retrains it{restamp}", cause)
+
+
+def _changed_since(result: dict, path: Path) -> str:
+    """" (train.py since <commit>)": the engine files changed since the code that made the result's
+    fingerprint, most likely that of the commit that last committed the file (a result is committed
+    with its code, a restamped one too), else of the commit it was trained at; "" where neither is."""
+    prov = result["provenance"]
+    for rev in filter(None, [results.git_log_last(path), prov.get("git_commit")]):
         try:
             at = results.digests_at(rev)
             if recorded_fingerprint(result, at) == result["fingerprint"]:
-                commit = rev
-                changed = [n for n in results.engine_sources(recorded_specs(result), backend)
+                changed = [n for n in results.engine_sources(recorded_specs(result), prov.get("backend") or "loop")
                            if at(n) != results.code_digest(n)]
-                break
+                return f" ({', '.join(changed)} since {rev[:10]})" if changed else ""
         except (results.ResultError, KeyError, TypeError, ValueError):
             continue
-    files = f" ({', '.join(changed)} since {commit[:10]})" if changed else ""
-    restamp = f", or `python -m experiments restamp {target}` after a refactor" \
-        if backend == "loop" and prov.get("device") == "cpu" else ""   # what restamp can repeat
-    return "stale", f"{seeds}; the engine's code changed{files}: `make {target}` retrains it{restamp}"
+    return ""
 
 
 def default_out(name: str, quick: bool) -> Path:

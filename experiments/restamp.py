@@ -138,9 +138,12 @@ def restamp(path: Path, argv: list[str], rev: str = "HEAD", check_seeds: int = C
         result["fingerprint"] = entry["to_fingerprint"] = new
         prov.setdefault("restamps", []).append(entry)
         results.write_atomic(path, results.validate(result, path))
-        matched = [f"{len(checked) - len(here)} retrained run(s) repeat the stored ones bit for bit"] * (len(here) < len(checked))
-        matched += [f"{len(here)} match, bit for bit, the runs the code at {rev} gives on this machine, "
-                    f"which does not repeat them as stored"] * bool(here)
+        matched = []
+        if len(here) < len(checked):
+            matched.append(f"{len(checked) - len(here)} retrained run(s) repeat the stored ones bit for bit")
+        if here:
+            matched.append(f"{len(here)} match, bit for bit, the runs the code at {rev} gives on this machine, "
+                           f"which does not repeat them as stored")
         log(f"{path}: restamped; {'; '.join(matched)} ({entry['wall_seconds']:.0f} s)")
         return True
 
@@ -170,7 +173,7 @@ def _retrain_sample(result: dict, path: Path, check_seeds: int, log, same_code: 
             name, seed = variant["name"], run["seed"]
             again = fit(data, specs[name], seed, torch.device("cpu"),
                         desc=f"restamp {result['experiment']} | {name} | seed {seed}")
-            diff = first_difference(measured(run), measured(again))
+            diff, against = first_difference(measured(run), measured(again)), "stored run"
             if diff and rev is not None and other_cpu and not same_code:
                 log(f"  {name:>22} seed {seed}: this CPU does not repeat the stored run ({diff}); training it "
                     f"with the code at {rev} here to compare")
@@ -181,14 +184,14 @@ def _retrain_sample(result: dict, path: Path, check_seeds: int, log, same_code: 
                         f"machine, give different runs ({code_diff.replace('stored', f'at {rev}')}): the change "
                         f"alters results, so retrain them: make {results.make_target(path)} (the file is unchanged)")
                 here.append(f"{name} / seed {seed}")
-                diff = None
+                diff, against = None, f"code at {rev} here"
             if diff:
                 raise results.ResultError(
                     f"{path}: {name} seed {seed} trained again differs from the stored run ({diff}); "
                     f"{difference_cause(prov, same_code)}: make {results.make_target(path)} (the file is unchanged)")
             checked.append(f"{name} / seed {seed}")
-            log(f"  {name:>22} seed {seed}: identical{' to the code at ' + rev + ' here' if here and here[-1] == checked[-1] else ''} "
-                f"({again['final']['epochs']} epochs, {again['final']['seconds']:.1f} s)")
+            log(f"  {name:>22} seed {seed}: identical to the {against} ({again['final']['epochs']} epochs, "
+                f"{again['final']['seconds']:.1f} s)")
     return checked, (threads, time.perf_counter() - t0), here
 
 

@@ -135,6 +135,15 @@ def run_experiment(exp: Experiment, out: Path, argv: list[str], seeds: int | Non
         return result
 
 
+def _set_aside(path: Path, err: Exception, log) -> dict:
+    """Rename a damaged or foreign progress file to *.bad-<time> beside it, saying why; no runs kept."""
+    aside = path.with_name(f"{path.name}.bad-{results.now().strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, aside)
+    log(f"warning: progress file {path} set aside as {aside.name} "
+        f"({str(err).splitlines()[0][:200]}); its runs train again")
+    return {}
+
+
 def read_progress(path: Path, fingerprint: str, specs: dict, log=print, threads: int | None = None) -> dict:
     """The finished runs saved in a progress file, variant -> seed -> run. A file that cannot be
     read, belongs to another plan or holds a damaged run is reported and set aside (renamed to
@@ -144,9 +153,10 @@ def read_progress(path: Path, fingerprint: str, specs: dict, log=print, threads:
     if not path.exists():
         return {}
     try:
-        saved_threads = json.loads(path.read_text()).get("torch_threads")
-    except (OSError, ValueError, AttributeError):
-        saved_threads = None   # the checks below set a damaged file aside
+        saved = json.loads(path.read_text())
+    except ValueError as err:
+        return _set_aside(path, err, log)
+    saved_threads = saved.get("torch_threads") if isinstance(saved, dict) else None
     if threads is not None and saved_threads is not None and saved_threads != threads:
         raise results.ResultError(
             f"{path} holds finished runs made with {saved_threads} torch thread(s), and this run would use "
@@ -154,7 +164,6 @@ def read_progress(path: Path, fingerprint: str, specs: dict, log=print, threads:
             f"Resume with --threads {saved_threads} (make THREADS={saved_threads}), or delete that file to train "
             f"them again with {threads}")
     try:
-        saved = json.loads(path.read_text())
         if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
             raise results.ResultError("it belongs to other specs or engine code")
         done = saved["runs"]
@@ -166,10 +175,6 @@ def read_progress(path: Path, fingerprint: str, specs: dict, log=print, threads:
                 if str(run["seed"]) != seed:
                     raise results.ResultError(f"run {name!r} seed {seed} says seed {run['seed']}")
     except (ValueError, KeyError, TypeError, AttributeError, results.ResultError) as err:
-        aside = path.with_name(f"{path.name}.bad-{results.now().strftime('%Y%m%dT%H%M%S')}")
-        os.replace(path, aside)
-        log(f"warning: progress file {path} set aside as {aside.name} "
-            f"({str(err).splitlines()[0][:200]}); its runs train again")
-        return {}
+        return _set_aside(path, err, log)
     log(f"resuming: {sum(map(len, done.values()))} finished run(s) kept from {path}")
     return done

@@ -204,18 +204,18 @@ def test_status_says_what_make_all_would_do_about_each_result_and_why(tmp_path, 
     assert list(lines) == list(EXPERIMENTS) and lines["transfer"][0] == "missing"
     (tmp_path / "depth.json").write_text("{")
     assert planning.status(EXPERIMENTS["depth"], tmp_path / "depth.json")[0] == "invalid"
-    assert planning.status(EXPERIMENTS["depth"], ROOT / "results" / "none.json") == \
+    assert planning.status(EXPERIMENTS["depth"], ROOT / "results" / "none.json")[:2] == \
         ("missing", "`make results/none.json` trains it")
     if any(state != "current" for name, (state, *_) in lines.items() if name != "transfer"):
         pytest.skip("a committed result is stale in this checkout (tests/test_committed.py says so)")
     assert lines["depth"] == ["current", "10 seeds"]
     depth = ROOT / "results" / "depth.json"
     fewer_epochs = dataclasses.replace(EXPERIMENTS["depth"], base={**EXPERIMENTS["depth"].base, "epochs": 3})
-    state, why = planning.status(fewer_epochs, depth)
+    state, why, _ = planning.status(fewer_epochs, depth)
     assert state == "stale" and "its specs or seeds are not the catalog entry's now" in why
     real = results.code_digest
     monkeypatch.setattr(results, "code_digest", lambda name: "changed" if name == "train.py" else real(name))
-    state, why = planning.status(EXPERIMENTS["depth"], depth)
+    state, why, _ = planning.status(EXPERIMENTS["depth"], depth)
     assert state == "stale" and f"(train.py since {results.git_log_last(depth)[:10]})" in why
     assert "restamp results/depth.json" in why
 
