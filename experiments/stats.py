@@ -1,5 +1,6 @@
-"""The statistics every claim rests on: Student's t intervals over seeds, seed-paired differences,
-Welch's interval for two independent groups, and the binomial standard error of one accuracy.
+"""The statistics every claim rests on: Student's t intervals over seeds, seed-paired differences
+(and their t test, for Holm's correction over many of them), Welch's interval for two independent
+groups, and the binomial standard error of one accuracy.
 Plain Python (no torch, no SciPy), so the result writer, the Makefile's staleness check and the
 report can all use it.
 """
@@ -24,13 +25,19 @@ def _t_density_function(df: float):
 
 
 def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with `df` degrees of freedom (Simpson's rule on the density from 0
-    to |t|; the density is smooth, so 4,000 panels give ~1e-12 here)."""
-    density = _t_density_function(df)
-    a, panels = abs(t), 4000
-    h = a / panels
-    area = density(0) + density(a) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, panels))
-    half = area * h / 3
+    """P(T <= t) for Student's t with `df` degrees of freedom. With t = sqrt(df) tan(a) the density
+    times dt is c sqrt(df) cos(a)^(df - 1) da, so P(0 <= T <= |t|) is that over a in
+    [0, atan(|t| / sqrt(df))]: a bounded, smooth integrand on a bounded interval, however far out t
+    lies (Simpson's rule on the density itself failed beyond |t| ~ 1e4). 4,000 panels give ~1e-12."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    scale = math.exp(log_c) * math.sqrt(df)
+    end, panels = math.atan(abs(t) / math.sqrt(df)), 4000
+    h = end / panels
+
+    def f(a: float) -> float:
+        return math.cos(a) ** (df - 1)
+    area = f(0) + f(end) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, panels))
+    half = min(0.5, scale * area * h / 3)
     return 0.5 + half if t >= 0 else 0.5 - half
 
 
@@ -76,6 +83,35 @@ def paired_difference(values: dict, control: dict, level: float = LEVEL) -> dict
     seeds = sorted(set(values) & set(control), key=str)
     d = interval([values[s] - control[s] for s in seeds], level)
     return {"diff_mean": d["mean"], "ci95": d["ci95"], "n": d["n"]}
+
+
+def paired_p_value(values: dict, control: dict) -> float | None:
+    """Two-sided p-value of the seed-paired t test that values[seed] - control[seed] averages zero
+    over the seeds both have (None with fewer than two). The test behind paired_difference's
+    interval: p < 1 - LEVEL exactly where that interval excludes zero."""
+    seeds = sorted(set(values) & set(control), key=str)
+    d = interval([values[s] - control[s] for s in seeds])
+    if d["n"] < 2:
+        return None
+    if d["std"] == 0:
+        return 1.0 if d["mean"] == 0 else 0.0
+    t = d["mean"] / (d["std"] / math.sqrt(d["n"]))
+    return min(1.0, 2 * (1 - t_cdf(abs(t), d["n"] - 1)))
+
+
+def holm(p_values: list[float | None], level: float = LEVEL) -> list[bool]:
+    """Which of these hypotheses Holm's step-down procedure rejects, so that the chance of rejecting
+    any true one among them all stays at most 1 - level (Holm 1979): the k-th smallest p-value
+    (k = 0, 1, ...) is rejected while it is at most (1 - level) / (m - k); the first that is not
+    ends the rejections. A missing p-value (None) is never rejected."""
+    m, alpha = len(p_values), 1 - level
+    rejected = [False] * m
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    for k, (p, i) in enumerate(ranked):
+        if p > alpha / (m - k):
+            break
+        rejected[i] = True
+    return rejected
 
 
 def unpaired_difference(values: list[float], other: list[float], level: float = LEVEL) -> dict:

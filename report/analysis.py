@@ -142,6 +142,31 @@ def against_control(result: dict, key: str = "val_acc") -> dict | None:
 
 
 
+def holm_family(results: list[dict], key: str = "val_acc") -> dict:
+    """Every comparison of a variant with its experiment's control, over all `results`, as one
+    family under Holm's correction (stats.holm): with 30 comparisons at 95%, one or two intervals
+    would exclude zero by chance alone if nothing differed. {m: the comparisons, differ: how many
+    exclude zero at 95%, kept: how many of those the correction keeps, lost: experiment -> the
+    variants that differ uncorrected but not after the correction}."""
+    rows = []
+    for result in results:
+        compared = against_control(result, key)
+        if not compared:
+            continue
+        variants = {v["name"]: v for v in result["variants"]}
+        control = by_seed(variants[compared["control"]], key)
+        for c in compared["differ"] + compared["same"]:
+            p = stats.paired_p_value(by_seed(variants[c["variant"]], key), control)
+            rows.append((result["experiment"], c, p))
+    rejected = stats.holm([p for _, _, p in rows])
+    differ = [(e, c["variant"], r) for (e, c, _), r in zip(rows, rejected) if stats.excludes_zero(c["ci95"])]
+    lost: dict[str, list[str]] = {}
+    for experiment, variant, r in differ:
+        if not r:
+            lost.setdefault(experiment, []).append(variant)
+    return {"m": len(rows), "differ": len(differ), "kept": sum(r for *_, r in differ), "lost": lost}
+
+
 def above_controls(results: list[dict], named: int = 2) -> tuple[list[tuple[int, str]], int, int]:
     """Where variants beat their control beyond seed noise (validation accuracy), for the abstract:
     (count, control) of the `named` experiments with the most such variants (catalog order among
@@ -414,7 +439,7 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
-           "against_control": against_control, "above_controls": above_controls, "comparison": comparison, "paired": paired,
+           "against_control": against_control, "above_controls": above_controls, "holm_family": holm_family, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
            "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se,
            "gpu_agreement": gpu_agreement, "gpu_time": gpu_time, "uneven_epochs": uneven_epochs,

@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 from experiments import catalog
 
-from .analysis import HELPERS, by_precision, concurrent, distinct, elapsed_seconds, restamp_changes
+from .analysis import HELPERS, by_precision, concurrent, distinct, elapsed_seconds, holm_family, restamp_changes
 from .config import (BASELINES, ESSAYS, LICENSES, ORIGINAL_STUDY_TEST_ACC, REPORT_DIR, ROOT, TARGET_VAL_ACC, TEMPLATES,
                      ReportError)
 from .sections import Section, display_path, load_bench, load_gpu_check, make_command, missing_message
@@ -273,6 +273,7 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "gpu_check": load_gpu_check(results_dir),
         "loaded": [s for s in sections if s.result],
         "base_acc": base_accuracy(sections),
+        "holm": holm_family([s.result for s in sections if s.name != "best" and s.result]),
         "base_epoch": base_epoch(sections),
         "front": front_matter(sections), "bibtex": bibtex,
         "headline_trials": getattr(catalog.EXPERIMENTS.get("best"), "trials", 0),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import catalog, describe, results
+from experiments import catalog, describe, results, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 EVIL = "<script>alert(1)</script>*x*"
@@ -1033,3 +1033,51 @@ def test_a_refactor_that_moves_the_penalty_calls_out_of_fit_stops_the_quote(tmp_
         sources.quote_uses("train.py", "fit")
     (engine / "train.py").write_text(text)
     assert "penalties.l2_penalty(weights)" in sources.quote_uses("train.py", "fit")
+
+
+def _seed_results(name: str, control: list[float], **variants: list[float]) -> dict:
+    """A result with just what holm_family reads: per-seed validation accuracies and comparisons."""
+    def variant(vname, values):
+        return {"name": vname, "runs": [{"seed": s, "final": {"val_acc": v, "diverged": False}}
+                                        for s, v in enumerate(values)]}
+    vs = [variant("control", control)] + [variant(v, values) for v, values in variants.items()]
+    return {"experiment": name, "variants": vs, "comparisons": results.comparisons(vs, "control")}
+
+
+def test_holm_family_corrects_over_every_experiments_comparisons_together():
+    from report import analysis
+    control = [0.80, 0.81, 0.82, 0.83, 0.84]
+    # paired differences: far (p ~ 1e-6), borderline (p = 0.030: beyond noise at 95% alone, not at
+    # 5% / 2 once the far one is rejected), and none at all
+    far = [c + d for c, d in zip(control, (0.050, 0.051, 0.049, 0.050, 0.052))]
+    near = [c + d for c, d in zip(control, (0.004, 0.001, 0.006, 0.001, 0.004))]
+    a = _seed_results("a", control, far=far, near=near)
+    b = _seed_results("b", control, same=list(control))
+    family = analysis.holm_family([a, b])
+    assert stats.paired_p_value(dict(enumerate(near)), dict(enumerate(control))) == pytest.approx(0.0299, abs=1e-4)
+    assert family == {"m": 3, "differ": 2, "kept": 1, "lost": {"a": ["near"]}}
+    # alone, the borderline one would be kept: 0.030 <= 5% / 1 once the far one is rejected
+    assert analysis.holm_family([_seed_results("a", control, far=far, near=near)]) == \
+        {"m": 2, "differ": 2, "kept": 2, "lost": {}}
+
+
+def test_the_report_marks_what_holms_correction_does_not_keep(rendered):
+    from report import analysis
+    page = visible_text(rendered["html"])
+    data = {n: r for n, r in rendered["data"].items() if n != "best"}
+    family = analysis.holm_family(list(data.values()))
+    assert family["m"] and family["lost"] and family["kept"] < family["differ"]    # the fixture has both kinds
+    abstract = page[page.index("Abstract."):page.index("Reproduce.")]
+    assert (f"Holm’s correction for the {family['m']} comparisons keeps {family['kept']} of the "
+            f"{family['differ']}.") in abstract, abstract
+    assert f"it keeps {family['kept']} of the {family['differ']} differences beyond seed noise" in page
+    lost = {v for names in family["lost"].values() for v in names}
+    for v in lost - {v for v in lost if "<" in v}:     # the fixture's HTML-escaping name aside
+        assert re.search(re.escape(v) + r" [^()]*\([^()]*; within noise after Holm’s correction\)", page), v
+    # a difference the correction keeps carries no mark (names found in one experiment only)
+    names = [v["name"] for r in data.values() for v in r["variants"]]
+    kept = [c["variant"] for r in data.values() for c in (analysis.against_control(r) or {"differ": []})["differ"]
+            if c["variant"] not in lost and names.count(c["variant"]) == 1]
+    assert kept
+    for v in kept:
+        assert not re.search(re.escape(v) + r" [^()]*\([^()]*; within noise after Holm", page), v

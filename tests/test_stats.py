@@ -70,3 +70,38 @@ def test_t_quantile_reaches_the_far_tails_and_clamps_beyond_its_bracket():
     assert stats.t_quantile(1e-6, 2) == pytest.approx(-707.1063, rel=1e-4)
     assert stats.t_quantile(1e-6, 1) == pytest.approx(-1e3)                       # beyond +-1000: clamped
     assert stats.t_quantile(0.025, 9) == pytest.approx(-stats.t_quantile(0.975, 9), abs=1e-9)
+
+
+def test_paired_p_value_is_the_t_test_behind_the_paired_interval():
+    # differences 0.01, 0.03, 0.02: t = 0.02 / (0.01 / sqrt 3) = 2 sqrt 3 on 2 df, whose two-sided
+    # p-value has the closed form 1 - t / sqrt(2 + t^2) = 1 - sqrt(12 / 14) = 0.074180
+    values, control = {0: 0.81, 1: 0.93, 2: 0.87, 3: 0.5}, {0: 0.80, 1: 0.90, 2: 0.85}
+    assert stats.paired_p_value(values, control) == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
+    assert stats.paired_p_value({0: 0.9}, {0: 0.8}) is None                 # one seed: no test
+    assert stats.paired_p_value({0: 0.9, 1: 0.8}, {0: 0.8, 1: 0.7}) < 1e-12  # the same gain every seed, to rounding
+    assert stats.paired_p_value({0: 0.9, 1: 0.8}, {0: 0.9, 1: 0.8}) == 1.0
+    # p < 0.05 exactly where the 95% interval excludes zero
+    for shift in (0.0, 0.002, 0.004, 0.006, 0.01, -0.005):
+        a = {s: 0.85 + 0.01 * math.sin(3 * s) for s in range(10)}
+        b = {s: a[s] + shift + 0.004 * math.cos(5 * s) for s in range(10)}
+        p, d = stats.paired_p_value(b, a), stats.paired_difference(b, a)
+        assert (p < 0.05) == stats.excludes_zero(d["ci95"]), (shift, p, d)
+
+
+def test_holm_steps_down_and_stops_at_the_first_kept_hypothesis():
+    # m = 4 at 5%: 0.005 <= 0.05/4 and 0.01 <= 0.05/3 are rejected; 0.03 > 0.05/2 stops, so 0.04 is kept
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    # a missing p-value counts in m and is never rejected: 0.001 <= 0.05/3, then 0.03 > 0.05/2
+    assert stats.holm([0.03, 0.001, None]) == [False, True, False]
+    # both below their thresholds, the last at the full 5%
+    assert stats.holm([0.02, 0.049]) == [True, True]
+    assert stats.holm([]) == [] and stats.holm([0.2]) == [False]
+    # uncorrected, 0.04 would pass; Holm never rejects what the uncorrected test keeps
+    assert all(p < 0.05 for p, r in zip([0.01, 0.04, 0.03, 0.005], stats.holm([0.01, 0.04, 0.03, 0.005])) if r)
+
+
+def test_t_cdf_holds_far_out_in_the_tails():
+    # closed forms: df 1 is Cauchy's, 1/2 + atan(t)/pi; df 2 is 1/2 + t / (2 sqrt(2 + t^2))
+    for t in (0.3, 3.0, 1e3, 1e8, -1e8):
+        assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+        assert stats.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
