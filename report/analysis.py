@@ -146,8 +146,9 @@ def holm_family(results: list[dict], key: str = "val_acc") -> dict:
     """Every comparison of a variant with its experiment's control, over all `results`, as one
     family under Holm's correction (stats.holm): with 30 comparisons at 95%, one or two intervals
     would exclude zero by chance alone if nothing differed. {m: the comparisons, differ: how many
-    exclude zero at 95%, kept: how many of those the correction keeps, lost: experiment -> the
-    variants that differ uncorrected but not after the correction}."""
+    exclude zero at 95%, kept: how many of those the correction keeps, up: how many of those kept
+    lie above their control, lost: experiment -> the variants that differ uncorrected but not
+    after the correction}."""
     rows = []
     for result in results:
         compared = against_control(result, key)
@@ -159,23 +160,26 @@ def holm_family(results: list[dict], key: str = "val_acc") -> dict:
             p = stats.paired_p_value(by_seed(variants[c["variant"]], key), control)
             rows.append((result["experiment"], c, p))
     rejected = stats.holm([p for _, _, p in rows])
-    differ = [(e, c["variant"], r) for (e, c, _), r in zip(rows, rejected) if stats.excludes_zero(c["ci95"])]
+    differ = [(e, c, r) for (e, c, _), r in zip(rows, rejected) if stats.excludes_zero(c["ci95"])]
     lost: dict[str, list[str]] = {}
-    for experiment, variant, r in differ:
+    for experiment, c, r in differ:
         if not r:
-            lost.setdefault(experiment, []).append(variant)
-    return {"m": len(rows), "differ": len(differ), "kept": sum(r for *_, r in differ), "lost": lost}
+            lost.setdefault(experiment, []).append(c["variant"])
+    return {"m": len(rows), "differ": len(differ), "kept": sum(r for *_, r in differ),
+            "up": sum(r and c["diff_mean"] > 0 for _, c, r in differ), "lost": lost}
 
 
-def above_controls(results: list[dict], named: int = 2) -> tuple[list[tuple[int, str]], int, int]:
+def above_controls(results: list[dict], named: int = 2, lost: dict | None = None) -> tuple[list[tuple[int, str]], int, int]:
     """Where variants beat their control beyond seed noise (validation accuracy), for the abstract:
     (count, control) of the `named` experiments with the most such variants (catalog order among
     equals), then how many more variants beat the controls of how many other experiments. The
-    abstract names a few controls and stays short however many experiments the catalog holds."""
+    abstract names a few controls and stays short however many experiments the catalog holds.
+    `lost`: experiment -> variants not counted (those Holm's correction leaves within noise)."""
     found = []
     for result in results:
         compared = against_control(result)
-        up = [c for c in compared["differ"] if c["diff_mean"] > 0] if compared else []
+        left_out = (lost or {}).get(result.get("experiment"), [])
+        up = [c for c in compared["differ"] if c["diff_mean"] > 0 and c["variant"] not in left_out] if compared else []
         if up:
             found.append((len(up), up[0]["control"]))
     ranked = sorted(found, key=lambda f: -f[0])      # stable: catalog order among equal counts

@@ -158,7 +158,12 @@ def and_list(items) -> Markup:
     return Markup(", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items))
 
 
-FILTERS = {"pct": pct, "pm": pm, "ci": ci, "ci_pp": ci_pp, "pmn": pmn, "pp": pp, "num": num, "g": g, "sec": sec,
+def quoted(name) -> Markup:
+    """A variant's name in quotation marks, so a name with commas ("BN, lr=0.01") reads as one."""
+    return Markup("“") + md(name) + Markup("”")
+
+
+FILTERS = {"quoted": quoted, "pct": pct, "pm": pm, "ci": ci, "ci_pp": ci_pp, "pmn": pmn, "pp": pp, "num": num, "g": g, "sec": sec,
            "duration": duration, "code": code, "device": device, "yesno": yesno, "upfirst": upfirst, "and_list": and_list,
            # only for text a template rendered itself ({% set x | md %}...{% endset %}): its
            # prints were escaped already, so it must not be escaped again

@@ -519,8 +519,10 @@ def test_words_follow_the_paired_statistics(tmp_path, case):
     else:
         assert answer.startswith("Answer. Validation accuracy rises with depth up to 4 hidden")
         assert "plateaus" not in answer
-    finding = "very variant differs from the control, 2 hidden, in validation accuracy beyond seed noise"
-    assert f"enough. E{finding}" in answer and f"Depth: e{finding}" in page
+    # names quoted (a name may hold commas), the control in parentheses, grouped by direction
+    finding = "gainst the control (“2 hidden”) in validation accuracy, “3 hidden” ("
+    assert f"enough. A{finding}" in answer and f"Depth: a{finding}" in page
+    assert "are above it beyond seed noise; “1 hidden” (" in answer
 
 
 @pytest.mark.slow
@@ -532,7 +534,7 @@ def test_the_answer_says_when_nothing_differs_from_the_control(tmp_path):
     results.write_atomic(res / "depth.json", depth_with_val_accs(val))
     assert render(res, tmp_path / "out") == 0
     page = visible_text((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
-    assert ("enough. No variant differs from the control, 2 hidden, in validation accuracy beyond seed noise "
+    assert ("enough. No variant differs from the control (“2 hidden”) in validation accuracy beyond seed noise "
             "at 3 seeds") in page
     assert "Answer. Validation accuracy does not rise with depth (seed-paired, 3 seeds): 2 hidden against 1 hidden" in page
     assert "No deeper network beats 1 hidden beyond seed noise, so at this width and training length 1 hidden layer is enough" in page
@@ -566,7 +568,7 @@ def test_the_proximal_variants_are_also_set_against_no_penalty(rendered):
     cost = next(c for c in reg["comparisons"] if c["variant"] == twin["name"] and c["metric"] == "val_acc")
     page = " ".join(visible_text(rendered["html"]).split())
     assert f"Its spec and seeds are those of {twin['name']} in Section" in page
-    assert f"which costs {' '.join(str(build.ci_pp(cost)).split())} in validation accuracy against no penalty" in page
+    assert f"which differs from no penalty there by {' '.join(str(build.ci_pp(cost)).split())} in validation accuracy" in page
 
 
 def test_an_experiment_adds_its_own_sentence_to_its_summary_bullet(rendered):
@@ -597,7 +599,7 @@ def test_the_long_penalties_say_how_far_they_narrow_the_gap(rendered, tmp_path):
     results.write_atomic(res / "regularization_long.json", results.restat(result, result["control"]))
     assert render(res, tmp_path / "out") == 0
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert said(page) == 2 and f"with {last['name']}, but" in " ".join(visible_text(page).split())
+    assert said(page) == 2 and f"with “{last['name']}”, but" in " ".join(visible_text(page).split())
 
 
 @pytest.mark.slow
@@ -684,19 +686,23 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     abstract = page[page.index("Abstract."):page.index("Reproduce.")]
     assert " ".join(str(build.ci(head)).split()) in " ".join(abstract.split())    # the headline from best.json
     assert len(abstract.split()) <= 150
-    # the count of differing variants and their direction, from the fixture's comparisons
-    rows = [c for r in rendered["data"].values() for c in r.get("comparisons", []) if c["metric"] == "val_acc" and c["n"]]
-    differ = [c for c in rows if c["ci95"] and (c["ci95"][0] > 0 or c["ci95"][1] < 0)]
-    up = sum(c["diff_mean"] > 0 for c in differ)
-    assert (f"Of the {len(rows)} variants so compared, {len(differ)} differ from their control"
-            in " ".join(abstract.split())), abstract
-    # above it: how many, and against which control (a control may itself be regularized): the two
-    # experiments with the most such variants by name, the others counted
-    above = " ".join(abstract.split()).split(f"{up} above it")[1].split(f"and {len(differ) - up} below")[0]
+    # the count of differing variants after Holm's correction, and their direction, from the
+    # fixture's comparisons (holm_family's own test checks the correction)
     from report import analysis
     from report.sections import section_names
+    rows = [c for r in rendered["data"].values() for c in r.get("comparisons", []) if c["metric"] == "val_acc" and c["n"]]
+    differ = [c for c in rows if c["ci95"] and (c["ci95"][0] > 0 or c["ci95"][1] < 0)]
+    holm = analysis.holm_family([r for n, r in rendered["data"].items() if n != "best"])
+    assert holm["m"] == len(rows) and holm["differ"] == len(differ)
+    up = holm["up"]
+    assert (f"Of the {len(rows)} variants so compared, {holm['kept']} differ from their control in validation "
+            f"accuracy by more than seed noise once corrected for the number of comparisons (Holm; "
+            f"{len(differ)} at 95% uncorrected)" in " ".join(abstract.split())), abstract
+    # above it: how many, and against which control (a control may itself be regularized): the two
+    # experiments with the most such variants by name, the others counted
+    above = " ".join(abstract.split()).split(f"{up} above it")[1].split(f"and {holm['kept'] - up} below")[0]
     named, rest, others = analysis.above_controls([rendered["data"][n] for n in section_names()
-                                                   if n in rendered["data"]])
+                                                   if n in rendered["data"]], lost=holm["lost"])
     assert named and all(f"{n} against “{c}”" in above for n, c in named), above
     assert sum(n for n, _ in named) + rest == up
     assert (f"{rest} against the controls of {others} other experiments" in above) == (others > 1), above
@@ -713,12 +719,16 @@ def test_the_abstract_names_the_two_experiments_with_most_variants_above_their_c
     from report import analysis
 
     def result(control: str, diffs: list[float]) -> dict:
-        return {"comparisons": [{"metric": "val_acc", "n": 10, "control": control, "diff_mean": d,
-                                 "ci95": [d - 0.001, d + 0.001] if d else [-0.001, 0.001]} for d in diffs]}
-    got = analysis.above_controls([result("a", [0.01, -0.01]), result("b", [0.02, 0.01, 0.03]),
-                                   result("c", [0.0]), result("d", [0.01]), result("e", [0.01, -0.02])])
+        return {"experiment": control, "comparisons": [
+            {"metric": "val_acc", "n": 10, "control": control, "variant": f"v{i}", "diff_mean": d,
+             "ci95": [d - 0.001, d + 0.001] if d else [-0.001, 0.001]} for i, d in enumerate(diffs)]}
+    results_ = [result("a", [0.01, -0.01]), result("b", [0.02, 0.01, 0.03]),
+                result("c", [0.0]), result("d", [0.01]), result("e", [0.01, -0.02])]
+    got = analysis.above_controls(results_)
     assert got == ([(3, "b"), (1, "a")], 2, 2)     # b the most; a before d and e, catalog order among equals
     assert analysis.above_controls([result("a", [-0.01])]) == ([], 0, 0)
+    # what Holm's correction leaves within noise is not counted: b keeps 1, d none
+    assert analysis.above_controls(results_, lost={"b": ["v0", "v2"], "d": ["v0"]}) == ([(1, "a"), (1, "b")], 1, 1)
 
 
 def test_the_baseline_table_cites_entries_of_the_bibliography(rendered):
@@ -832,9 +842,9 @@ def test_the_gpu_bench_is_shown_beside_the_cpu_figures(rendered, tmp_path):
     assert "took 42.0 s on the card" in page and "the run that measured the figures above" in page
     assert "Its fp32 matrix multiplies ran on the card’s tensor cores in TF32 (FMREPORT_MATMUL=tf32, the " \
            "setting gpu_probe timed faster), which rounds their inputs to a 10-bit mantissa; the CPU’s are true fp32." in page
-    assert "2 of 3 agree within two standard errors of the difference; outside are depth / 2 hidden " \
+    assert "2 of 3 differ from it by less than two standard errors of the difference; outside are depth / 2 hidden " \
            "(−0.30 pp, two standard errors 0.20 pp)." in page
-    assert "2 of the 3 GPU means lie below the CPU’s, by −0.10 pp on average" in page
+    assert "2 of the 3 GPU means lie below the CPU’s; the mean difference over all 3 is −0.10 pp" in page
     cpu_torch = json.loads((res / "depth.json").read_text())["provenance"]["packages"]["torch"]
     assert f"differ in more than the device (and in PyTorch: {cpu_torch} for the CPU results, " \
            "2.11.0 on the card)" in page
@@ -1055,10 +1065,10 @@ def test_holm_family_corrects_over_every_experiments_comparisons_together():
     b = _seed_results("b", control, same=list(control))
     family = analysis.holm_family([a, b])
     assert stats.paired_p_value(dict(enumerate(near)), dict(enumerate(control))) == pytest.approx(0.0299, abs=1e-4)
-    assert family == {"m": 3, "differ": 2, "kept": 1, "lost": {"a": ["near"]}}
+    assert family == {"m": 3, "differ": 2, "kept": 1, "up": 1, "lost": {"a": ["near"]}}
     # alone, the borderline one would be kept: 0.030 <= 5% / 1 once the far one is rejected
     assert analysis.holm_family([_seed_results("a", control, far=far, near=near)]) == \
-        {"m": 2, "differ": 2, "kept": 2, "lost": {}}
+        {"m": 2, "differ": 2, "kept": 2, "up": 2, "lost": {}}
 
 
 def test_the_report_marks_what_holms_correction_does_not_keep(rendered):
@@ -1067,17 +1077,14 @@ def test_the_report_marks_what_holms_correction_does_not_keep(rendered):
     data = {n: r for n, r in rendered["data"].items() if n != "best"}
     family = analysis.holm_family(list(data.values()))
     assert family["m"] and family["lost"] and family["kept"] < family["differ"]    # the fixture has both kinds
-    abstract = page[page.index("Abstract."):page.index("Reproduce.")]
-    assert (f"Holm’s correction for the {family['m']} comparisons keeps {family['kept']} of the "
-            f"{family['differ']}.") in abstract, abstract
     assert f"it keeps {family['kept']} of the {family['differ']} differences beyond seed noise" in page
     lost = {v for names in family["lost"].values() for v in names}
     for v in lost - {v for v in lost if "<" in v}:     # the fixture's HTML-escaping name aside
-        assert re.search(re.escape(v) + r" [^()]*\([^()]*; within noise after Holm’s correction\)", page), v
+        assert re.search(f"“{re.escape(v)}” " + r"\([^()]*\)[^;]*? at 95% but within noise once corrected", page), v
     # a difference the correction keeps carries no mark (names found in one experiment only)
     names = [v["name"] for r in data.values() for v in r["variants"]]
     kept = [c["variant"] for r in data.values() for c in (analysis.against_control(r) or {"differ": []})["differ"]
             if c["variant"] not in lost and names.count(c["variant"]) == 1]
     assert kept
     for v in kept:
-        assert not re.search(re.escape(v) + r" [^()]*\([^()]*; within noise after Holm", page), v
+        assert not re.search(f"“{re.escape(v)}” " + r"\([^()]*\)[^;]*? at 95% but within noise", page), v
