@@ -292,7 +292,7 @@ EXPERIMENTS = {e.name: e for e in [
     # units, where a bf16 epoch took ~11 s instead of ~0.6 s; precision does not enter the question.
     Experiment(
         name="l1_proximal",
-        title="Exact zeros: the proximal L1 step",
+        title="Exact zeros from the proximal L1 step",
         control="L1 penalty 1e-4",
         description="the L1 penalty in the loss (strength 1e-4) against the proximal L1 step (1e-3, 1e-2, 1e-1) on "
                     "2x256, 10 epochs at a constant lr, fp32: which leaves weights exactly at zero",

@@ -259,15 +259,18 @@ def method_of(params: dict) -> tuple[str, float | None]:
 
 
 def methods(result: dict) -> list[dict]:
-    """Per regularization method (first-seen order): its variants and the best strength on validation."""
+    """Per regularization method (first-seen order): its variants, the best strength on validation
+    and the weakest strength tried (None for no penalty)."""
     groups: dict[str, list] = {}
     for v in result["variants"]:
         groups.setdefault(method_of(v["params"])[0], []).append(v)
     out = []
     for name, variants in groups.items():
         best = best_variant({"variants": variants})
+        strengths = [s for s in (method_of(v["params"])[1] for v in variants) if s is not None]
         out.append({"method": name, "variants": variants, "best": best,
-                    "strength": method_of(best["params"])[1] if best else None})
+                    "strength": method_of(best["params"])[1] if best else None,
+                    "weakest": min(strengths) if strengths else None})
     return out
 
 
@@ -282,11 +285,25 @@ def curve_panels(result: dict) -> list[dict] | None:
 
 
 def per_class(result: dict, variant: dict) -> list[dict]:
-    """Test accuracy per class over seeds, from the confusion matrices; class names from the result."""
+    """Test accuracy per class over seeds, from the confusion matrices; class names from the result.
+    `by_seed`: seed -> the class's accuracy, for class_ties."""
     names = result["data"]["classes"]
-    mats = [r["final"]["confusion"] for r in ok_runs(variant) if r["final"].get("confusion")]
-    return [{"name": name, "acc": summary(m[i][i] / sum(m[i]) for m in mats if sum(m[i]))}
-            for i, name in enumerate(names)]
+    runs = [r for r in ok_runs(variant) if r["final"].get("confusion")]
+    out = []
+    for i, name in enumerate(names):
+        by = {r["seed"]: r["final"]["confusion"][i][i] / sum(r["final"]["confusion"][i])
+              for r in runs if sum(r["final"]["confusion"][i])}
+        out.append({"name": name, "acc": summary(by.values()), "by_seed": by})
+    return out
+
+
+def class_ties(classes: list[dict], i: int) -> list[str]:
+    """The names of the classes (per_class rows) that classes[i] cannot be told apart from: their
+    seed-paired difference in accuracy (the same runs) has a 95% interval that includes zero. A
+    ranking of classes says 'followed by' only where the next one differs."""
+    me = classes[i]
+    return [c["name"] for c in classes if c is not me
+            and not stats.excludes_zero(stats.paired_difference(me["by_seed"], c["by_seed"])["ci95"])]
 
 
 def param_changes(result: dict) -> list[tuple[str, str]]:
@@ -441,7 +458,7 @@ def uneven_epochs(variants: list[dict]) -> bool:
 
 HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff": diff, "reach": reach,
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
-           "method_of": method_of, "per_class": per_class, "param_changes": param_changes, "ok_runs": ok_runs,
+           "method_of": method_of, "per_class": per_class, "class_ties": class_ties, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
            "against_control": against_control, "above_controls": above_controls, "holm_family": holm_family, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,

@@ -1088,3 +1088,31 @@ def test_the_report_marks_what_holms_correction_does_not_keep(rendered):
     assert kept
     for v in kept:
         assert not re.search(f"“{re.escape(v)}” " + r"\([^()]*\)[^;]*? at 95% but within noise", page), v
+
+
+def test_a_ranking_of_classes_names_the_ones_it_cannot_tell_apart():
+    from report import analysis
+
+    def cls(name, accs):
+        return {"name": name, "by_seed": dict(enumerate(accs))}
+    classes = [cls("Shirt", [0.76, 0.75, 0.77]), cls("Coat", [0.86, 0.85, 0.87]),
+               cls("Pullover", [0.861, 0.855, 0.868]), cls("Bag", [0.98, 0.985, 0.982])]
+    # Coat against Pullover: differences -0.001, -0.005, +0.002 include zero; Shirt and Bag differ every seed by far
+    assert analysis.class_ties(classes, 1) == ["Pullover"]
+    assert analysis.class_ties(classes, 0) == [] and analysis.class_ties(classes, -1) == []
+
+
+def test_the_penalty_table_says_when_each_methods_best_strength_is_its_weakest(rendered):
+    """The grid of strengths brackets nothing where every method's highest mean is at its weakest
+    strength: the fixture's (means rise with strength) does not say so; the published report says it
+    exactly where its committed result has it so."""
+    from report import analysis
+    sentence = "for every method that is the weakest strength tried"
+
+    def at_edge(result):
+        groups = [g for g in analysis.methods(result) if g["weakest"] is not None]
+        return bool(groups) and all(g["strength"] == g["weakest"] for g in groups)
+    assert not at_edge(rendered["data"]["regularization"]) and sentence not in visible_text(rendered["html"])
+    committed = json.loads((ROOT / "results" / "regularization.json").read_text())
+    published = visible_text((ROOT / "report" / "report.html").read_text(encoding="utf-8"))
+    assert (sentence in published) == at_edge(committed)
