@@ -297,12 +297,12 @@ def per_class(result: dict, variant: dict) -> list[dict]:
     return out
 
 
-def class_ties(classes: list[dict], i: int) -> list[str]:
-    """The names of the classes (per_class rows) that classes[i] cannot be told apart from: their
+def class_ties(classes: list[dict], i: int) -> list[dict]:
+    """The classes (per_class rows) that classes[i] cannot be told apart from: their
     seed-paired difference in accuracy (the same runs) has a 95% interval that includes zero. A
     ranking of classes says 'followed by' only where the next one differs."""
     me = classes[i]
-    return [c["name"] for c in classes if c is not me
+    return [c for c in classes if c is not me
             and not stats.excludes_zero(stats.paired_difference(me["by_seed"], c["by_seed"])["ci95"])]
 
 

@@ -208,9 +208,12 @@ def confusion(result: dict, out_dir: Path) -> list[Path]:
     by_class = per_class(result, v)      # the numbers the report's per-class text uses
     # dots, not bars: the axis spans the accuracies, not zero to 100, and a bar's length would mislead
     fig, ax = plt.subplots(figsize=(7.5, 2.3))
-    ax.errorbar(range(10), [100 * c["acc"]["mean"] for c in by_class],
-                yerr=[100 * _half(c["acc"]) for c in by_class] if len(mats) > 1 else None,
+    means = [100 * c["acc"]["mean"] for c in by_class]
+    ax.errorbar(range(10), means, yerr=[100 * _half(c["acc"]) for c in by_class] if len(mats) > 1 else None,
                 fmt="o", ms=4, capsize=3, color="C0")
+    for x, m in enumerate(means):   # the intervals are often narrower than the dots: the value itself
+        ax.annotate(f"{m:.1f}", (x, m), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.margins(y=0.18)
     ax.set_xticks(range(10), classes, rotation=30, ha="right")
     ax.set(ylabel="test accuracy (%)", title=f"per-class test accuracy, mean and 95% interval over {len(mats)} seeds")
     ax.grid(axis="y", alpha=0.3)

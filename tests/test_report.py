@@ -504,7 +504,7 @@ def test_words_follow_the_paired_statistics(tmp_path, case):
     depth = page[page.index("Does a deeper network"):]
     if case == "tie":
         assert "On validation accuracy no variant is best at 3 seeds" in depth
-        assert "3 hidden cannot be told apart from 4 hidden" in depth
+        assert "“3 hidden” cannot be told apart from “4 hidden”" in depth
         assert "best variant is" not in depth
     else:
         assert "On validation accuracy the best variant is 4 hidden" in depth
@@ -615,6 +615,7 @@ def test_the_cnn_and_the_headline_compare_on_the_same_views_with_welchs_interval
         v["params"]["test_time_shifts"] = True
         for run in v["runs"]:
             run["final"]["test_acc"] = run["history"][-1]["test_acc"] + bonus
+            run["final"]["val_acc"] = run["history"][-1]["val_acc"] + bonus / 2
         v["summary"] = results.summarize(v["runs"])
         results.write_atomic(res / f"{name}.json", results.restat(objs[name], objs[name]["control"]))
     assert render(res, tmp_path / "out") == 0
@@ -629,7 +630,10 @@ def test_the_cnn_and_the_headline_compare_on_the_same_views_with_welchs_interval
     assert "these 95% intervals are Welch\u2019s" in page and "not evaluated with test-time shifts" not in page
     gains = [build.views_gain(objs[n]["variants"][0]) for n in ("best", "cnn")]      # +0.1 and +0.3 pp
     assert [round(g["diff_mean"], 6) for g in gains] == [0.001, 0.003]
-    assert f"the five views add {said(gains[0])} to the MLP and {said(gains[1])} to the CNN." in page
+    # validation first (it may choose), test second (it only reports)
+    val_gains = [build.views_gain(objs[n]["variants"][0], "val_acc") for n in ("best", "cnn")]
+    assert (f"the five views add {said(val_gains[0])} in validation accuracy to the MLP and {said(val_gains[1])} "
+            f"to the CNN (on test accuracy {said(gains[0])} and {said(gains[1])})") in page
 
 
 def test_strict_build_fails_on_a_result_without_statistics(rendered, tmp_path, capsys):
@@ -700,7 +704,9 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
             f"{len(differ)} at 95% uncorrected)" in " ".join(abstract.split())), abstract
     # above it: how many, and against which control (a control may itself be regularized): the two
     # experiments with the most such variants by name, the others counted
-    above = " ".join(abstract.split()).split(f"{up} above it")[1].split(f"and {holm['kept'] - up} below")[0]
+    above = " ".join(abstract.split()).split(f"{up} of them above their control")[1].split(f"and {holm['kept'] - up} below")[0]
+    assert (f"The other {holm['m'] - holm['kept']} cannot be told apart from their control ("
+            f"{holm['differ'] - holm['kept']} of them differ only at 95% uncorrected)") in " ".join(abstract.split())
     named, rest, others = analysis.above_controls([rendered["data"][n] for n in section_names()
                                                    if n in rendered["data"]], lost=holm["lost"])
     assert named and all(f"{n} against “{c}”" in above for n, c in named), above
@@ -1080,14 +1086,14 @@ def test_the_report_marks_what_holms_correction_does_not_keep(rendered):
     assert f"it keeps {family['kept']} of the {family['differ']} differences beyond seed noise" in page
     lost = {v for names in family["lost"].values() for v in names}
     for v in lost - {v for v in lost if "<" in v}:     # the fixture's HTML-escaping name aside
-        assert re.search(f"“{re.escape(v)}” " + r"\([^()]*\)[^;]*? at 95% but within noise once corrected", page), v
+        assert re.search(f"“{re.escape(v)}” " + r"\([^()]*\)[^;]*? at 95% uncorrected, but not after Holm’s correction", page), v
     # a difference the correction keeps carries no mark (names found in one experiment only)
     names = [v["name"] for r in data.values() for v in r["variants"]]
     kept = [c["variant"] for r in data.values() for c in (analysis.against_control(r) or {"differ": []})["differ"]
             if c["variant"] not in lost and names.count(c["variant"]) == 1]
     assert kept
     for v in kept:
-        assert not re.search(f"“{re.escape(v)}” " + r"\([^()]*\)[^;]*? at 95% but within noise", page), v
+        assert not re.search(f"“{re.escape(v)}” " + r"\([^()]*\)[^;]*? at 95% uncorrected, but not after Holm", page), v
 
 
 def test_a_ranking_of_classes_names_the_ones_it_cannot_tell_apart():
@@ -1098,7 +1104,7 @@ def test_a_ranking_of_classes_names_the_ones_it_cannot_tell_apart():
     classes = [cls("Shirt", [0.76, 0.75, 0.77]), cls("Coat", [0.86, 0.85, 0.87]),
                cls("Pullover", [0.861, 0.855, 0.868]), cls("Bag", [0.98, 0.985, 0.982])]
     # Coat against Pullover: differences -0.001, -0.005, +0.002 include zero; Shirt and Bag differ every seed by far
-    assert analysis.class_ties(classes, 1) == ["Pullover"]
+    assert [c["name"] for c in analysis.class_ties(classes, 1)] == ["Pullover"]
     assert analysis.class_ties(classes, 0) == [] and analysis.class_ties(classes, -1) == []
 
 
