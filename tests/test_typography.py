@@ -230,7 +230,8 @@ def test_pdf_code_blocks_are_left_aligned_and_not_stretched(typeset):
 def test_pdf_command_lines_are_ragged_right_and_break_between_words(typeset):
     """The appendix's commands (`name.json`: `python -m ...`) are left-aligned and unstretched:
     every space one character of code wide (the one after the colon a normal space), every wrapped
-    line starting where the item starts, and no line breaking inside an option or a path."""
+    line starting where the item starts, no line breaking inside an option or a path, nor between
+    an option and its value."""
     items = re.findall(r"^- `([^`]+)`: `([^`]+ [^`]+)`\s*$", typeset["markdown"], re.M)
     assert len(items) >= 5, "no list of commands in the report"
     text = words_of(typeset)
@@ -247,6 +248,8 @@ def test_pdf_command_lines_are_ragged_right_and_break_between_words(typeset):
                 if not a.same_line(b):
                     if n == 0:
                         bad.append(f"{name}: the line breaks inside {a.text + b.text!r}")
+                    elif a.text.startswith("--") and not b.text.startswith("-"):
+                        bad.append(f"{name}: the line parts option {a.text!r} from its value {b.text!r}")
                 elif gap > 1.3 * max(n, 1) * cw or (in_command and abs(gap - n * cw) > 0.15 * cw):
                     bad.append(f"{name}: {gap:.2f} pt between {a.text!r} and {b.text!r} "
                                f"(one character of code: {cw:.2f} pt)")
