@@ -18,9 +18,14 @@ def t_density(x: float, df: float) -> float:
     return _t_density_function(df)(x)
 
 
+def _log_norm(df: float) -> float:
+    """log of the normalising constant c of t(df)'s density c (1 + x^2 / df)^(-(df + 1) / 2)."""
+    return math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+
 def _t_density_function(df: float):
     """The density of t(df) as a function of x, its normalising constant computed once."""
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    log_c = _log_norm(df)
     return lambda x: math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
 
 
@@ -29,8 +34,7 @@ def t_cdf(t: float, df: float) -> float:
     times dt is c sqrt(df) cos(a)^(df - 1) da, so P(0 <= T <= |t|) is that over a in
     [0, atan(|t| / sqrt(df))]: a bounded, smooth integrand on a bounded interval, however far out t
     lies (Simpson's rule on the density itself failed beyond |t| ~ 1e4). 4,000 panels give ~1e-12."""
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    scale = math.exp(log_c) * math.sqrt(df)
+    scale = math.exp(_log_norm(df)) * math.sqrt(df)
     end, panels = math.atan(abs(t) / math.sqrt(df)), 4000
     h = end / panels
 
@@ -80,17 +84,21 @@ def paired_difference(values: dict, control: dict, level: float = LEVEL) -> dict
     """Seed-paired difference values[seed] - control[seed] over the seeds both have:
     {diff_mean, ci95, n}. Pairing removes what a seed shares across variants (its initial weights,
     batch order), so this interval is narrower than the one of two independent means."""
-    seeds = sorted(set(values) & set(control), key=str)
-    d = interval([values[s] - control[s] for s in seeds], level)
+    d = _paired(values, control, level)
     return {"diff_mean": d["mean"], "ci95": d["ci95"], "n": d["n"]}
+
+
+def _paired(values: dict, control: dict, level: float = LEVEL) -> dict:
+    """interval() of values[seed] - control[seed] over the seeds both have."""
+    seeds = sorted(set(values) & set(control), key=str)
+    return interval([values[s] - control[s] for s in seeds], level)
 
 
 def paired_p_value(values: dict, control: dict) -> float | None:
     """Two-sided p-value of the seed-paired t test that values[seed] - control[seed] averages zero
     over the seeds both have (None with fewer than two). The test behind paired_difference's
     interval: p < 1 - LEVEL exactly where that interval excludes zero."""
-    seeds = sorted(set(values) & set(control), key=str)
-    d = interval([values[s] - control[s] for s in seeds])
+    d = _paired(values, control)
     if d["n"] < 2:
         return None
     if d["std"] == 0:

@@ -291,8 +291,8 @@ def per_class(result: dict, variant: dict) -> list[dict]:
     runs = [r for r in ok_runs(variant) if r["final"].get("confusion")]
     out = []
     for i, name in enumerate(names):
-        by = {r["seed"]: r["final"]["confusion"][i][i] / sum(r["final"]["confusion"][i])
-              for r in runs if sum(r["final"]["confusion"][i])}
+        rows = {r["seed"]: r["final"]["confusion"][i] for r in runs}
+        by = {seed: row[i] / sum(row) for seed, row in rows.items() if sum(row)}
         out.append({"name": name, "acc": summary(by.values()), "by_seed": by})
     return out
 
@@ -460,7 +460,7 @@ HELPERS = {"summary": summary, "best_variant": best_variant, "gap": gap, "diff":
            "stopping": stopping, "last_epoch": last_epoch, "first_layer": first_layer, "methods": methods,
            "method_of": method_of, "per_class": per_class, "class_ties": class_ties, "param_changes": param_changes, "ok_runs": ok_runs,
            "order": order, "measure": measure, "weight_count": weight_count, "verdict": verdict,
-           "against_control": against_control, "above_controls": above_controls, "holm_family": holm_family, "comparison": comparison, "paired": paired,
+           "against_control": against_control, "above_controls": above_controls, "comparison": comparison, "paired": paired,
            "unpaired": unpaired, "single_view": single_view, "plateau": plateau, "views_gain": views_gain,
            "twin": twin, "with_and_without": with_and_without, "binomial_se": stats.binomial_se,
            "gpu_agreement": gpu_agreement, "gpu_time": gpu_time, "uneven_epochs": uneven_epochs,
