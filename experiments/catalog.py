@@ -142,6 +142,7 @@ class Experiment:
     control: str | None = None    # the variant every other is compared with (seed-paired); default the first
     trials: int = 0               # configurations tried on the validation split before this one was chosen
     title: str = ""               # the report's section heading (default: the name, capitalized)
+    topic: str = ""               # what it varies, in a few words for the abstract's lists (default: the heading)
     # what the report draws from the result (report/figures.py): curves for every experiment and
     # accuracy bars for one of two or more variants; "weights" (first-layer histograms and pixel mass)
     # and "confusion" (confusion matrix, per-class accuracy, misclassified test images: their pixels
@@ -184,6 +185,10 @@ class Experiment:
         return self.title or self.name.replace("_", " ").capitalize()
 
     @property
+    def subject(self) -> str:
+        return self.topic or self.heading
+
+    @property
     def optional(self) -> bool:
         """Needs what a machine may lack (a GPU, downloaded weights): its absent result is no error."""
         return self.needs_cuda or bool(self.check)
@@ -221,7 +226,7 @@ EXPERIMENTS = {e.name: e for e in [
     # (its seeds 0-2 had shown the two precisions as good on average, see below). `cnn` too, in
     # fp32 since 10 seeds (its 3 earlier seeds were bf16, on a machine with bf16 units).
     Experiment(
-        name="depth",
+        name="depth", topic="depth",
         title="Depth",
         control="2 hidden",
         description="MLPs with 1-4 hidden layers of 256 units (Adam, cosine lr, 10 epochs, no regularization, fp32)",
@@ -230,7 +235,7 @@ EXPERIMENTS = {e.name: e for e in [
         seeds=10,
     ),
     Experiment(
-        name="dropout",
+        name="dropout", topic="dropout",
         title="Dropout",
         control="no dropout",
         description="dropout rates 0-0.5 on 2x256 hidden units trained 20 epochs at a constant lr (fp32)",
@@ -241,7 +246,7 @@ EXPERIMENTS = {e.name: e for e in [
         seeds=10,
     ),
     Experiment(
-        name="early_stopping",
+        name="early_stopping", topic="early stopping",
         title="Early stopping",
         control="no early stopping",
         description="3x256 MLP trained 25 epochs at a constant lr (fp32), with and without early stopping (patience 4)",
@@ -251,7 +256,7 @@ EXPERIMENTS = {e.name: e for e in [
         seeds=10,
     ),
     Experiment(
-        name="batchnorm",
+        name="batchnorm", topic="batch normalization",
         title="Batch normalization",
         control="no BN, lr=0.01",
         description="3x256 MLP, SGD+momentum at two learning rates, with and without batch normalization (fp32)",
@@ -261,7 +266,7 @@ EXPERIMENTS = {e.name: e for e in [
         seeds=10,
     ),
     Experiment(
-        name="regularization",
+        name="regularization", topic="weight penalties",
         title="L1, L2 and weight decay", figures=("curves", "accuracy", "weights"),
         control="none",
         description="none vs L1 / L2 penalties in the loss vs AdamW's decoupled weight decay, 3 strengths each (fp32)",
@@ -277,7 +282,7 @@ EXPERIMENTS = {e.name: e for e in [
     # mean validation accuracy at 10 epochs (3 seeds, when this was set up) and a stronger one.
     # fp32, like `l1_proximal`: the session that added it ran on a CPU without bf16 units.
     Experiment(
-        name="regularization_long",
+        name="regularization_long", topic="weight penalties",
         title="Penalties where the network overfits",
         control="none",
         description="none vs L1 and L2 penalties and AdamW's decay, two strengths each, on 2x256 trained 40 epochs "
@@ -291,7 +296,7 @@ EXPERIMENTS = {e.name: e for e in [
     # be, before the whole study moved to it): the session that added it ran on a CPU without bf16
     # units, where a bf16 epoch took ~11 s instead of ~0.6 s; precision does not enter the question.
     Experiment(
-        name="l1_proximal",
+        name="l1_proximal", topic="the proximal L1 step",
         title="Exact zeros from the proximal L1 step",
         control="L1 penalty 1e-4",
         description="the L1 penalty in the loss (strength 1e-4) against the proximal L1 step (1e-3, 1e-2, 1e-1) on "
@@ -302,7 +307,7 @@ EXPERIMENTS = {e.name: e for e in [
         seeds=10,   # issue 14's n: cheap in fp32 (about 16 s a run on one thread of a 2-core CPU)
     ),
     Experiment(
-        name="augmentation",
+        name="augmentation", topic="data augmentation",
         title="Data augmentation",
         control="none",
         description="no augmentation vs flips vs RandomResizedCrop+flip at the original (0.08-1) and a mild (0.6-1) "
@@ -379,7 +384,7 @@ EXPERIMENTS = {e.name: e for e in [
     # on cached features of the unaugmented images, so augmentation cannot apply to it.
     Experiment(
         name="transfer",
-        title="Transfer learning", needs_cuda=True, check="transfer",
+        title="Transfer learning", topic="transfer learning", needs_cuda=True, check="transfer",
         description="ImageNet ResNet-101 + a 512-unit BN/dropout head: frozen backbone (cached features, "
                     "no augmentation) vs fine-tuning layer4",
         base={"model": "transfer", "backbone": "resnet101", "image_size": 224, "depth": 1, "width": 512,

@@ -142,13 +142,30 @@ def against_control(result: dict, key: str = "val_acc") -> dict | None:
 
 
 
+# What a spec can switch on to regularize, with its value when off (catalog.RunSpec's fields)
+REGULARIZERS = {"dropout": 0.0, "input_dropout": 0.0, "patience": 0, "l1": 0.0, "l2": 0.0, "weight_decay": 0.0,
+                "label_smoothing": 0.0, "augment": "none", "batchnorm": False, "l1_proximal": False}
+
+
+def unregularized_control(result: dict) -> bool:
+    """Whether an experiment compares regularizers with training without any: its control has
+    every regularizer off and some variant switches one on (depth's has none to switch on, and
+    l1_proximal's control is itself penalised)."""
+    params = {v["name"]: v.get("params") or {} for v in result.get("variants", [])}
+    off = lambda p: all(p.get(k, value) == value for k, value in REGULARIZERS.items())  # noqa: E731
+    control = params.get(result.get("control"))
+    return control is not None and off(control) and not all(map(off, params.values()))
+
+
 def holm_family(results: list[dict], key: str = "val_acc") -> dict:
     """Every comparison of a variant with its experiment's control, over all `results`, as one
     family under Holm's correction (stats.holm): with 30 comparisons at 95%, one or two intervals
     would exclude zero by chance alone if nothing differed. {m: the comparisons, differ: how many
     exclude zero at 95%, kept: how many of those the correction keeps, up: how many of those kept
     lie above their control, lost: experiment -> the variants that differ uncorrected but not
-    after the correction}."""
+    after the correction, compared: the experiments with comparisons, beaten: those of them with
+    a variant above the control after the correction, unbeaten: those whose control trains
+    without regularizers and that no variant beats after the correction}."""
     rows = []
     for result in results:
         compared = against_control(result, key)
@@ -165,8 +182,12 @@ def holm_family(results: list[dict], key: str = "val_acc") -> dict:
     for experiment, c, r in differ:
         if not r:
             lost.setdefault(experiment, []).append(c["variant"])
+    compared, beaten = list(dict.fromkeys(e for e, _, _ in rows)), {e for e, c, r in differ if r and c["diff_mean"] > 0}
     return {"m": len(rows), "differ": len(differ), "kept": sum(r for *_, r in differ),
-            "up": sum(r and c["diff_mean"] > 0 for _, c, r in differ), "lost": lost}
+            "up": sum(r and c["diff_mean"] > 0 for _, c, r in differ), "lost": lost, "compared": compared,
+            "beaten": [e for e in compared if e in beaten],
+            "unbeaten": [r["experiment"] for r in results
+                         if r["experiment"] in compared and r["experiment"] not in beaten and unregularized_control(r)]}
 
 
 def above_controls(results: list[dict], named: int = 2, lost: dict | None = None) -> tuple[list[tuple[int, str]], int, int]:

@@ -273,11 +273,17 @@ def render_markdown(sections: list[Section], results_dir: Path) -> tuple[str, Do
         "gpu_check": load_gpu_check(results_dir),
         "loaded": [s for s in sections if s.result],
         "base_acc": base_accuracy(sections),
-        "holm": holm_family([s.result for s in sections if s.name != "best" and s.result]),
         "base_epoch": base_epoch(sections),
         "front": front_matter(sections), "bibtex": bibtex,
         "headline_trials": getattr(catalog.EXPERIMENTS.get("best"), "trials", 0),
     }
+    holm = context["holm"] = holm_family([s.result for s in sections if s.name != "best" and s.result])
+    subject = {s.name: s.subject for s in sections}
+    # the abstract's lists: what the compared experiments vary, and where no variant beat training
+    # without regularizers (a subject two experiments share, as the weight penalties, in neither)
+    beaten = {subject[n] for n in holm["beaten"]}
+    context["subjects"] = {"compared": list(dict.fromkeys(subject[n] for n in holm["compared"])),
+                           "unbeaten": list(dict.fromkeys(subject[n] for n in holm["unbeaten"] if subject[n] not in beaten))}
     env = make_env(doc)
     text = ""
     for _ in range(4):          # labels settle after two passes; more means numbering depends on itself

@@ -18,6 +18,7 @@ class Section:
         self.name, self.path, self.result, self.error = name, path, result, error
         exp = catalog.EXPERIMENTS.get(name)
         self.title = exp.heading if exp else name.replace("_", " ").capitalize()
+        self.subject = exp.subject if exp else self.title   # in the abstract's lists
         self.optional = bool(exp and exp.optional)
         self.description = (result or {}).get("description") or (exp.description if exp else "")
         self.catalog_problems = exp.problems() if exp else []   # a broken entry: no result can be current

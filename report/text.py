@@ -152,10 +152,10 @@ def upfirst(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def and_list(items) -> Markup:
-    """["a", "b", "c"] -> "a, b and c" (plain strings escaped, Markup kept)."""
+def and_list(items, last: str = "and") -> Markup:
+    """["a", "b", "c"] -> "a, b and c" (plain strings escaped, Markup kept); `last` "or": "a, b or c"."""
     items = [md(i) for i in items]
-    return Markup(", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items))
+    return Markup(", ".join(items[:-1]) + f" {last} " + items[-1] if len(items) > 1 else "".join(items))
 
 
 def quoted(name) -> Markup:

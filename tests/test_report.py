@@ -699,14 +699,22 @@ def test_front_matter_abstract_cite_and_reproduce_come_from_the_results(rendered
     holm = analysis.holm_family([r for n, r in rendered["data"].items() if n != "best"])
     assert holm["m"] == len(rows) and holm["differ"] == len(differ)
     up = holm["up"]
-    assert (f"Of the {len(rows)} variants so compared, {holm['kept']} differ from their control in validation "
-            f"accuracy by more than seed noise once corrected for the number of comparisons (Holm; "
-            f"{len(differ)} at 95% uncorrected)" in " ".join(abstract.split())), abstract
+    flat = " ".join(abstract.split())
+    assert f"compare each of the {len(rows)} variants with its control, seed by seed, with Holm’s correction" in flat
     # above it: how many, and against which control (a control may itself be regularized): the two
     # experiments with the most such variants by name, the others counted
-    above = " ".join(abstract.split()).split(f"{up} of them above their control")[1].split(f"and {holm['kept'] - up} below")[0]
-    assert (f"The other {holm['m'] - holm['kept']} cannot be told apart from their control ("
-            f"{holm['differ'] - holm['kept']} of them differ only at 95% uncorrected)") in " ".join(abstract.split())
+    above = flat.split(f"After the correction, {up} lie above their control beyond seed noise")[1].split(
+        f", {holm['kept'] - up} below it")[0]
+    assert (f"and {holm['m'] - holm['kept']} cannot be told apart from it ({holm['differ'] - holm['kept']} of which "
+            "differ only at 95% uncorrected)") in flat
+    # what the experiments vary, each once, and where no variant beat training without regularizers
+    from experiments.catalog import EXPERIMENTS
+    subjects = list(dict.fromkeys(EXPERIMENTS[n].subject for n in holm["compared"]))
+    assert f"controlled experiments on {', '.join(subjects[:-1])} and {subjects[-1]} (Section" in flat
+    beaten = {EXPERIMENTS[n].subject for n in holm["beaten"]}
+    unbeaten = list(dict.fromkeys(EXPERIMENTS[n].subject for n in holm["unbeaten"] if EXPERIMENTS[n].subject not in beaten))
+    assert holm["unbeaten"] and f"No setting of {', '.join(unbeaten[:-1])} or {unbeaten[-1]} is above training " \
+        "without it." in flat, (holm["unbeaten"], flat)
     named, rest, others = analysis.above_controls([rendered["data"][n] for n in section_names()
                                                    if n in rendered["data"]], lost=holm["lost"])
     assert named and all(f"{n} against “{c}”" in above for n, c in named), above
@@ -735,6 +743,37 @@ def test_the_abstract_names_the_two_experiments_with_most_variants_above_their_c
     assert analysis.above_controls([result("a", [-0.01])]) == ([], 0, 0)
     # what Holm's correction leaves within noise is not counted: b keeps 1, d none
     assert analysis.above_controls(results_, lost={"b": ["v0", "v2"], "d": ["v0"]}) == ([(1, "a"), (1, "b")], 1, 1)
+
+
+def test_unbeaten_controls_are_those_without_regularizers_that_no_variant_beats_after_holm():
+    """The abstract's 'No setting of ... is above training without it': an experiment counts where its
+    control has every regularizer off, some variant switches one on, and none lies above the control
+    once Holm's correction is applied; depth-like sweeps (nothing to switch on) and penalised
+    controls (l1_proximal's) never do."""
+    from report import analysis
+
+    from experiments.results import comparisons
+
+    def result(name: str, control: dict, variants: dict[str, tuple[dict, float]]) -> dict:
+        """A control and variants whose 10 seeds lie `d` above it, give or take +-0.1 pp a seed."""
+        runs = lambda acc, turn: [{"seed": s, "final": {"val_acc": acc + 0.001 * ((s + turn) % 3 - 1),  # noqa: E731
+                                                         "diverged": False}} for s in range(10)]
+        rows = [{"name": "control", "params": control, "runs": runs(0.88, 0)}]
+        rows += [{"name": v, "params": p, "runs": runs(0.88 + d, 1)} for v, (p, d) in variants.items()]
+        return {"experiment": name, "control": "control", "variants": rows, "comparisons": comparisons(rows, "control")}
+    off = {"depth": 2, "dropout": 0.0, "l1": 0.0, "augment": "none", "optimizer": "adam"}
+
+    results_ = [
+        result("depth", off, {"deep": ({**off, "depth": 3}, 0.0)}),                       # no regularizer: never
+        result("dropout", off, {"d": ({**off, "dropout": 0.5}, -0.02)}),                  # below: unbeaten
+        result("penalty", off, {"wd": ({**off, "optimizer": "adamw", "weight_decay": 0.1}, 0.0)}),   # a tie
+        result("aug", off, {"flip": ({**off, "augment": "flip"}, 0.02)}),                 # above: beaten
+        result("prox", {**off, "l1": 1e-4}, {"p": ({**off, "l1": 1e-3, "l1_proximal": True}, -0.01)}),
+    ]
+    assert [analysis.unregularized_control(r) for r in results_] == [False, True, True, True, False]
+    holm = analysis.holm_family(results_)
+    assert holm["compared"] == ["depth", "dropout", "penalty", "aug", "prox"]
+    assert holm["unbeaten"] == ["dropout", "penalty"] and holm["beaten"] == ["aug"]
 
 
 def test_the_baseline_table_cites_entries_of_the_bibliography(rendered):
@@ -1071,10 +1110,11 @@ def test_holm_family_corrects_over_every_experiments_comparisons_together():
     b = _seed_results("b", control, same=list(control))
     family = analysis.holm_family([a, b])
     assert stats.paired_p_value(dict(enumerate(near)), dict(enumerate(control))) == pytest.approx(0.0299, abs=1e-4)
-    assert family == {"m": 3, "differ": 2, "kept": 1, "up": 1, "lost": {"a": ["near"]}}
+    assert family == {"m": 3, "differ": 2, "kept": 1, "up": 1, "lost": {"a": ["near"]},
+                      "compared": ["a", "b"], "beaten": ["a"], "unbeaten": []}   # no params: nothing regularized
     # alone, the borderline one would be kept: 0.030 <= 5% / 1 once the far one is rejected
     assert analysis.holm_family([_seed_results("a", control, far=far, near=near)]) == \
-        {"m": 2, "differ": 2, "kept": 2, "up": 2, "lost": {}}
+        {"m": 2, "differ": 2, "kept": 2, "up": 2, "lost": {}, "compared": ["a"], "beaten": ["a"], "unbeaten": []}
 
 
 def test_the_report_marks_what_holms_correction_does_not_keep(rendered):
