@@ -776,6 +776,16 @@ def test_unbeaten_controls_are_those_without_regularizers_that_no_variant_beats_
     assert holm["unbeaten"] == ["dropout", "penalty"] and holm["beaten"] == ["aug"]
 
 
+def test_the_regularizers_are_runspec_fields_off_by_default():
+    """unregularized_control reads a control's params by REGULARIZERS: each must be a RunSpec field
+    whose default is its 'off' value, so a base spec counts as training without regularizers."""
+    import dataclasses
+    from experiments.catalog import RunSpec
+    from report.analysis import REGULARIZERS
+    defaults = {f.name: f.default for f in dataclasses.fields(RunSpec)}
+    assert {k: defaults.get(k, "not a field") for k in REGULARIZERS} == REGULARIZERS
+
+
 def test_the_baseline_table_cites_entries_of_the_bibliography(rendered):
     bib = (ROOT / "report" / "references.bib").read_text()
     keys = {key for _, _, key in build.BASELINES} | {"assignment"}
